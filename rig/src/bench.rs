@@ -1,0 +1,413 @@
+//! Bench files: which devices a bench has, how each is powered, flashed and
+//! watched, and how its cloud and session cache are set up (DESIGN §5).
+//!
+//! This module parses and validates; building drivers from a bench is the
+//! runner's job (`runner::world`). With no `--bench`, the built-in simulated
+//! bench (`bench/sim.yaml`, compiled in) is used.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rig_proto::Psk;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::cloud::Mitigation;
+use crate::diag::{Diagnostic, yaml_error};
+use crate::units::Dur;
+
+/// The built-in simulated bench.
+pub const BUILTIN_SIM: &str = include_str!("../../bench/sim.yaml");
+pub const BUILTIN_SIM_NAME: &str = "<built-in sim bench>";
+
+/// Which clock drives a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Clock {
+    /// Tokio's paused clock: deterministic for a seed, much faster than real time.
+    Virtual,
+    /// Wall-clock time, as on real hardware.
+    Real,
+}
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Clock::Virtual => "virtual",
+            Clock::Real => "real",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerState {
+    On,
+    #[default]
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CacheCfg {
+    #[serde(default)]
+    pub kind: CacheKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudCfg {
+    /// Where a UDP cloud listens (real-clock benches).
+    #[serde(default)]
+    pub listen: Option<String>,
+    #[serde(default)]
+    pub cache: CacheCfg,
+    /// One-way network latency between simulated boards and the cloud.
+    #[serde(default = "default_latency")]
+    pub latency: Dur,
+    /// Mitigation until a plan step sets one.
+    #[serde(default)]
+    pub mitigation: Mitigation,
+}
+
+fn default_latency() -> Dur {
+    Dur(Duration::from_millis(60))
+}
+
+impl Default for CloudCfg {
+    fn default() -> Self {
+        CloudCfg {
+            listen: None,
+            cache: CacheCfg::default(),
+            latency: default_latency(),
+            mitigation: Mitigation::Drop,
+        }
+    }
+}
+
+/// How a device's supply is switched.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum PowerCfg {
+    Sim,
+    Gpio {
+        pin: u8,
+        #[serde(default)]
+        active_low: bool,
+        #[serde(default)]
+        settle: Option<Dur>,
+    },
+    SerialRelay {
+        port: String,
+        channel: u8,
+    },
+    Command {
+        on: String,
+        off: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsoleKind {
+    #[default]
+    Serial,
+    Sim,
+}
+
+/// How a device's console is read.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleCfg {
+    #[serde(default)]
+    pub kind: ConsoleKind,
+    #[serde(default)]
+    pub port: Option<String>,
+    #[serde(default)]
+    pub baud: Option<u32>,
+}
+
+/// How a device is flashed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum FlashCfg {
+    Sim,
+    ProbeRs { probe: String, chip: String },
+    Command { command: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceRaw {
+    id: Spanned<String>,
+    board: String,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    power: Option<PowerCfg>,
+    #[serde(default)]
+    console: Option<ConsoleCfg>,
+    #[serde(default)]
+    flash: Option<FlashCfg>,
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BenchRaw {
+    name: String,
+    #[serde(default)]
+    clock: Option<Clock>,
+    #[serde(default)]
+    cloud: CloudCfg,
+    #[serde(default)]
+    safe_state: PowerState,
+    devices: Spanned<Vec<DeviceRaw>>,
+}
+
+/// A validated bench device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub id: String,
+    pub board: String,
+    pub tags: Vec<String>,
+    pub power: PowerCfg,
+    pub console: ConsoleCfg,
+    pub flash: FlashCfg,
+    pub key: Psk,
+    pub is_sim: bool,
+}
+
+/// A validated bench.
+#[derive(Debug, Clone)]
+pub struct Bench {
+    pub name: String,
+    /// Where it came from (a path or [`BUILTIN_SIM_NAME`]).
+    pub source: String,
+    pub clock: Clock,
+    pub cloud: CloudCfg,
+    pub safe_state: PowerState,
+    pub devices: Vec<Device>,
+}
+
+impl Bench {
+    pub fn builtin_sim() -> Bench {
+        Bench::parse(Path::new(BUILTIN_SIM_NAME), BUILTIN_SIM).expect("the built-in sim bench is valid (tested)")
+    }
+
+    pub fn load(path: &Path) -> Result<Bench, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read bench file: {e}"))])?;
+        Bench::parse(path, &text)
+    }
+
+    pub fn load_or_builtin(path: Option<&PathBuf>) -> Result<Bench, Vec<Diagnostic>> {
+        match path {
+            Some(p) => Bench::load(p),
+            None => Ok(Bench::builtin_sim()),
+        }
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Bench, Vec<Diagnostic>> {
+        let raw: BenchRaw = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(path, text, &e)])?;
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut devices = Vec::new();
+        if raw.devices.value.is_empty() {
+            errors.push(Diagnostic::at_loc(
+                path,
+                text,
+                &raw.devices.referenced,
+                "a bench needs at least one device",
+            ));
+        }
+        for d in raw.devices.value {
+            let id = d.id.value.clone();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                errors.push(Diagnostic::at_loc(
+                    path,
+                    text,
+                    &d.id.referenced,
+                    format!("device id `{id}` must be non-empty letters, digits, `-` or `_`"),
+                ));
+            }
+            if !seen.insert(id.clone()) {
+                errors.push(Diagnostic::at_loc(
+                    path,
+                    text,
+                    &d.id.referenced,
+                    format!("duplicate device id `{id}`"),
+                ));
+            }
+            let is_sim = d.board == "sim";
+            let key = match &d.key {
+                Some(k) => match Psk::from_hex(&k.value) {
+                    Some(psk) => psk,
+                    None => {
+                        errors.push(Diagnostic::at_loc(
+                            path,
+                            text,
+                            &k.referenced,
+                            "expected the device key as 64 hex digits (32 bytes)",
+                        ));
+                        continue;
+                    }
+                },
+                None if is_sim => Psk::derive_for(&id),
+                None => {
+                    errors.push(Diagnostic::at_loc(
+                        path,
+                        text,
+                        &d.id.referenced,
+                        format!("device `{id}` needs `key:` (64 hex digits), the pre-shared key the cloud authenticates it with"),
+                    ));
+                    continue;
+                }
+            };
+            let sim_default = |what: &str, errors: &mut Vec<Diagnostic>| {
+                if !is_sim {
+                    errors.push(Diagnostic::at_loc(
+                        path,
+                        text,
+                        &d.id.referenced,
+                        format!("device `{id}` (board `{}`) needs a `{what}:` section", d.board),
+                    ));
+                }
+            };
+            let power = d.power.clone().unwrap_or_else(|| {
+                sim_default("power", &mut errors);
+                PowerCfg::Sim
+            });
+            let console = d.console.clone().unwrap_or_else(|| {
+                sim_default("console", &mut errors);
+                ConsoleCfg {
+                    kind: ConsoleKind::Sim,
+                    port: None,
+                    baud: None,
+                }
+            });
+            let flash = d.flash.clone().unwrap_or_else(|| {
+                sim_default("flash", &mut errors);
+                FlashCfg::Sim
+            });
+            if console.kind == ConsoleKind::Serial && console.port.is_none() {
+                errors.push(Diagnostic::at_loc(
+                    path,
+                    text,
+                    &d.id.referenced,
+                    format!("device `{id}`: a serial console needs `port:` (a /dev/serial/by-id/... path is stable across re-plugging)"),
+                ));
+            }
+            devices.push(Device {
+                id,
+                board: d.board,
+                tags: d.tags,
+                power,
+                console,
+                flash,
+                key,
+                is_sim,
+            });
+        }
+        let all_sim = devices.iter().all(|d| d.is_sim);
+        let clock = match raw.clock {
+            Some(Clock::Virtual) if !all_sim => {
+                errors.push(Diagnostic::file(
+                    path,
+                    "`clock: virtual` needs every device to be simulated (board: sim); real hardware runs on the real clock",
+                ));
+                Clock::Real
+            }
+            Some(c) => c,
+            None if all_sim => Clock::Virtual,
+            None => Clock::Real,
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Bench {
+            name: raw.name,
+            source: path.display().to_string(),
+            clock,
+            cloud: raw.cloud,
+            safe_state: raw.safe_state,
+            devices,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_sim_bench_has_eight_sleepy_boards_on_the_virtual_clock() {
+        let b = Bench::builtin_sim();
+        assert_eq!(b.devices.len(), 8);
+        assert!(
+            b.devices
+                .iter()
+                .all(|d| d.is_sim && d.tags.contains(&"sleepy".to_string()))
+        );
+        assert_eq!(b.clock, Clock::Virtual);
+        assert_eq!(b.cloud.cache.kind, CacheKind::Memory);
+        let keys: BTreeSet<_> = b.devices.iter().map(|d| d.key.0).collect();
+        assert_eq!(keys.len(), 8, "distinct keys");
+    }
+
+    #[test]
+    fn hardware_bench_parses_per_design_example() {
+        let text = r#"
+name: bench-a
+cloud: { listen: "0.0.0.0:5684", cache: { kind: redis } }
+safe_state: off
+devices:
+  - id: boron-01
+    board: boron
+    tags: [sleepy, cellular]
+    power:   { kind: gpio, pin: 17, active_low: true }
+    console: { port: /dev/serial/by-id/usb-Particle_Boron-if00, baud: 115200 }
+    flash:   { kind: probe-rs, probe: "0d28:0204:ABC123", chip: nRF52840_xxAA }
+    key: "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+"#;
+        let b = Bench::parse(Path::new("b.yaml"), text).unwrap();
+        assert_eq!(b.clock, Clock::Real);
+        assert_eq!(
+            b.devices[0].power,
+            PowerCfg::Gpio {
+                pin: 17,
+                active_low: true,
+                settle: None
+            }
+        );
+        assert_eq!(b.cloud.cache.kind, CacheKind::Redis);
+    }
+
+    #[test]
+    fn bad_benches_point_at_the_problem() {
+        let text = "name: x\ndevices:\n  - id: a\n    board: boron\n    key: nothex\n";
+        let errs = Bench::parse(Path::new("b.yaml"), text).unwrap_err();
+        assert_eq!((errs[0].line, errs[0].col), (5, 10), "{}", errs[0]);
+        assert!(errs[0].message.contains("64 hex digits"));
+
+        let text = "name: x\ndevices:\n  - id: a\n    board: sim\n  - id: a\n    board: sim\n";
+        let errs = Bench::parse(Path::new("b.yaml"), text).unwrap_err();
+        assert_eq!(errs[0].line, 5);
+        assert!(errs[0].message.contains("duplicate device id `a`"));
+
+        let text = "name: x\ndevices:\n  - id: a\n    board: sim\n    colour: red\n";
+        let errs = Bench::parse(Path::new("b.yaml"), text).unwrap_err();
+        assert_eq!(errs[0].line, 5, "{}", errs[0]);
+        assert!(errs[0].message.contains("colour"), "{}", errs[0]);
+    }
+}

@@ -1,0 +1,211 @@
+//! The session cache: the separate store where the cloud keeps sessions, and
+//! which the rig can kill, restore, flush, evict from and pause.
+//!
+//! [`SessionCache`] is the seam between the cloud and a backend; backends
+//! know nothing of the timeline. [`Cache`] wraps a backend for the rig's
+//! administrative operations and records each one as a `cache.*` event. The
+//! cloud owns its own data-path error handling (timeouts, `cache.error`).
+//!
+//! Backends: [`memory`] (inside the rig, the default). A Redis backend is a
+//! separate process the rig controls, added behind the same trait.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rig_proto::{SessionId, SessionKeys};
+use serde::{Deserialize, Serialize};
+
+use crate::timeline::{EventKind, Source, Timeline};
+
+/// What the cloud stores per session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub session_id: SessionId,
+    pub device_id: String,
+    pub c2s: [u8; 32],
+    pub s2c: [u8; 32],
+    pub mac: [u8; 32],
+    /// Highest record counter accepted from the device.
+    pub rx_counter: u64,
+    /// Last record counter the cloud used towards the device.
+    pub tx_counter: u64,
+}
+
+impl SessionRecord {
+    pub fn new(session_id: SessionId, device_id: &str, keys: &SessionKeys) -> SessionRecord {
+        SessionRecord {
+            session_id,
+            device_id: device_id.to_owned(),
+            c2s: keys.c2s,
+            s2c: keys.s2c,
+            mac: keys.mac,
+            rx_counter: 0,
+            tx_counter: 0,
+        }
+    }
+
+    pub fn keys(&self) -> SessionKeys {
+        SessionKeys {
+            c2s: self.c2s,
+            s2c: self.s2c,
+            mac: self.mac,
+        }
+    }
+}
+
+/// A session id as shown in events and reports.
+pub fn session_label(id: SessionId) -> String {
+    format!("{id:016x}")
+}
+
+/// Failures of a cache operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CacheError {
+    #[error("session cache is down ({0})")]
+    Down(String),
+    #[error("session cache did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("no snapshot named `{0}` (snapshots taken so far: {1})")]
+    NoSnapshot(String, String),
+    #[error("session cache backend error: {0}")]
+    Backend(String),
+}
+
+/// Where `restore` takes its data from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreFrom {
+    Empty,
+    Snapshot(String),
+}
+
+impl std::fmt::Display for RestoreFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreFrom::Empty => f.write_str("empty"),
+            RestoreFrom::Snapshot(n) => f.write_str(n),
+        }
+    }
+}
+
+/// A session removed by `evict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub session_id: SessionId,
+    pub device_id: String,
+}
+
+/// A session store the rig can break on purpose.
+#[async_trait]
+pub trait SessionCache: Send + Sync {
+    /// Short backend name for events and reports.
+    fn backend(&self) -> &'static str;
+
+    async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError>;
+    async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError>;
+    async fn delete(&self, id: SessionId) -> Result<(), CacheError>;
+
+    /// All data lost, unavailable until `start` or `restore`.
+    async fn kill(&self) -> Result<(), CacheError>;
+    /// Available again, empty.
+    async fn start(&self) -> Result<(), CacheError>;
+    /// Saves the current contents under `name`; returns the session count.
+    async fn snapshot(&self, name: &str) -> Result<u64, CacheError>;
+    /// Restarts the cache from `from`; returns the session count afterwards.
+    async fn restore(&self, from: &RestoreFrom) -> Result<u64, CacheError>;
+    /// Deletes every session; returns how many there were.
+    async fn flush(&self) -> Result<u64, CacheError>;
+    /// Deletes a seeded random `fraction` of the sessions.
+    async fn evict(&self, fraction: f64) -> Result<Vec<Evicted>, CacheError>;
+    /// Unavailable for `d` with data kept (a stalled process).
+    async fn pause(&self, d: Duration) -> Result<(), CacheError>;
+}
+
+/// The rig's administrative handle on the cache: every operation becomes a
+/// `cache.*` event.
+#[derive(Clone)]
+pub struct Cache {
+    backend: Arc<dyn SessionCache>,
+    timeline: Timeline,
+}
+
+impl Cache {
+    pub fn new(backend: Arc<dyn SessionCache>, timeline: Timeline) -> Cache {
+        Cache { backend, timeline }
+    }
+
+    /// The data path, for the cloud.
+    pub fn backend(&self) -> Arc<dyn SessionCache> {
+        self.backend.clone()
+    }
+
+    fn emit(&self, kind: EventKind) {
+        self.timeline.emit(None, Source::Cache, kind);
+    }
+
+    pub async fn kill(&self) -> Result<(), CacheError> {
+        self.backend.kill().await?;
+        self.emit(EventKind::CacheKill {
+            backend: self.backend.backend().into(),
+        });
+        Ok(())
+    }
+
+    pub async fn start(&self) -> Result<(), CacheError> {
+        self.backend.start().await?;
+        self.emit(EventKind::CacheStart {
+            backend: self.backend.backend().into(),
+        });
+        Ok(())
+    }
+
+    pub async fn snapshot(&self, name: &str) -> Result<(), CacheError> {
+        let sessions = self.backend.snapshot(name).await?;
+        self.emit(EventKind::CacheSnapshot {
+            name: name.into(),
+            sessions,
+        });
+        Ok(())
+    }
+
+    pub async fn restore(&self, from: &RestoreFrom) -> Result<(), CacheError> {
+        let sessions = self.backend.restore(from).await?;
+        self.emit(EventKind::CacheRestore {
+            from: from.to_string(),
+            sessions,
+        });
+        Ok(())
+    }
+
+    pub async fn flush(&self) -> Result<(), CacheError> {
+        let sessions = self.backend.flush().await?;
+        self.emit(EventKind::CacheFlush { sessions });
+        Ok(())
+    }
+
+    pub async fn evict(&self, fraction: f64) -> Result<(), CacheError> {
+        let gone = self.backend.evict(fraction).await?;
+        self.emit(EventKind::CacheEvict {
+            fraction,
+            sessions: gone.iter().map(|e| session_label(e.session_id)).collect(),
+            devices: gone.iter().map(|e| e.device_id.clone()).collect(),
+        });
+        Ok(())
+    }
+
+    /// Pauses the cache; a `cache.resume` event follows when it is back.
+    pub async fn pause(&self, d: Duration) -> Result<(), CacheError> {
+        self.backend.pause(d).await?;
+        self.emit(EventKind::CachePause {
+            ms: d.as_millis() as u64,
+        });
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            me.emit(EventKind::CacheResume);
+        });
+        Ok(())
+    }
+}

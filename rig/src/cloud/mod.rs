@@ -1,0 +1,79 @@
+//! The local device cloud: a datagram server that authenticates devices,
+//! keeps their sessions in the session cache and counts every byte.
+//!
+//! # Layout
+//! - [`transport`]: the datagram seam (UDP socket or in-process network).
+//! - [`server`]: the protocol state machine: cookies, handshakes, records,
+//!   what to do with a record for a session the cache does not know.
+//! - [`durable`]: the durable key store behind the `durable` mitigation.
+//!
+//! The wire format lives in the `rig-proto` crate and `docs/protocol.md`.
+
+pub mod durable;
+pub mod server;
+pub mod transport;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::timeline::{EventKind, Source, Timeline};
+
+pub use server::{CloudConfig, Server, serve};
+
+/// What the cloud does with a record for a session its cache does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mitigation {
+    /// Drop it silently: the behaviour during the incident.
+    #[default]
+    Drop,
+    /// Answer "session unknown"; only firmware that honours it benefits.
+    Reject,
+    /// Look the session up in the durable key store and heal the cache, so
+    /// even unmodified firmware resumes.
+    Durable,
+}
+
+impl fmt::Display for Mitigation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mitigation::Drop => "drop",
+            Mitigation::Reject => "reject",
+            Mitigation::Durable => "durable",
+        })
+    }
+}
+
+/// The runner's handle on a running cloud: its settings can change between
+/// plan steps.
+#[derive(Clone)]
+pub struct CloudHandle {
+    mitigation: Arc<Mutex<Mitigation>>,
+    timeline: Timeline,
+}
+
+impl CloudHandle {
+    pub fn new(initial: Mitigation, timeline: Timeline) -> CloudHandle {
+        CloudHandle {
+            mitigation: Arc::new(Mutex::new(initial)),
+            timeline,
+        }
+    }
+
+    pub fn mitigation(&self) -> Mitigation {
+        *self.mitigation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_mitigation(&self, m: Mitigation) {
+        *self.mitigation.lock().unwrap_or_else(|p| p.into_inner()) = m;
+        self.timeline.emit(
+            None,
+            Source::Cloud,
+            EventKind::CloudConfig {
+                mitigation: m.to_string(),
+            },
+        );
+    }
+}

@@ -1,0 +1,467 @@
+//! The cloud's protocol state machine and its receive loop.
+//!
+//! [`Server::handle`] turns one datagram into replies and events; [`serve`]
+//! drives it from a [`Datagram`] transport and journals byte counts. Nothing
+//! a peer sends can make it panic, and only a datagram authenticated under a
+//! session's key changes that session: forged, replayed and malformed input
+//! is counted (`cloud.invalid`) and dropped.
+//!
+//! Cache calls are bounded by a timeout and guarded by a short circuit
+//! breaker, so a dead or stalled cache costs at most one timeout per breaker
+//! interval instead of one per datagram; failures are `cache.error` events and
+//! count as cache misses, which the mitigation setting then handles.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rig_proto::crypto::NONCE_LEN;
+use rig_proto::{
+    ClientFinished, ClientHello, CookieKey, Direction, Frame, HelloVerify, Inner, InnerKind, Psk, Record, RecordHeader,
+    ServerFinished, ServerHello, SessionId, SessionKeys, SessionUnknown, Transcript,
+};
+use tokio::time::Instant;
+
+use super::Mitigation;
+use super::durable::DurableKeys;
+use super::transport::Datagram;
+use crate::cache::{CacheError, SessionCache, SessionRecord, session_label};
+use crate::timeline::{ConnectVia, EventKind, Source, Timeline, UnknownAction};
+
+/// Static settings of a cloud instance.
+#[derive(Clone, Debug)]
+pub struct CloudConfig {
+    /// Pre-shared keys by device id; hellos from other ids are dropped.
+    pub keys: BTreeMap<String, Psk>,
+    /// Seeds nonces, session ids and the cookie secret (a reproducible run).
+    pub seed: u64,
+    /// TTL given to sessions in the cache.
+    pub session_ttl: Duration,
+    /// Upper bound on one cache call.
+    pub cache_timeout: Duration,
+    /// After a failed cache call, calls fail fast for this long.
+    pub cache_retry: Duration,
+    /// Pending handshakes kept at most (oldest dropped first).
+    pub max_pending: usize,
+    /// A pending handshake not finished within this is forgotten.
+    pub pending_ttl: Duration,
+}
+
+impl CloudConfig {
+    pub fn new(keys: BTreeMap<String, Psk>, seed: u64) -> CloudConfig {
+        CloudConfig {
+            keys,
+            seed,
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            cache_timeout: Duration::from_millis(250),
+            cache_retry: Duration::from_secs(1),
+            max_pending: 4096,
+            pending_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+struct Pending {
+    device_id: String,
+    transcript: Transcript,
+    keys: SessionKeys,
+    created: Instant,
+}
+
+/// What one datagram produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The device the datagram is attributed to, if known.
+    pub device: Option<String>,
+    /// The message name for the byte-count event.
+    pub msg: &'static str,
+    pub replies: Vec<Frame>,
+    pub events: Vec<EventKind>,
+}
+
+/// The cloud's protocol state. Owned by one task.
+pub struct Server {
+    cfg: CloudConfig,
+    cache: Arc<dyn SessionCache>,
+    durable: DurableKeys,
+    mitigation: super::CloudHandle,
+    timeline: Timeline,
+    rng: ChaCha8Rng,
+    cookie_key: CookieKey,
+    cert: Vec<u8>,
+    pending: BTreeMap<SessionId, Pending>,
+    // Which device last spoke from an address: how bytes of records the cloud
+    // cannot decrypt are still attributed to a device.
+    peers: HashMap<SocketAddr, String>,
+    cache_down_until: Option<Instant>,
+}
+
+impl Server {
+    pub fn new(
+        cfg: CloudConfig,
+        cache: Arc<dyn SessionCache>,
+        durable: DurableKeys,
+        handle: super::CloudHandle,
+        timeline: Timeline,
+    ) -> Server {
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc10d);
+        let mut ck = [0u8; 32];
+        rng.fill_bytes(&mut ck);
+        Server {
+            cfg,
+            cache,
+            durable,
+            mitigation: handle,
+            timeline,
+            rng,
+            cookie_key: CookieKey(ck),
+            cert: rig_proto::handshake::certificate(rig_proto::SERVER_CERT_LEN, 0x5a),
+            pending: BTreeMap::new(),
+            peers: HashMap::new(),
+            cache_down_until: None,
+        }
+    }
+
+    /// Processes one datagram from `peer`.
+    pub async fn handle(&mut self, data: &[u8], peer: SocketAddr) -> Outcome {
+        let mut out = Outcome {
+            device: self.peers.get(&peer).cloned(),
+            msg: "malformed",
+            ..Outcome::default()
+        };
+        let frame = match Frame::decode(data) {
+            Ok(f) => f,
+            Err(e) => {
+                out.events.push(invalid(e.0, peer));
+                return out;
+            }
+        };
+        out.msg = frame.name();
+        match frame {
+            Frame::ClientHello(h) => self.on_client_hello(h, peer, &mut out),
+            Frame::ClientFinished(f) => self.on_client_finished(f, peer, &mut out).await,
+            Frame::Record(r) => self.on_record(r, peer, &mut out).await,
+            Frame::HelloVerify(_) | Frame::ServerHello(_) | Frame::ServerFinished(_) | Frame::SessionUnknown(_) => {
+                out.events.push(invalid("message only the cloud sends", peer));
+            }
+        }
+        out
+    }
+
+    fn on_client_hello(&mut self, h: ClientHello, peer: SocketAddr, out: &mut Outcome) {
+        let Some(psk) = self.cfg.keys.get(&h.device_id).cloned() else {
+            out.events.push(invalid("hello from a device without a key", peer));
+            return;
+        };
+        out.device = Some(h.device_id.clone());
+        let peer_bytes = peer.to_string();
+        let cookie_ok = h.cookie.is_some_and(|c| {
+            self.cookie_key
+                .verify(peer_bytes.as_bytes(), &h.device_id, &h.client_nonce, &c)
+        });
+        if !cookie_ok {
+            // Stateless: nothing is remembered until the peer proves it
+            // receives at its source address by echoing this.
+            let cookie = self
+                .cookie_key
+                .cookie(peer_bytes.as_bytes(), &h.device_id, &h.client_nonce);
+            out.replies.push(Frame::HelloVerify(HelloVerify { cookie }));
+            return;
+        }
+        self.peers.insert(peer, h.device_id.clone());
+        self.expire_pending();
+        let mut server_nonce = [0u8; NONCE_LEN];
+        self.rng.fill_bytes(&mut server_nonce);
+        let session_id = loop {
+            let id = self.rng.next_u64();
+            if id != 0 && !self.pending.contains_key(&id) {
+                break id;
+            }
+        };
+        let transcript = Transcript {
+            client_nonce: h.client_nonce,
+            server_nonce,
+            session_id,
+        };
+        let keys = SessionKeys::derive(&psk, &h.device_id, &h.client_nonce, &server_nonce, session_id);
+        let mac = transcript.server_hello_mac(&keys, &self.cert);
+        out.replies.push(Frame::ServerHello(ServerHello {
+            session_id,
+            server_nonce,
+            cert: self.cert.clone(),
+            mac,
+        }));
+        self.pending.insert(
+            session_id,
+            Pending {
+                device_id: h.device_id,
+                transcript,
+                keys,
+                created: Instant::now(),
+            },
+        );
+    }
+
+    fn expire_pending(&mut self) {
+        let now = Instant::now();
+        let ttl = self.cfg.pending_ttl;
+        self.pending.retain(|_, p| now.duration_since(p.created) < ttl);
+        while self.pending.len() >= self.cfg.max_pending {
+            let oldest = self.pending.iter().min_by_key(|(_, p)| p.created).map(|(id, _)| *id);
+            match oldest {
+                Some(id) => self.pending.remove(&id),
+                None => break,
+            };
+        }
+    }
+
+    async fn on_client_finished(&mut self, f: ClientFinished, peer: SocketAddr, out: &mut Outcome) {
+        let Some(p) = self.pending.remove(&f.session_id) else {
+            out.events.push(invalid(
+                "finished without a pending handshake (replayed or forged)",
+                peer,
+            ));
+            return;
+        };
+        out.device = Some(p.device_id.clone());
+        if !p.transcript.verify_client_finished(&p.keys, &f.cert, &f.mac) {
+            // Keep the handshake pending: a forgery must not be able to
+            // cancel the real device's handshake either.
+            self.pending.insert(f.session_id, p);
+            out.events.push(invalid("bad finished MAC", peer));
+            return;
+        }
+        self.peers.insert(peer, p.device_id.clone());
+        let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
+        self.durable.put(&rec);
+        if let Err(e) = self.cache_put(&rec).await {
+            out.events.push(cache_error("put", &e));
+        }
+        let session = session_label(f.session_id);
+        out.events.push(EventKind::CloudHandshake {
+            session: session.clone(),
+        });
+        out.events.push(EventKind::CloudConnected {
+            via: ConnectVia::Handshake,
+            session,
+        });
+        out.replies.push(Frame::ServerFinished(ServerFinished {
+            session_id: f.session_id,
+            mac: p.transcript.server_finished_mac(&p.keys),
+        }));
+    }
+
+    async fn on_record(&mut self, r: Record, peer: SocketAddr, out: &mut Outcome) {
+        let sid = r.header.session_id;
+        let session = session_label(sid);
+        let cached = match self.cache_get(sid).await {
+            Ok(rec) => rec,
+            Err(e) => {
+                out.events.push(cache_error("get", &e));
+                None
+            }
+        };
+        let (mut rec, healed) = match cached {
+            Some(rec) => (rec, false),
+            None => match self.mitigation.mitigation() {
+                Mitigation::Durable => match self.durable.get(sid) {
+                    Some(rec) => (rec, true),
+                    None => {
+                        out.events.push(unknown(&session, UnknownAction::Dropped, &r));
+                        return;
+                    }
+                },
+                Mitigation::Drop => {
+                    out.events.push(unknown(&session, UnknownAction::Dropped, &r));
+                    return;
+                }
+                Mitigation::Reject => {
+                    out.events.push(unknown(&session, UnknownAction::Rejected, &r));
+                    out.replies.push(Frame::SessionUnknown(SessionUnknown {
+                        session_id: sid,
+                        counter: r.header.counter,
+                    }));
+                    return;
+                }
+            },
+        };
+        out.device = Some(rec.device_id.clone());
+        let keys = rec.keys();
+        let Some(inner) = r.open(&keys, Direction::ToCloud) else {
+            out.events.push(invalid("record fails authentication", peer));
+            return;
+        };
+        if r.header.counter <= rec.rx_counter {
+            out.events
+                .push(invalid("replayed record (counter not above last accepted)", peer));
+            return;
+        }
+        self.peers.insert(peer, rec.device_id.clone());
+        rec.rx_counter = r.header.counter;
+        if healed {
+            out.events.push(unknown(&session, UnknownAction::Healed, &r));
+        }
+        if r.header.is_resume() {
+            out.events.push(EventKind::CloudResumed {
+                session: session.clone(),
+            });
+            out.events.push(EventKind::CloudConnected {
+                via: ConnectVia::Resume,
+                session: session.clone(),
+            });
+        }
+        let reply_kind = match inner.kind {
+            InnerKind::Ping => Some(InnerKind::Pong),
+            InnerKind::Publish => {
+                let topic = publish_topic(&inner.payload);
+                out.events.push(EventKind::CloudPublish {
+                    session: session.clone(),
+                    topic,
+                });
+                Some(InnerKind::Ack)
+            }
+            InnerKind::Pong | InnerKind::Ack => None,
+        };
+        if let Some(kind) = reply_kind {
+            rec.tx_counter += 1;
+            let header = RecordHeader {
+                flags: 0,
+                session_id: sid,
+                counter: rec.tx_counter,
+            };
+            let reply = Inner {
+                kind,
+                msg_id: inner.msg_id,
+                payload: Vec::new(),
+            };
+            out.replies
+                .push(Frame::Record(Record::seal(&keys, Direction::ToDevice, header, &reply)));
+        }
+        self.durable.put(&rec);
+        if let Err(e) = self.cache_put(&rec).await {
+            out.events.push(cache_error("put", &e));
+        }
+    }
+
+    async fn cache_get(&mut self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
+        self.guarded(|cache| async move { cache.get(id).await }).await
+    }
+
+    async fn cache_put(&mut self, rec: &SessionRecord) -> Result<(), CacheError> {
+        let ttl = self.cfg.session_ttl;
+        let rec = rec.clone();
+        self.guarded(|cache| async move { cache.put(&rec, ttl).await }).await
+    }
+
+    async fn guarded<T, F, Fut>(&mut self, op: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(Arc<dyn SessionCache>) -> Fut,
+        Fut: Future<Output = Result<T, CacheError>>,
+    {
+        if let Some(until) = self.cache_down_until {
+            if Instant::now() < until {
+                return Err(CacheError::Down("circuit open after a recent failure".into()));
+            }
+            self.cache_down_until = None;
+        }
+        let res = match tokio::time::timeout(self.cfg.cache_timeout, op(self.cache.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::Timeout(self.cfg.cache_timeout)),
+        };
+        if matches!(res, Err(CacheError::Down(_) | CacheError::Timeout(_))) {
+            self.cache_down_until = Some(Instant::now() + self.cfg.cache_retry);
+        }
+        res
+    }
+
+    fn emit(&self, device: Option<&str>, kind: EventKind) {
+        self.timeline.emit(device, Source::Cloud, kind);
+    }
+}
+
+fn invalid(reason: &str, peer: SocketAddr) -> EventKind {
+    EventKind::CloudInvalid {
+        reason: reason.to_owned(),
+        peer: peer.to_string(),
+    }
+}
+
+fn unknown(session: &str, action: UnknownAction, r: &Record) -> EventKind {
+    EventKind::CloudResumeUnknown {
+        session: session.to_owned(),
+        action,
+        resume: r.header.is_resume(),
+    }
+}
+
+fn cache_error(op: &str, e: &CacheError) -> EventKind {
+    EventKind::CacheError {
+        op: op.to_owned(),
+        error: e.to_string(),
+    }
+}
+
+/// A publish payload is `topic \0 data`.
+fn publish_topic(payload: &[u8]) -> String {
+    let topic = payload.split(|b| *b == 0).next().unwrap_or_default();
+    String::from_utf8_lossy(topic).into_owned()
+}
+
+/// Runs the cloud on `socket` until `shutdown` completes. Receive errors
+/// (ICMP unreachable surfacing on UDP, a network going away) are logged and
+/// the loop carries on: one peer must never stop the cloud for the others.
+pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    // One byte more than the protocol allows, so oversized datagrams are
+    // seen as such instead of silently truncated into something valid.
+    let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = &mut shutdown => return,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, peer) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("cloud receive error: {e}");
+                if e.kind() == std::io::ErrorKind::NotConnected {
+                    return;
+                }
+                continue;
+            }
+        };
+        let out = server.handle(&buf[..n], peer).await;
+        let device = out.device.as_deref();
+        let peer_s = peer.to_string();
+        server.emit(
+            device,
+            EventKind::CloudRx {
+                bytes: n as u64,
+                msg: out.msg.to_owned(),
+                peer: peer_s.clone(),
+            },
+        );
+        for ev in out.events {
+            server.emit(device, ev);
+        }
+        for reply in out.replies {
+            let bytes = reply.encode();
+            match socket.send_to(&bytes, peer).await {
+                Ok(_) => server.emit(
+                    device,
+                    EventKind::CloudTx {
+                        bytes: bytes.len() as u64,
+                        msg: reply.name().to_owned(),
+                        peer: peer_s.clone(),
+                    },
+                ),
+                Err(e) => tracing::debug!("cloud send to {peer} failed: {e}"),
+            }
+        }
+    }
+}

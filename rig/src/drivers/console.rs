@@ -1,0 +1,200 @@
+//! Turns a board's console byte stream into timeline events.
+//!
+//! Every complete line becomes a `console.line`; lines matching the flashed
+//! fixture's console patterns also become `device.boot`, `device.wake` and
+//! `device.sleep`. This is the only way the rig learns that a board woke or
+//! slept, on hardware and in simulation alike: the simulator prints, the
+//! rig reads.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use regex::Regex;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::{Console, DriverError};
+use crate::timeline::{EventKind, Source, Timeline};
+
+/// Compiled console patterns of a fixture.
+#[derive(Debug, Clone)]
+pub struct Patterns {
+    pub boot: Regex,
+    /// May capture `reason`.
+    pub wake: Regex,
+    /// May capture `secs`.
+    pub sleep: Regex,
+}
+
+/// Which patterns apply now; the runner swaps them when it flashes a fixture.
+pub type PatternSlot = Arc<Mutex<Option<Arc<Patterns>>>>;
+
+/// The runner's side of a watched console.
+pub struct ConsoleHandle {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    task: JoinHandle<()>,
+}
+
+impl ConsoleHandle {
+    /// Sends bytes to the board (a line needs its own `\n`).
+    pub fn send(&self, data: Vec<u8>) -> Result<(), DriverError> {
+        self.tx
+            .send(data)
+            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+    }
+}
+
+impl Drop for ConsoleHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Splits a byte stream into lines (`\n`, with `\r` stripped), keeping an
+/// unfinished tail until more bytes or a gap arrive.
+#[derive(Default)]
+pub struct LineAssembler {
+    buf: Vec<u8>,
+}
+
+impl LineAssembler {
+    pub fn push(&mut self, data: &[u8], mut line: impl FnMut(String)) {
+        for &b in data {
+            if b == b'\n' {
+                let mut l = std::mem::take(&mut self.buf);
+                if l.last() == Some(&b'\r') {
+                    l.pop();
+                }
+                line(String::from_utf8_lossy(&l).into_owned());
+            } else {
+                self.buf.push(b);
+            }
+        }
+    }
+
+    /// The unfinished tail, if any (at a gap in the link).
+    pub fn take_partial(&mut self) -> Option<String> {
+        if self.buf.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned())
+        }
+    }
+}
+
+/// Starts reading `console` for `device`.
+pub fn watch(
+    device: String,
+    mut console: Box<dyn Console>,
+    timeline: Timeline,
+    patterns: PatternSlot,
+) -> ConsoleHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let task = tokio::spawn(async move {
+        let mut lines = LineAssembler::default();
+        let mut buf = vec![0u8; 1024];
+        let mut gap_since: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                biased;
+                cmd = rx.recv() => match cmd {
+                    Some(data) => {
+                        if let Err(e) = console.write(&data).await {
+                            tracing::warn!("{device}: console write failed: {e}");
+                        }
+                    }
+                    None => return,
+                },
+                r = console.read(&mut buf) => match r {
+                    Ok(0) | Err(DriverError::LinkGone) => {
+                        if gap_since.is_none() {
+                            gap_since = Some(tokio::time::Instant::now());
+                            if let Some(partial) = lines.take_partial() {
+                                emit_line(&device, &timeline, &patterns, partial, true);
+                            }
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(n) => {
+                        if let Some(since) = gap_since.take() {
+                            timeline.emit_device(&device, Source::Console, EventKind::ConsoleGap {
+                                ms: since.elapsed().as_millis() as u64,
+                            });
+                        }
+                        lines.push(&buf[..n], |l| emit_line(&device, &timeline, &patterns, l, false));
+                    }
+                    Err(e) => {
+                        tracing::warn!("{device}: console read failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+    });
+    ConsoleHandle { tx, task }
+}
+
+fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool) {
+    let patterns = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let derived = patterns.and_then(|p| classify(&p, &line));
+    timeline.emit_device(device, Source::Console, EventKind::ConsoleLine { line, partial });
+    if let Some(kind) = derived {
+        timeline.emit_device(device, Source::Console, kind);
+    }
+}
+
+/// The device event a console line stands for, if any.
+pub fn classify(p: &Patterns, line: &str) -> Option<EventKind> {
+    if p.boot.is_match(line) {
+        return Some(EventKind::DeviceBoot);
+    }
+    if let Some(c) = p.wake.captures(line) {
+        return Some(EventKind::DeviceWake {
+            reason: c.name("reason").map(|m| m.as_str().to_owned()),
+        });
+    }
+    if let Some(c) = p.sleep.captures(line) {
+        return Some(EventKind::DeviceSleep {
+            secs: c.name("secs").and_then(|m| m.as_str().parse().ok()),
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_split_across_chunks_and_crlf_is_stripped() {
+        let mut a = LineAssembler::default();
+        let mut out = Vec::new();
+        a.push(b"000123 [app] wa", |l| out.push(l));
+        assert!(out.is_empty());
+        a.push(b"ke\r\nsecond\nthi", |l| out.push(l));
+        assert_eq!(out, vec!["000123 [app] wake", "second"]);
+        assert_eq!(a.take_partial().as_deref(), Some("thi"));
+        assert_eq!(a.take_partial(), None);
+    }
+
+    #[test]
+    fn patterns_classify_lines() {
+        let p = Patterns {
+            boot: Regex::new(r"\[boot\]").unwrap(),
+            wake: Regex::new(r"wake #\d+ reason=(?P<reason>\w+)").unwrap(),
+            sleep: Regex::new(r"sleeping for (?P<secs>\d+)s").unwrap(),
+        };
+        assert_eq!(classify(&p, "0001 [boot] INFO: booting"), Some(EventKind::DeviceBoot));
+        assert_eq!(
+            classify(&p, "0001 [app] INFO: wake #3 reason=rtc"),
+            Some(EventKind::DeviceWake {
+                reason: Some("rtc".into())
+            })
+        );
+        assert_eq!(
+            classify(&p, "0001 [app] INFO: sleeping for 912s"),
+            Some(EventKind::DeviceSleep { secs: Some(912) })
+        );
+        assert_eq!(classify(&p, "0001 [net] INFO: attached"), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Firmware fixtures: one folder each under `firmware-fixtures/`, described by
+//! `fixture.yaml`.
+//!
+//! A fixture names a firmware build, the boards it runs on, how its console
+//! announces boot, wake and sleep, and (for simulated boards) the behaviour
+//! the simulator runs in place of a binary image. Its content hash is what
+//! reports cite so a sign-off names exactly what was tested.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::diag::{Diagnostic, yaml_error};
+use crate::drivers::console::Patterns;
+use crate::units::Dur;
+
+/// What firmware does with a session whose resume went unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionPolicy {
+    /// Keep it and resume again on the next wake, forever (1.1.x, buggy).
+    Keep,
+    /// Discard it after this many connects without an authenticated reply
+    /// (1.2.x, the shipped fix).
+    ExpireAfterUses(u32),
+    /// Fall back to a full handshake in the same wake (ideal).
+    FallbackNow,
+}
+
+impl std::fmt::Display for SessionPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionPolicy::Keep => f.write_str("keep"),
+            SessionPolicy::ExpireAfterUses(n) => write!(f, "expire_after_uses: {n}"),
+            SessionPolicy::FallbackNow => f.write_str("fallback_now"),
+        }
+    }
+}
+
+/// A `[min, max]` duration range drawn uniformly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Range(pub Dur, pub Dur);
+
+/// Behaviour of the firmware on a simulated board (DESIGN §3).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Behaviour {
+    pub session_policy: SessionPolicy,
+    #[serde(default)]
+    pub honours_session_unknown: bool,
+    pub sleep_interval: Dur,
+    #[serde(default)]
+    pub sleep_jitter: Dur,
+    /// Network attach after a wake from sleep.
+    pub attach_time: Range,
+    /// Network attach after a boot.
+    pub boot_attach_time: Range,
+    /// How long the device stays awake after attaching, at most.
+    pub awake_window: Dur,
+    /// With `fallback_now`: how long to wait for a resume answer.
+    #[serde(default = "default_resume_timeout")]
+    pub resume_timeout: Dur,
+    /// Confirmable message retransmit intervals (CoAP-like).
+    pub retransmit: Vec<Dur>,
+    /// A confirmable unanswered this long after its first send clears the session.
+    pub give_up_after: Dur,
+    /// Handshake flight retransmit intervals.
+    pub handshake_retransmit: Vec<Dur>,
+    #[serde(default = "default_topic")]
+    pub publish_topic: String,
+    #[serde(default = "default_publish_bytes")]
+    pub publish_bytes: u16,
+}
+
+fn default_resume_timeout() -> Dur {
+    Dur(Duration::from_secs(8))
+}
+fn default_topic() -> String {
+    "sensors/temp".into()
+}
+fn default_publish_bytes() -> u16 {
+    48
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleRaw {
+    boot: String,
+    wake: String,
+    sleep: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FixtureRaw {
+    name: String,
+    version: String,
+    #[serde(default)]
+    description: String,
+    boards: Vec<String>,
+    #[serde(default)]
+    image: Option<PathBuf>,
+    console: ConsoleRaw,
+    #[serde(default)]
+    behaviour: Option<Behaviour>,
+}
+
+/// A loaded fixture.
+#[derive(Debug, Clone)]
+pub struct Fixture {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub boards: Vec<String>,
+    pub dir: PathBuf,
+    /// Absolute path of the image, for boards that flash a real binary.
+    pub image: Option<PathBuf>,
+    pub patterns: Arc<Patterns>,
+    pub behaviour: Option<Behaviour>,
+    /// SHA-256 over fixture.yaml and the image, hex.
+    pub sha256: String,
+    /// Bytes a flash writes (the image, or the description for sim boards).
+    pub size: u64,
+}
+
+/// All fixtures of a folder, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Fixtures {
+    pub dir: PathBuf,
+    pub by_name: BTreeMap<String, Arc<Fixture>>,
+}
+
+impl Fixtures {
+    pub fn get(&self, name: &str) -> Option<Arc<Fixture>> {
+        self.by_name.get(name).cloned()
+    }
+
+    pub fn names(&self) -> String {
+        if self.by_name.is_empty() {
+            format!("none found in {}", self.dir.display())
+        } else {
+            self.by_name.keys().cloned().collect::<Vec<_>>().join(", ")
+        }
+    }
+
+    /// Loads every `*/fixture.yaml` under `dir`; reports every bad one.
+    pub fn load(dir: &Path) -> Result<Fixtures, Vec<Diagnostic>> {
+        let mut out = Fixtures {
+            dir: dir.to_owned(),
+            by_name: BTreeMap::new(),
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                return Err(vec![Diagnostic::file(
+                    dir,
+                    format!("cannot read the fixtures folder: {e}"),
+                )]);
+            }
+        };
+        let mut errors = Vec::new();
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("fixture.yaml"))
+            .filter(|p| p.is_file())
+            .collect();
+        paths.sort();
+        for path in paths {
+            match load_one(&path) {
+                Ok(f) => {
+                    out.by_name.insert(f.name.clone(), Arc::new(f));
+                }
+                Err(d) => errors.extend(d),
+            }
+        }
+        if errors.is_empty() { Ok(out) } else { Err(errors) }
+    }
+}
+
+fn load_one(path: &Path) -> Result<Fixture, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, format!("cannot read: {e}"))])?;
+    let raw: FixtureRaw = serde_saphyr::from_str(&text).map_err(|e| vec![yaml_error(path, &text, &e)])?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
+    let folder = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut errors = Vec::new();
+    if raw.name != folder {
+        errors.push(Diagnostic::file(
+            path,
+            format!("fixture name `{}` must match its folder name `{folder}`", raw.name),
+        ));
+    }
+    let re = |what: &str, pat: &str, errors: &mut Vec<Diagnostic>| match regex::Regex::new(pat) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            errors.push(Diagnostic::file(
+                path,
+                format!("console.{what} is not a valid regex: {e}"),
+            ));
+            None
+        }
+    };
+    let boot = re("boot", &raw.console.boot, &mut errors);
+    let wake = re("wake", &raw.console.wake, &mut errors);
+    let sleep = re("sleep", &raw.console.sleep, &mut errors);
+    if raw.boards.iter().any(|b| b == "sim") && raw.behaviour.is_none() {
+        errors.push(Diagnostic::file(
+            path,
+            "a fixture for board `sim` needs a `behaviour:` section",
+        ));
+    }
+    let mut hasher = Sha256::new();
+    hasher.update(text.as_bytes());
+    let mut size = text.len() as u64;
+    let image = raw.image.as_ref().map(|p| dir.join(p));
+    if let Some(img) = &image {
+        match std::fs::read(img) {
+            Ok(bytes) => {
+                hasher.update(&bytes);
+                size = bytes.len() as u64;
+            }
+            Err(e) => errors.push(Diagnostic::file(path, format!("image {}: {e}", img.display()))),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let digest = hasher.finalize();
+    let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Fixture {
+        name: raw.name,
+        version: raw.version,
+        description: raw.description,
+        boards: raw.boards,
+        dir,
+        image,
+        patterns: Arc::new(Patterns {
+            boot: boot.expect("checked above"),
+            wake: wake.expect("checked above"),
+            sleep: sleep.expect("checked above"),
+        }),
+        behaviour: raw.behaviour,
+        sha256,
+        size,
+    })
+}
+
+/// Finds `firmware-fixtures/` beside or above `start` (a plan's folder), then
+/// in the current directory.
+pub fn find_dir(start: &Path) -> Option<PathBuf> {
+    let mut cur = Some(start);
+    while let Some(d) = cur {
+        let cand = d.join("firmware-fixtures");
+        if cand.is_dir() {
+            return Some(cand);
+        }
+        cur = d.parent();
+    }
+    let cwd = PathBuf::from("firmware-fixtures");
+    cwd.is_dir().then_some(cwd)
+}

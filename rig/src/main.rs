@@ -1,0 +1,299 @@
+//! The `rig` command line: argument parsing, progress display and exit
+//! codes. Everything else lives in the library.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use rig::bench::Bench;
+use rig::diag::{self, Diagnostic};
+use rig::fixture::{self, Fixtures};
+use rig::plan::{self, Plan};
+use rig::report;
+use rig::runner::{self, Progress, RunConfig};
+use rig::units::fmt_clock;
+
+/// Exit codes CI relies on.
+mod exit {
+    pub const PASSED: u8 = 0;
+    pub const FAILED: u8 = 1;
+    pub const BAD_INPUT: u8 = 2;
+    pub const RIG_FAULT: u8 = 3;
+}
+
+#[derive(Parser)]
+#[command(
+    name = "rig",
+    version,
+    about = "Hardware-in-the-loop test rig: power, flash, consoles and a local device cloud",
+    after_help = "Exit codes: 0 all passed, 1 a check failed, 2 bad plan/bench/usage, 3 rig or infrastructure fault."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run test plans on a bench (the built-in simulated bench by default).
+    Run(RunArgs),
+    /// Validate plans against a bench and fixtures without running them.
+    Check(InputArgs),
+    /// Re-render the reports of a run folder from its events.jsonl.
+    Report {
+        /// A run folder, e.g. reports/20261123-101500-session-cache-crash
+        run_dir: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Test plan files (YAML).
+    #[arg(required = true)]
+    plans: Vec<PathBuf>,
+    /// Bench file; without it, the built-in simulated bench.
+    #[arg(long)]
+    bench: Option<PathBuf>,
+    /// Override a plan variable or pin a matrix axis: --set fixture=sleepy-1.1
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = plan::parse_set)]
+    sets: Vec<(String, String)>,
+    /// Fixtures folder; by default the firmware-fixtures/ found beside or above the plan.
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    input: InputArgs,
+    /// Seed for every random choice (jitter, nonces, eviction). Printed when not given.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Where run folders are created.
+    #[arg(long, default_value = "reports")]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RIG_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Check(a) => cmd_check(a),
+        Cmd::Report { run_dir } => cmd_report(&run_dir),
+    };
+    ExitCode::from(code)
+}
+
+fn load(input: &InputArgs) -> Result<(Bench, Fixtures, Vec<Plan>), Vec<Diagnostic>> {
+    let bench = Bench::load_or_builtin(input.bench.as_ref())?;
+    let fixtures_dir = match &input.fixtures {
+        Some(d) => d.clone(),
+        None => {
+            let start = input.plans[0].parent().map(Path::to_path_buf).unwrap_or_default();
+            let start = if start.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                start
+            };
+            fixture::find_dir(&start).ok_or_else(|| {
+                vec![Diagnostic::file(
+                    &input.plans[0],
+                    "no firmware-fixtures/ folder beside or above this plan or in the current directory (use --fixtures DIR)",
+                )]
+            })?
+        }
+    };
+    let fixtures = Fixtures::load(&fixtures_dir)?;
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for p in &input.plans {
+        match plan::load(p, &bench, &fixtures, &input.sets) {
+            Ok(plan) => plans.push(plan),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok((bench, fixtures, plans))
+    } else {
+        Err(errors)
+    }
+}
+
+fn bad_input(errors: &[Diagnostic]) -> u8 {
+    eprintln!("{}", diag::render(errors));
+    eprintln!(
+        "\n{} error{} in the input; nothing was run.",
+        errors.len(),
+        if errors.len() == 1 { "" } else { "s" }
+    );
+    exit::BAD_INPUT
+}
+
+fn cmd_check(input: InputArgs) -> u8 {
+    match load(&input) {
+        Ok((bench, _, plans)) => {
+            for p in &plans {
+                println!(
+                    "{}: ok ({} cell{}, bench {})",
+                    p.path.display(),
+                    p.cells.len(),
+                    if p.cells.len() == 1 { "" } else { "s" },
+                    bench.name
+                );
+            }
+            exit::PASSED
+        }
+        Err(e) => bad_input(&e),
+    }
+}
+
+fn cmd_run(args: RunArgs) -> u8 {
+    let (bench, fixtures, plans) = match load(&args.input) {
+        Ok(x) => x,
+        Err(e) => return bad_input(&e),
+    };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 & 0xffff_ffff)
+            .unwrap_or(1)
+    });
+    eprintln!(
+        "rig {}: bench `{}` ({} devices, {} clock), seed {seed} (rerun with --seed {seed})",
+        env!("CARGO_PKG_VERSION"),
+        bench.name,
+        bench.devices.len(),
+        bench.clock
+    );
+    let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
+        Box::new(BarProgress::new())
+    } else {
+        Box::new(LineProgress)
+    };
+    let wall = std::time::Instant::now();
+    let cfg = RunConfig {
+        bench: &bench,
+        fixtures: &fixtures,
+        plans: &plans,
+        seed,
+        out: &args.out,
+        progress: progress.as_ref(),
+    };
+    let result = match runner::run(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rig fault: {e:#}");
+            return exit::RIG_FAULT;
+        }
+    };
+    drop(progress);
+    print!("\n{}", report::verdict_table(&result.summary));
+    let plan_ms: u64 = result.summary.cells.iter().map(|c| c.plan_ms).sum();
+    println!(
+        "\nseed {seed}; {} of plan time in {:.1}s of wall time; reports in {}",
+        rig::units::fmt_duration(Duration::from_millis(plan_ms)),
+        wall.elapsed().as_secs_f64(),
+        result.dir.display()
+    );
+    match result.summary.exit_code {
+        0 => exit::PASSED,
+        1 => exit::FAILED,
+        _ => exit::RIG_FAULT,
+    }
+}
+
+fn cmd_report(dir: &Path) -> u8 {
+    let path = dir.join("events.jsonl");
+    let (header, events) = match rig::timeline::read_jsonl(&path) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::BAD_INPUT;
+        }
+    };
+    match report::write_all(dir, &header, &events) {
+        Ok(summary) => {
+            print!("{}", report::verdict_table(&summary));
+            println!("\nreports re-rendered in {}", dir.display());
+            match summary.exit_code {
+                0 => exit::PASSED,
+                1 => exit::FAILED,
+                _ => exit::RIG_FAULT,
+            }
+        }
+        Err(e) => {
+            eprintln!("rig fault: cannot write reports in {}: {e}", dir.display());
+            exit::RIG_FAULT
+        }
+    }
+}
+
+/// Plain lines for CI logs.
+struct LineProgress;
+
+impl Progress for LineProgress {
+    fn cell_start(&self, index: usize, total: usize, plan: &str, cell: &str) {
+        eprintln!("[{index}/{total}] {plan} [{cell}]");
+    }
+    fn step(&self, n: usize, desc: &str, t_ms: u64) {
+        eprintln!("  {} step {n}: {desc}", fmt_clock(t_ms));
+    }
+    fn cell_end(&self, line: &str) {
+        eprintln!("  => {line}");
+    }
+}
+
+/// An indicatif spinner for terminals.
+struct BarProgress {
+    bar: ProgressBar,
+    cell: Mutex<String>,
+}
+
+impl BarProgress {
+    fn new() -> BarProgress {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        BarProgress {
+            bar,
+            cell: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl Progress for BarProgress {
+    fn cell_start(&self, index: usize, total: usize, plan: &str, cell: &str) {
+        let c = format!("[{index}/{total}] {plan} [{cell}]");
+        self.bar.set_message(c.clone());
+        *self.cell.lock().unwrap_or_else(|p| p.into_inner()) = c;
+    }
+    fn step(&self, n: usize, desc: &str, t_ms: u64) {
+        let cell = self.cell.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.bar
+            .set_message(format!("{cell} · plan time {} · step {n}: {desc}", fmt_clock(t_ms)));
+    }
+    fn cell_end(&self, line: &str) {
+        self.bar.println(format!("  {line}"));
+    }
+}
+
+impl Drop for BarProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,288 @@
+//! The step vocabulary of test plans (DESIGN §4), as serde types.
+//!
+//! A step is a one-key map (`- power: on`, `- cache: {restore: empty}`), so
+//! [`Step`] is an externally tagged enum: an unknown step name is a serde
+//! error that already carries its line and column.
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::cloud::Mitigation;
+use crate::units::{Bytes, Dur, fmt_bytes};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Power(PowerAction),
+    Reset(ResetKind),
+    Flash(Spanned<String>),
+    Console(ConsoleStep),
+    WaitFor(WaitFor),
+    Wait(Dur),
+    SleepCycles(SleepCycles),
+    Mark(Spanned<String>),
+    Cache(CacheOp),
+    Cloud(CloudStep),
+    Expect(Expect),
+    ExpectRecovery(ExpectRecovery),
+    Repeat(Repeat),
+    Run(Spanned<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "PowerRaw")]
+pub enum PowerAction {
+    On,
+    Off,
+    Cycle { off_for: Dur },
+}
+
+#[derive(Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected `on`, `off`, `cycle` or `{cycle: {off_for: DURATION}}`"
+)]
+enum PowerRaw {
+    // YAML 1.1 reads a bare `on`/`off` as a boolean.
+    Bool(bool),
+    Word(String),
+    Cycle { cycle: CycleOpts },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CycleOpts {
+    off_for: Dur,
+}
+
+const DEFAULT_OFF_FOR: Dur = Dur(std::time::Duration::from_secs(2));
+
+impl TryFrom<PowerRaw> for PowerAction {
+    type Error = String;
+    fn try_from(r: PowerRaw) -> Result<Self, String> {
+        match r {
+            PowerRaw::Bool(true) => Ok(PowerAction::On),
+            PowerRaw::Bool(false) => Ok(PowerAction::Off),
+            PowerRaw::Word(w) => match w.as_str() {
+                "on" => Ok(PowerAction::On),
+                "off" => Ok(PowerAction::Off),
+                "cycle" => Ok(PowerAction::Cycle {
+                    off_for: DEFAULT_OFF_FOR,
+                }),
+                other => Err(format!("expected `on`, `off` or `cycle`, found `{other}`")),
+            },
+            PowerRaw::Cycle { cycle } => Ok(PowerAction::Cycle { off_for: cycle.off_for }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetKind {
+    Soft,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleStep {
+    pub send: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitFor {
+    #[serde(default)]
+    pub event: Option<Spanned<String>>,
+    /// A regex matched against console lines.
+    #[serde(default)]
+    pub console: Option<Spanned<String>>,
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a number of wake cycles, or `{n: N, timeout: DURATION}`"
+)]
+pub enum SleepCycles {
+    N(u32),
+    Opts {
+        n: u32,
+        #[serde(default)]
+        timeout: Option<Dur>,
+    },
+}
+
+impl SleepCycles {
+    pub fn n(&self) -> u32 {
+        match self {
+            SleepCycles::N(n) | SleepCycles::Opts { n, .. } => *n,
+        }
+    }
+    pub fn timeout(&self) -> Option<Dur> {
+        match self {
+            SleepCycles::N(_) => None,
+            SleepCycles::Opts { timeout, .. } => *timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheOp {
+    Kill,
+    Start,
+    Flush,
+    Snapshot(String),
+    /// `empty` or a snapshot name.
+    Restore(String),
+    Evict(Evict),
+    Pause(Dur),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Evict {
+    pub fraction: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudStep {
+    pub mitigation: Mitigation,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expect {
+    pub event: Spanned<String>,
+    #[serde(default)]
+    pub min: Option<u64>,
+    #[serde(default)]
+    pub max: Option<u64>,
+    #[serde(default)]
+    pub after: Option<Spanned<String>>,
+    #[serde(default)]
+    pub within: Option<Dur>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectRecovery {
+    pub after: Spanned<String>,
+    #[serde(default)]
+    pub within_cycles: Option<u32>,
+    #[serde(default)]
+    pub within: Option<Dur>,
+    #[serde(default = "yes")]
+    pub no_power_cycle: bool,
+    #[serde(default)]
+    pub max_bytes: Option<Bytes>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repeat {
+    pub times: u32,
+    pub steps: Vec<Spanned<Step>>,
+}
+
+impl Step {
+    /// The step's name as written in a plan.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Step::Power(_) => "power",
+            Step::Reset(_) => "reset",
+            Step::Flash(_) => "flash",
+            Step::Console(_) => "console",
+            Step::WaitFor(_) => "wait_for",
+            Step::Wait(_) => "wait",
+            Step::SleepCycles(_) => "sleep_cycles",
+            Step::Mark(_) => "mark",
+            Step::Cache(_) => "cache",
+            Step::Cloud(_) => "cloud",
+            Step::Expect(_) => "expect",
+            Step::ExpectRecovery(_) => "expect_recovery",
+            Step::Repeat(_) => "repeat",
+            Step::Run(_) => "run",
+        }
+    }
+
+    /// One line for progress output, events and reports.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Power(PowerAction::On) => "power on".into(),
+            Step::Power(PowerAction::Off) => "power off".into(),
+            Step::Power(PowerAction::Cycle { off_for }) => format!("power cycle (off for {off_for})"),
+            Step::Reset(ResetKind::Soft) => "reset soft".into(),
+            Step::Flash(f) => format!("flash {}", f.value),
+            Step::Console(c) => format!("console send {:?}", c.send),
+            Step::WaitFor(w) => {
+                let what = match (&w.event, &w.console) {
+                    (Some(e), _) => e.value.clone(),
+                    (None, Some(c)) => format!("console /{}/", c.value),
+                    (None, None) => "?".into(),
+                };
+                match w.timeout {
+                    Some(t) => format!("wait_for {what} (timeout {t})"),
+                    None => format!("wait_for {what}"),
+                }
+            }
+            Step::Wait(d) => format!("wait {d}"),
+            Step::SleepCycles(s) => format!("sleep_cycles {}", s.n()),
+            Step::Mark(m) => format!("mark {}", m.value),
+            Step::Cache(op) => format!(
+                "cache {}",
+                match op {
+                    CacheOp::Kill => "kill".to_string(),
+                    CacheOp::Start => "start".into(),
+                    CacheOp::Flush => "flush".into(),
+                    CacheOp::Snapshot(n) => format!("snapshot {n}"),
+                    CacheOp::Restore(n) => format!("restore {n}"),
+                    CacheOp::Evict(e) => format!("evict {}%", e.fraction * 100.0),
+                    CacheOp::Pause(d) => format!("pause {d}"),
+                }
+            ),
+            Step::Cloud(c) => format!("cloud mitigation {}", c.mitigation),
+            Step::Expect(e) => {
+                let mut s = format!("expect {}", e.event.value);
+                if let Some(m) = e.min {
+                    s += &format!(" min {m}");
+                }
+                if let Some(m) = e.max {
+                    s += &format!(" max {m}");
+                }
+                if let Some(a) = &e.after {
+                    s += &format!(" after {}", a.value);
+                }
+                if let Some(w) = e.within {
+                    s += &format!(" within {w}");
+                }
+                s
+            }
+            Step::ExpectRecovery(r) => {
+                let mut s = format!("expect_recovery after {}", r.after.value);
+                if let Some(c) = r.within_cycles {
+                    s += &format!(" within {c} cycles");
+                }
+                if let Some(w) = r.within {
+                    s += &format!(" within {w}");
+                }
+                if r.no_power_cycle {
+                    s += ", no power cycle";
+                }
+                if let Some(b) = r.max_bytes {
+                    s += &format!(", max {}", fmt_bytes(b.0));
+                }
+                s
+            }
+            Step::Repeat(r) => format!("repeat {} times ({} steps)", r.times, r.steps.len()),
+            Step::Run(c) => format!("run {:?}", c.value),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Reports: pure functions of the timeline, written into the run folder.
+//!
+//! `summary.json` (verdicts, checks, recovery facts), `junit.xml` for CI, and
+//! `console/<device>.log`. [`write_all`] is what both `rig run` (after every
+//! cell, so a crash leaves a readable partial report) and `rig report
+//! RUN_DIR` call.
+
+pub mod junit;
+pub mod summary;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::timeline::{Event, EventKind, Header};
+use crate::units::{fmt_bytes, fmt_clock, fmt_duration};
+pub use summary::{CellSummary, CellVerdict, Summary, summarize};
+
+/// Writes every report for `events` into `dir` and returns the summary.
+pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Result<Summary> {
+    let summary = summarize(header, events);
+    write_atomic(&dir.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
+    write_atomic(&dir.join("junit.xml"), &junit::render(&summary, events))?;
+    let console_dir = dir.join("console");
+    std::fs::create_dir_all(&console_dir)?;
+    for (device, text) in console_logs(&summary, events) {
+        write_atomic(&console_dir.join(format!("{device}.log")), text.as_bytes())?;
+    }
+    Ok(summary)
+}
+
+// Reports are rewritten after every cell; a reader must never see half a file.
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// One log per device: every console line with its plan time, cell by cell.
+pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, String> {
+    let mut logs: BTreeMap<String, String> = BTreeMap::new();
+    let mut current: BTreeMap<String, u32> = BTreeMap::new();
+    for e in events {
+        let Some(d) = &e.device else { continue };
+        let line = match &e.kind {
+            EventKind::ConsoleLine { line, partial } => {
+                if *partial {
+                    format!("{line} [partial: link lost mid-line]")
+                } else {
+                    line.clone()
+                }
+            }
+            EventKind::ConsoleGap { ms } => format!(
+                "--- console link gap of {} ---",
+                fmt_duration(std::time::Duration::from_millis(*ms))
+            ),
+            EventKind::PowerOn => "--- rig: power on ---".into(),
+            EventKind::PowerOff => "--- rig: power off ---".into(),
+            EventKind::ResetSoft => "--- rig: soft reset ---".into(),
+            EventKind::FlashDone { fixture, version, .. } => format!("--- rig: flashed {fixture} {version} ---"),
+            _ => continue,
+        };
+        let log = logs.entry(d.clone()).or_default();
+        if current.get(d) != Some(&e.cell) {
+            current.insert(d.clone(), e.cell);
+            let cell = summary.cells.iter().find(|c| c.index == e.cell);
+            let title = cell.map(|c| format!("{} [{}]", c.plan, c.name)).unwrap_or_default();
+            let _ = writeln!(log, "===== cell {}: {title} =====", e.cell + 1);
+        }
+        let _ = writeln!(log, "[{}] {line}", fmt_clock(e.t_ms));
+    }
+    logs
+}
+
+/// One line per cell for progress output.
+pub fn cell_line(c: &CellSummary) -> String {
+    format!("{} [{}]: {}", c.plan, c.name, c.verdict.label())
+}
+
+/// The verdict table printed at the end of `rig run`.
+pub fn verdict_table(s: &Summary) -> String {
+    let mut rows = vec![[
+        "#".to_string(),
+        "cell".into(),
+        "verdict".into(),
+        "recovered".into(),
+        "wakes (max)".into(),
+        "bytes (max)".into(),
+        "plan time".into(),
+    ]];
+    for c in &s.cells {
+        let rec = c.recovery();
+        let (recovered, wakes, bytes) = if rec.is_empty() {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            let ok: Vec<_> = rec.iter().filter(|(_, f)| f.recovered).collect();
+            let wakes = ok.iter().map(|(_, f)| f.wakes).max();
+            let bytes = ok.iter().map(|(_, f)| f.bytes).max();
+            (
+                format!("{}/{}", ok.len(), rec.len()),
+                wakes.map_or("-".into(), |w| w.to_string()),
+                bytes.map_or("-".into(), fmt_bytes),
+            )
+        };
+        rows.push([
+            (c.index + 1).to_string(),
+            format!("{} [{}]", c.plan, c.name),
+            c.verdict.label().to_string(),
+            recovered,
+            wakes,
+            bytes,
+            fmt_duration(std::time::Duration::from_millis(c.plan_ms)),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for (ri, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r.iter().zip(&widths).map(|(v, w)| format!("{v:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        if ri == 0 {
+            let _ = writeln!(
+                out,
+                "{}",
+                widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().join("  ")
+            );
+        }
+    }
+    for c in &s.cells {
+        let mut failures: Vec<&str> = c.failed_checks().map(|k| k.text.as_str()).collect();
+        failures.extend(c.faults.iter().map(String::as_str));
+        if failures.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{} [{}] — {}:", c.plan, c.name, c.verdict.label());
+        for f in failures.iter().take(3) {
+            let _ = writeln!(out, "  {f}");
+        }
+        if failures.len() > 3 {
+            let _ = writeln!(out, "  … and {} more (see junit.xml)", failures.len() - 3);
+        }
+    }
+    out
+}

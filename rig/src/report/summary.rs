@@ -1,0 +1,299 @@
+//! The run's verdicts, derived from its timeline alone.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::timeline::{CellOutcome, Event, EventKind, Header, RecoveryFacts};
+
+/// How a cell turned out, negative controls included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CellVerdict {
+    Passed,
+    Failed,
+    /// A negative control that failed, as it must.
+    FailedAsExpected,
+    /// A negative control that passed: the rig can no longer detect the bug.
+    UnexpectedlyPassed,
+    /// The rig or bench failed; no verdict on the firmware.
+    Fault,
+    Interrupted,
+    /// The timeline ends inside this cell (the rig was killed).
+    Incomplete,
+}
+
+impl CellVerdict {
+    pub fn label(self) -> &'static str {
+        match self {
+            CellVerdict::Passed => "PASSED",
+            CellVerdict::Failed => "FAILED",
+            CellVerdict::FailedAsExpected => "FAILED as expected (negative control)",
+            CellVerdict::UnexpectedlyPassed => "PASSED but must fail (negative control)",
+            CellVerdict::Fault => "RIG FAULT",
+            CellVerdict::Interrupted => "INTERRUPTED",
+            CellVerdict::Incomplete => "INCOMPLETE",
+        }
+    }
+
+    /// Whether this cell behaved as the plan expects.
+    pub fn ok(self) -> bool {
+        matches!(self, CellVerdict::Passed | CellVerdict::FailedAsExpected)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckRow {
+    pub step: usize,
+    pub check: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub passed: bool,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub facts: Option<RecoveryFacts>,
+    pub t_ms: u64,
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FixtureRow {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellSummary {
+    pub index: u32,
+    pub plan: String,
+    pub name: String,
+    pub vars: BTreeMap<String, String>,
+    pub expect_failure: bool,
+    pub outcome: Option<CellOutcome>,
+    pub verdict: CellVerdict,
+    pub clock: String,
+    /// Plan time the cell took (virtual on a virtual-clock bench).
+    pub plan_ms: u64,
+    /// Wall-clock time the cell took.
+    pub wall_ms: u64,
+    pub devices: Vec<String>,
+    pub fixtures: Vec<FixtureRow>,
+    pub faults: Vec<String>,
+    pub checks: Vec<CheckRow>,
+}
+
+impl CellSummary {
+    pub fn failed_checks(&self) -> impl Iterator<Item = &CheckRow> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
+
+    /// The recovery facts of the last `expect_recovery` step, per device.
+    pub fn recovery(&self) -> Vec<(&str, &RecoveryFacts)> {
+        let Some(last_step) = self.checks.iter().filter(|c| c.facts.is_some()).map(|c| c.step).max() else {
+            return Vec::new();
+        };
+        self.checks
+            .iter()
+            .filter(|c| c.step == last_step)
+            .filter_map(|c| Some((c.device.as_deref()?, c.facts.as_ref()?)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub format: String,
+    pub version: u32,
+    pub run_id: String,
+    pub rig_version: String,
+    pub seed: u64,
+    pub bench: String,
+    pub plans: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+    /// 0 all as expected, 1 a check failed, 3 rig fault or incomplete.
+    pub exit_code: i32,
+    pub cells: Vec<CellSummary>,
+}
+
+/// Derives the summary from the timeline.
+pub fn summarize(header: &Header, events: &[Event]) -> Summary {
+    let mut cells: Vec<CellSummary> = Vec::new();
+    let mut first_wall: BTreeMap<u32, OffsetDateTime> = BTreeMap::new();
+    for e in events {
+        first_wall.entry(e.cell).or_insert(e.wall);
+        if let EventKind::CellStart {
+            plan,
+            name,
+            vars,
+            expect_failure,
+            clock,
+            ..
+        } = &e.kind
+        {
+            cells.push(CellSummary {
+                index: e.cell,
+                plan: plan.clone(),
+                name: name.clone(),
+                vars: vars.clone(),
+                expect_failure: *expect_failure,
+                outcome: None,
+                verdict: CellVerdict::Incomplete,
+                clock: clock.clone(),
+                plan_ms: 0,
+                wall_ms: 0,
+                devices: Vec::new(),
+                fixtures: Vec::new(),
+                faults: Vec::new(),
+                checks: Vec::new(),
+            });
+            continue;
+        }
+        let Some(c) = cells.iter_mut().rev().find(|c| c.index == e.cell) else {
+            continue;
+        };
+        c.plan_ms = c.plan_ms.max(e.t_ms);
+        if let Some(w) = first_wall.get(&e.cell) {
+            c.wall_ms = (e.wall - *w).whole_milliseconds().max(0) as u64;
+        }
+        if let Some(d) = &e.device
+            && !c.devices.contains(d)
+        {
+            c.devices.push(d.clone());
+        }
+        match &e.kind {
+            EventKind::CellEnd { outcome } => c.outcome = Some(*outcome),
+            EventKind::RigFault { message, .. } => c.faults.push(message.clone()),
+            EventKind::FlashDone {
+                fixture,
+                version,
+                sha256,
+                ..
+            } => {
+                if !c.fixtures.iter().any(|f| &f.sha256 == sha256) {
+                    c.fixtures.push(FixtureRow {
+                        name: fixture.clone(),
+                        version: version.clone(),
+                        sha256: sha256.clone(),
+                    });
+                }
+            }
+            EventKind::CheckPass {
+                step,
+                check,
+                detail,
+                facts,
+            } => c.checks.push(CheckRow {
+                step: *step,
+                check: check.clone(),
+                device: e.device.clone(),
+                passed: true,
+                text: detail.clone(),
+                facts: facts.clone(),
+                t_ms: e.t_ms,
+                seq: e.seq,
+            }),
+            EventKind::CheckFail {
+                step,
+                check,
+                message,
+                facts,
+            } => c.checks.push(CheckRow {
+                step: *step,
+                check: check.clone(),
+                device: e.device.clone(),
+                passed: false,
+                text: message.clone(),
+                facts: facts.clone(),
+                t_ms: e.t_ms,
+                seq: e.seq,
+            }),
+            // The rest is evidence for the checks, not verdict material.
+            EventKind::CellStart { .. }
+            | EventKind::PowerOn
+            | EventKind::PowerOff
+            | EventKind::ResetSoft
+            | EventKind::FlashStart { .. }
+            | EventKind::ConsoleLine { .. }
+            | EventKind::ConsoleGap { .. }
+            | EventKind::DeviceBoot
+            | EventKind::DeviceWake { .. }
+            | EventKind::DeviceSleep { .. }
+            | EventKind::CloudConfig { .. }
+            | EventKind::CloudHandshake { .. }
+            | EventKind::CloudResumed { .. }
+            | EventKind::CloudConnected { .. }
+            | EventKind::CloudResumeUnknown { .. }
+            | EventKind::CloudPublish { .. }
+            | EventKind::CloudRx { .. }
+            | EventKind::CloudTx { .. }
+            | EventKind::CloudInvalid { .. }
+            | EventKind::CacheKill { .. }
+            | EventKind::CacheStart { .. }
+            | EventKind::CacheRestore { .. }
+            | EventKind::CacheSnapshot { .. }
+            | EventKind::CacheFlush { .. }
+            | EventKind::CacheEvict { .. }
+            | EventKind::CachePause { .. }
+            | EventKind::CacheResume
+            | EventKind::CacheError { .. }
+            | EventKind::PlanMark { .. }
+            | EventKind::PlanStep { .. } => {}
+        }
+    }
+    for c in &mut cells {
+        c.verdict = verdict_of(c);
+    }
+    let exit_code = exit_code(&cells);
+    Summary {
+        format: "rig.summary".into(),
+        version: 1,
+        run_id: header.run_id.clone(),
+        rig_version: header.rig_version.clone(),
+        seed: header.seed,
+        bench: header.bench.clone(),
+        plans: header.plans.clone(),
+        started: header.started,
+        exit_code,
+        cells,
+    }
+}
+
+fn verdict_of(c: &CellSummary) -> CellVerdict {
+    if !c.faults.is_empty() || c.outcome == Some(CellOutcome::Fault) {
+        return CellVerdict::Fault;
+    }
+    let failed = c.checks.iter().any(|k| !k.passed) || c.outcome == Some(CellOutcome::Timeout);
+    match c.outcome {
+        None => CellVerdict::Incomplete,
+        Some(CellOutcome::Interrupted) => CellVerdict::Interrupted,
+        Some(_) => match (c.expect_failure, failed) {
+            (false, false) => CellVerdict::Passed,
+            (false, true) => CellVerdict::Failed,
+            (true, true) => CellVerdict::FailedAsExpected,
+            (true, false) => CellVerdict::UnexpectedlyPassed,
+        },
+    }
+}
+
+/// The documented exit codes: 3 beats 1 beats 0.
+pub fn exit_code(cells: &[CellSummary]) -> i32 {
+    let fault = cells.iter().any(|c| {
+        matches!(
+            c.verdict,
+            CellVerdict::Fault | CellVerdict::Interrupted | CellVerdict::Incomplete
+        )
+    });
+    let failed = cells
+        .iter()
+        .any(|c| matches!(c.verdict, CellVerdict::Failed | CellVerdict::UnexpectedlyPassed));
+    if fault {
+        3
+    } else if failed {
+        1
+    } else {
+        0
+    }
+}

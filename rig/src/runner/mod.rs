@@ -1,0 +1,266 @@
+//! Runs validated plans on a bench: one run folder, one timeline, one cell
+//! after another, each in a fresh runtime with a fresh world.
+//!
+//! # Layout
+//! - [`world`]: cache, cloud and device handles built from the bench.
+//! - [`device`]: a device's drivers plus the events each action records.
+//! - [`exec`]: step semantics and checks.
+//!
+//! On a virtual-clock bench each cell runs on a single-threaded Tokio
+//! runtime whose clock is paused: whenever every task is waiting, the clock
+//! jumps to the next timer. Nothing else is random but the seeded RNGs, so a
+//! seed reproduces a run, and a simulated day takes seconds.
+
+pub mod device;
+pub mod exec;
+pub mod world;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use time::OffsetDateTime;
+
+use crate::bench::{Bench, Clock};
+use crate::fixture::Fixtures;
+use crate::plan::{Cell, Plan};
+use crate::report::{self, Summary};
+use crate::timeline::{CellOutcome, EventKind, FORMAT, FORMAT_VERSION, Header, Source, Timeline};
+use exec::{Exec, Stop};
+use world::World;
+
+/// Teardown gets this much time even after the plan's timeout.
+pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(10 * 60);
+
+/// What the user sees while a run progresses.
+pub trait Progress: Sync {
+    fn cell_start(&self, index: usize, total: usize, plan: &str, cell: &str);
+    fn step(&self, n: usize, desc: &str, t_ms: u64);
+    fn cell_end(&self, line: &str);
+}
+
+/// Shows nothing (tests, `rig report`).
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn cell_start(&self, _: usize, _: usize, _: &str, _: &str) {}
+    fn step(&self, _: usize, _: &str, _: u64) {}
+    fn cell_end(&self, _: &str) {}
+}
+
+pub struct RunConfig<'a> {
+    pub bench: &'a Bench,
+    pub fixtures: &'a Fixtures,
+    pub plans: &'a [Plan],
+    pub seed: u64,
+    /// Parent of the run folder (`reports/` by default).
+    pub out: &'a Path,
+    pub progress: &'a dyn Progress,
+}
+
+pub struct RunResult {
+    pub dir: PathBuf,
+    pub summary: Summary,
+}
+
+/// Runs every cell of every plan. Errors are infrastructure failures of the
+/// rig itself (cannot create the run folder, cannot start a runtime).
+pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
+    let started = OffsetDateTime::now_utc();
+    let dir = create_run_dir(cfg.out, cfg.plans, started)?;
+    let header = Header {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        run_id: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        rig_version: env!("CARGO_PKG_VERSION").into(),
+        seed: cfg.seed,
+        bench: cfg.bench.name.clone(),
+        plans: cfg.plans.iter().map(|p| p.path.display().to_string()).collect(),
+        started,
+    };
+    let events_path = dir.join("events.jsonl");
+    let timeline =
+        Timeline::create(&events_path, &header).with_context(|| format!("cannot create {}", events_path.display()))?;
+    let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
+    let mut index = 0u32;
+    'plans: for plan in cfg.plans {
+        for cell in &plan.cells {
+            cfg.progress
+                .cell_start(index as usize + 1, total, &plan.name, &cell.name);
+            let rt = runtime(cfg.bench.clock)?;
+            let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline));
+            // Dropping the runtime cancels every task of the cell's world.
+            drop(rt);
+            let summary = report::write_all(&dir, &header, &timeline.snapshot())
+                .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+            if let Some(c) = summary.cells.last() {
+                cfg.progress.cell_end(&report::cell_line(c));
+            }
+            index += 1;
+            if outcome == CellOutcome::Interrupted {
+                break 'plans;
+            }
+        }
+    }
+    if let Some(e) = timeline.journal_error() {
+        anyhow::bail!("events.jsonl could not be written completely: {e}");
+    }
+    let summary = report::write_all(&dir, &header, &timeline.snapshot())
+        .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+    Ok(RunResult { dir, summary })
+}
+
+fn runtime(clock: Clock) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_all();
+    if clock == Clock::Virtual {
+        b.start_paused(true);
+    }
+    b.build().context("cannot start the async runtime")
+}
+
+fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+    let stamp = started.format(fmt).unwrap_or_else(|_| "run".into());
+    let name = match plans {
+        [one] => one.name.clone(),
+        _ => format!("{}-plans", plans.len()),
+    };
+    for n in 0..1000 {
+        let id = if n == 0 {
+            format!("{stamp}-{name}")
+        } else {
+            format!("{stamp}-{name}-{n}")
+        };
+        let dir = out.join(&id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    anyhow::bail!("cannot find a free run folder name in {}", out.display())
+}
+
+/// Resolves when the user asks the rig to stop (Ctrl-C or SIGTERM).
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                biased;
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn fault(timeline: &Timeline, message: String) {
+    tracing::error!("{message}");
+    timeline.emit(None, Source::Runner, EventKind::RigFault { step: None, message });
+}
+
+async fn run_cell(cfg: &RunConfig<'_>, plan: &Plan, cell: &Cell, index: u32, timeline: &Timeline) -> CellOutcome {
+    timeline.begin_cell(index);
+    timeline.emit(
+        None,
+        Source::Runner,
+        EventKind::CellStart {
+            plan: plan.name.clone(),
+            name: cell.name.clone(),
+            vars: cell.vars.clone(),
+            expect_failure: cell.expect_failure,
+            seed: cfg.seed,
+            bench: cfg.bench.name.clone(),
+            clock: cfg.bench.clock.to_string(),
+        },
+    );
+    let end = |outcome| {
+        timeline.emit(None, Source::Runner, EventKind::CellEnd { outcome });
+        outcome
+    };
+    let world = match World::build(cfg.bench, cfg.seed, timeline) {
+        Ok(w) => w,
+        Err(e) => {
+            fault(timeline, format!("cannot bring up bench `{}`: {e}", cfg.bench.name));
+            return end(CellOutcome::Fault);
+        }
+    };
+    let failed = world.enforce_safe_state().await;
+    if !failed.is_empty() {
+        for (d, e) in failed {
+            fault(
+                timeline,
+                format!("{d}: cannot reach the safe power state at start: {e}"),
+            );
+        }
+        world.shutdown().await;
+        return end(CellOutcome::Fault);
+    }
+
+    let on_step = |n: usize, desc: &str| cfg.progress.step(n, desc, timeline.now_ms());
+    let mut exec = Exec::new(&world, timeline, cfg.fixtures, index, cell, &on_step);
+    let body = {
+        let run = async {
+            exec.run_phase(&cell.spec.setup, "setup").await?;
+            exec.run_phase(&cell.spec.steps, "steps").await
+        };
+        tokio::select! {
+            biased;
+            _ = interrupted() => None,
+            r = run => Some(r),
+        }
+    };
+    let mut outcome = match body {
+        None => CellOutcome::Interrupted,
+        Some(Ok(())) => CellOutcome::Completed,
+        Some(Err(Stop::CheckFailed)) => CellOutcome::Stopped,
+        Some(Err(Stop::Timeout)) => CellOutcome::Timeout,
+        Some(Err(Stop::Fault(m))) => {
+            fault(timeline, m);
+            CellOutcome::Fault
+        }
+    };
+
+    // Teardown always runs, with its own budget; a second Ctrl-C skips it
+    // (the safe power state below is still restored).
+    exec.set_budget(TEARDOWN_BUDGET);
+    let teardown = {
+        let run = exec.run_phase(&cell.spec.teardown, "teardown");
+        tokio::select! {
+            biased;
+            _ = interrupted() => None,
+            r = run => Some(r),
+        }
+    };
+    match teardown {
+        None => outcome = CellOutcome::Interrupted,
+        Some(Err(Stop::Fault(m))) => {
+            fault(timeline, format!("teardown: {m}"));
+            outcome = CellOutcome::Fault;
+        }
+        Some(Err(Stop::CheckFailed | Stop::Timeout)) if outcome == CellOutcome::Completed => {
+            outcome = CellOutcome::Stopped;
+        }
+        Some(_) => {}
+    }
+    for (d, e) in world.enforce_safe_state().await {
+        fault(timeline, format!("{d}: cannot restore the safe power state: {e}"));
+        outcome = CellOutcome::Fault;
+    }
+    world.shutdown().await;
+    end(outcome)
+}

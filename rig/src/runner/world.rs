@@ -1,0 +1,169 @@
+//! Builds what a matrix cell runs against from a bench file: the session
+//! cache, the cloud and one [`DeviceHandle`] per bench device. Each cell gets
+//! a fresh world, so nothing leaks from one cell into the next.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::device::DeviceHandle;
+use crate::bench::{Bench, CacheKind, ConsoleKind, FlashCfg, PowerCfg, PowerState};
+use crate::cache::memory::MemoryCache;
+use crate::cache::{Cache, SessionCache};
+use crate::cloud::durable::DurableKeys;
+use crate::cloud::transport::{Datagram, MemNet};
+use crate::cloud::{CloudConfig, CloudHandle, Server, serve};
+use crate::drivers::console;
+use crate::sim::{SimBoard, SimFlasher, SimPower, SimReset};
+use crate::timeline::Timeline;
+
+/// A bench that cannot be brought up: a rig or infrastructure fault (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum WorldError {
+    #[error("device {device}: {what}")]
+    Device { device: String, what: String },
+    #[error("{0}")]
+    Cloud(String),
+}
+
+/// Everything a cell runs against.
+pub struct World {
+    pub devices: Vec<DeviceHandle>,
+    pub cache: Cache,
+    pub cloud: CloudHandle,
+    pub safe_state: PowerState,
+    cloud_task: Option<JoinHandle<()>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    _boards: Vec<SimBoard>,
+}
+
+/// Address of the cloud on the in-process network.
+const SIM_CLOUD: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 5684);
+
+fn sim_board_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+            127,
+            0,
+            1 + (i / 250) as u8,
+            1 + (i % 250) as u8,
+        )),
+        40_000,
+    )
+}
+
+impl World {
+    /// Must run inside the cell's runtime (tasks are spawned on it).
+    pub fn build(bench: &Bench, seed: u64, timeline: &Timeline) -> Result<World, WorldError> {
+        let backend: Arc<dyn SessionCache> = match bench.cloud.cache.kind {
+            CacheKind::Memory => Arc::new(MemoryCache::new(seed)),
+            CacheKind::Redis => {
+                return Err(WorldError::Cloud(
+                    "session cache kind `redis` is not available in this build yet; use `cache: { kind: memory }`"
+                        .into(),
+                ));
+            }
+        };
+        let cache = Cache::new(backend.clone(), timeline.clone());
+        let cloud = CloudHandle::new(bench.cloud.mitigation, timeline.clone());
+        let keys = bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
+        let net = MemNet::new(bench.cloud.latency.0);
+        let socket: Arc<dyn Datagram> = Arc::new(
+            net.bind(SIM_CLOUD)
+                .map_err(|e| WorldError::Cloud(format!("cannot bind the cloud on the simulated network: {e}")))?,
+        );
+        let server = Server::new(
+            CloudConfig::new(keys, seed),
+            backend,
+            DurableKeys::new(),
+            cloud.clone(),
+            timeline.clone(),
+        );
+        let (tx, rx) = oneshot::channel::<()>();
+        let cloud_task = tokio::spawn(serve(socket, server, async {
+            let _ = rx.await;
+        }));
+
+        let mut devices = Vec::new();
+        let mut boards = Vec::new();
+        for (i, d) in bench.devices.iter().enumerate() {
+            let unsupported = |what: String| WorldError::Device {
+                device: d.id.clone(),
+                what,
+            };
+            if !d.is_sim {
+                // Real drivers (rppal relays, serialport consoles, probe-rs)
+                // plug in here behind the same traits.
+                let kind = match &d.power {
+                    PowerCfg::Sim => "sim",
+                    PowerCfg::Gpio { .. } => "gpio",
+                    PowerCfg::SerialRelay { .. } => "serial-relay",
+                    PowerCfg::Command { .. } => "command",
+                };
+                return Err(unsupported(format!(
+                    "board `{}` with power kind `{kind}` needs hardware drivers that are not in this build yet",
+                    d.board
+                )));
+            }
+            if d.power != PowerCfg::Sim || d.flash != FlashCfg::Sim || d.console.kind != ConsoleKind::Sim {
+                return Err(unsupported(
+                    "a simulated board needs simulated power, flash and console (omit those sections)".into(),
+                ));
+            }
+            let sock = net
+                .bind(sim_board_addr(i))
+                .map_err(|e| unsupported(format!("cannot bind its simulated modem: {e}")))?;
+            let (board, sim_console) = SimBoard::new(&d.id, d.key.clone(), seed, Arc::new(sock), SIM_CLOUD);
+            let patterns: console::PatternSlot = Arc::new(Mutex::new(None));
+            let console = console::watch(d.id.clone(), Box::new(sim_console), timeline.clone(), patterns.clone());
+            devices.push(DeviceHandle::new(
+                d.id.clone(),
+                Box::new(SimPower(board.clone())),
+                Box::new(SimFlasher(board.clone())),
+                Some(Box::new(SimReset(board.clone()))),
+                console,
+                patterns,
+                timeline.clone(),
+            ));
+            boards.push(board);
+        }
+        Ok(World {
+            devices,
+            cache,
+            cloud,
+            safe_state: bench.safe_state,
+            cloud_task: Some(cloud_task),
+            shutdown: Some(tx),
+            _boards: boards,
+        })
+    }
+
+    pub fn device(&self, id: &str) -> Option<&DeviceHandle> {
+        self.devices.iter().find(|d| d.id == id)
+    }
+
+    /// Drives every device to the bench's safe power state. Returns the
+    /// failures (device, error); the caller decides how loud to be.
+    pub async fn enforce_safe_state(&self) -> Vec<(String, String)> {
+        let on = self.safe_state == PowerState::On;
+        let results = futures::future::join_all(self.devices.iter().map(|d| d.power(on))).await;
+        self.devices
+            .iter()
+            .zip(results)
+            .filter_map(|(d, r)| r.err().map(|e| (d.id.clone(), e.to_string())))
+            .collect()
+    }
+
+    /// Stops the cloud; the boards stop when the world is dropped.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.cloud_task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}

@@ -1,0 +1,811 @@
+//! The run's single, append-only record of everything observed.
+//!
+//! Drivers, the cloud, the cache, the runner and the checks append
+//! [`Event`]s through a cloneable [`Timeline`] handle; checks and reports only
+//! ever read it. Each event is written to `events.jsonl` and flushed before
+//! `emit` returns, so a crash or Ctrl-C loses nothing already seen, and
+//! `rig report RUN_DIR` can re-render every report from that file alone.
+//!
+//! The stored form is JSON Lines: a header line (`format`, `version`, run
+//! metadata) followed by one event per line, `kind` naming the variant of
+//! [`EventKind`] and its fields beside it.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// Name and version of the stored format; bump the version on breaking changes.
+pub const FORMAT: &str = "rig.events";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Who observed an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Runner,
+    Power,
+    Flash,
+    Reset,
+    Console,
+    Cloud,
+    Cache,
+    Check,
+}
+
+/// How the cloud authenticated a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectVia {
+    Handshake,
+    Resume,
+}
+
+/// What the cloud did with a record for a session its cache did not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownAction {
+    /// Silently dropped: the incident's behaviour.
+    Dropped,
+    /// Answered with "session unknown".
+    Rejected,
+    /// Found in the durable key store and put back in the cache.
+    Healed,
+}
+
+/// Every kind of observation. Consumers match on this exhaustively, so a new
+/// kind cannot be silently ignored by a check or a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum EventKind {
+    #[serde(rename = "cell.start")]
+    CellStart {
+        plan: String,
+        /// The cell's name, e.g. `fixture=sleepy-1.1 mitigation=drop`.
+        name: String,
+        vars: BTreeMap<String, String>,
+        expect_failure: bool,
+        seed: u64,
+        bench: String,
+        clock: String,
+    },
+    #[serde(rename = "cell.end")]
+    CellEnd { outcome: CellOutcome },
+    #[serde(rename = "rig.fault")]
+    RigFault {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        step: Option<usize>,
+        message: String,
+    },
+    #[serde(rename = "power.on")]
+    PowerOn,
+    #[serde(rename = "power.off")]
+    PowerOff,
+    #[serde(rename = "reset.soft")]
+    ResetSoft,
+    #[serde(rename = "flash.start")]
+    FlashStart { fixture: String },
+    #[serde(rename = "flash.done")]
+    FlashDone {
+        fixture: String,
+        version: String,
+        sha256: String,
+        ms: u64,
+    },
+    #[serde(rename = "console.line")]
+    ConsoleLine {
+        line: String,
+        /// The line was cut by a gap in the console link.
+        #[serde(default, skip_serializing_if = "is_false")]
+        partial: bool,
+    },
+    #[serde(rename = "console.gap")]
+    ConsoleGap { ms: u64 },
+    #[serde(rename = "device.boot")]
+    DeviceBoot,
+    #[serde(rename = "device.wake")]
+    DeviceWake {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    #[serde(rename = "device.sleep")]
+    DeviceSleep {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secs: Option<u64>,
+    },
+    #[serde(rename = "cloud.config")]
+    CloudConfig { mitigation: String },
+    #[serde(rename = "cloud.handshake")]
+    CloudHandshake { session: String },
+    #[serde(rename = "cloud.resumed")]
+    CloudResumed { session: String },
+    #[serde(rename = "cloud.connected")]
+    CloudConnected { via: ConnectVia, session: String },
+    #[serde(rename = "cloud.resume_unknown")]
+    CloudResumeUnknown {
+        session: String,
+        action: UnknownAction,
+        /// The record was flagged as the first after a wake (a resume
+        /// attempt) rather than a later record of the same wake.
+        resume: bool,
+    },
+    #[serde(rename = "cloud.publish")]
+    CloudPublish { session: String, topic: String },
+    #[serde(rename = "cloud.rx")]
+    CloudRx { bytes: u64, msg: String, peer: String },
+    #[serde(rename = "cloud.tx")]
+    CloudTx { bytes: u64, msg: String, peer: String },
+    /// A datagram the cloud refused: malformed, forged, replayed or unexpected.
+    #[serde(rename = "cloud.invalid")]
+    CloudInvalid { reason: String, peer: String },
+    #[serde(rename = "cache.kill")]
+    CacheKill { backend: String },
+    #[serde(rename = "cache.start")]
+    CacheStart { backend: String },
+    #[serde(rename = "cache.restore")]
+    CacheRestore { from: String, sessions: u64 },
+    #[serde(rename = "cache.snapshot")]
+    CacheSnapshot { name: String, sessions: u64 },
+    #[serde(rename = "cache.flush")]
+    CacheFlush { sessions: u64 },
+    #[serde(rename = "cache.evict")]
+    CacheEvict {
+        fraction: f64,
+        sessions: Vec<String>,
+        devices: Vec<String>,
+    },
+    #[serde(rename = "cache.pause")]
+    CachePause { ms: u64 },
+    #[serde(rename = "cache.resume")]
+    CacheResume,
+    #[serde(rename = "cache.error")]
+    CacheError { op: String, error: String },
+    #[serde(rename = "plan.mark")]
+    PlanMark { name: String },
+    #[serde(rename = "plan.step")]
+    PlanStep { index: usize, phase: String, step: String },
+    #[serde(rename = "check.pass")]
+    CheckPass {
+        step: usize,
+        check: String,
+        detail: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<RecoveryFacts>,
+    },
+    #[serde(rename = "check.fail")]
+    CheckFail {
+        step: usize,
+        check: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        facts: Option<RecoveryFacts>,
+    },
+}
+
+/// What `expect_recovery` measured for one device, carried on its check
+/// event so reports need not re-derive it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RecoveryFacts {
+    pub mark: String,
+    pub recovered: bool,
+    /// How the cloud session came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<ConnectVia>,
+    /// Wake cycles counted from the mark to recovery (or to the decision).
+    pub wakes: u32,
+    /// Milliseconds from the mark to recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    /// Bytes both ways from the mark to recovery inclusive (or to the decision).
+    pub bytes: u64,
+    pub handshakes: u32,
+    /// Resume records the cloud did not know the session of.
+    pub unknown_resumes: u32,
+    pub power_cycled: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// How a matrix cell's execution ended (not its verdict: that is derived
+/// from check events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellOutcome {
+    /// Every step ran (checks may still have failed).
+    Completed,
+    /// A check failed and the remaining steps were skipped.
+    Stopped,
+    /// The plan's timeout expired.
+    Timeout,
+    /// A rig or bench fault ended the cell.
+    Fault,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+}
+
+/// Every event kind name a plan may refer to.
+pub const KIND_NAMES: &[&str] = &[
+    "cell.start",
+    "cell.end",
+    "rig.fault",
+    "power.on",
+    "power.off",
+    "reset.soft",
+    "flash.start",
+    "flash.done",
+    "console.line",
+    "console.gap",
+    "device.boot",
+    "device.wake",
+    "device.sleep",
+    "cloud.config",
+    "cloud.handshake",
+    "cloud.resumed",
+    "cloud.connected",
+    "cloud.resume_unknown",
+    "cloud.publish",
+    "cloud.rx",
+    "cloud.tx",
+    "cloud.invalid",
+    "cache.kill",
+    "cache.start",
+    "cache.restore",
+    "cache.snapshot",
+    "cache.flush",
+    "cache.evict",
+    "cache.pause",
+    "cache.resume",
+    "cache.error",
+    "plan.mark",
+    "plan.step",
+    "check.pass",
+    "check.fail",
+];
+
+impl EventKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::CellStart { .. } => "cell.start",
+            EventKind::CellEnd { .. } => "cell.end",
+            EventKind::RigFault { .. } => "rig.fault",
+            EventKind::PowerOn => "power.on",
+            EventKind::PowerOff => "power.off",
+            EventKind::ResetSoft => "reset.soft",
+            EventKind::FlashStart { .. } => "flash.start",
+            EventKind::FlashDone { .. } => "flash.done",
+            EventKind::ConsoleLine { .. } => "console.line",
+            EventKind::ConsoleGap { .. } => "console.gap",
+            EventKind::DeviceBoot => "device.boot",
+            EventKind::DeviceWake { .. } => "device.wake",
+            EventKind::DeviceSleep { .. } => "device.sleep",
+            EventKind::CloudConfig { .. } => "cloud.config",
+            EventKind::CloudHandshake { .. } => "cloud.handshake",
+            EventKind::CloudResumed { .. } => "cloud.resumed",
+            EventKind::CloudConnected { .. } => "cloud.connected",
+            EventKind::CloudResumeUnknown { .. } => "cloud.resume_unknown",
+            EventKind::CloudPublish { .. } => "cloud.publish",
+            EventKind::CloudRx { .. } => "cloud.rx",
+            EventKind::CloudTx { .. } => "cloud.tx",
+            EventKind::CloudInvalid { .. } => "cloud.invalid",
+            EventKind::CacheKill { .. } => "cache.kill",
+            EventKind::CacheStart { .. } => "cache.start",
+            EventKind::CacheRestore { .. } => "cache.restore",
+            EventKind::CacheSnapshot { .. } => "cache.snapshot",
+            EventKind::CacheFlush { .. } => "cache.flush",
+            EventKind::CacheEvict { .. } => "cache.evict",
+            EventKind::CachePause { .. } => "cache.pause",
+            EventKind::CacheResume => "cache.resume",
+            EventKind::CacheError { .. } => "cache.error",
+            EventKind::PlanMark { .. } => "plan.mark",
+            EventKind::PlanStep { .. } => "plan.step",
+            EventKind::CheckPass { .. } => "check.pass",
+            EventKind::CheckFail { .. } => "check.fail",
+        }
+    }
+}
+
+/// One observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the run's timeline, over all cells.
+    pub seq: u64,
+    /// Index of the matrix cell (0 for a plan without a matrix).
+    pub cell: u32,
+    /// Milliseconds since the cell started, on the bench's clock (virtual on
+    /// a virtual-clock bench).
+    pub t_ms: u64,
+    /// Wall-clock time the event was recorded.
+    #[serde(with = "time::serde::rfc3339")]
+    pub wall: OffsetDateTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    pub source: Source,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn is(&self, device: &str) -> bool {
+        self.device.as_deref() == Some(device)
+    }
+}
+
+/// The first line of `events.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: String,
+    pub version: u32,
+    pub run_id: String,
+    pub rig_version: String,
+    pub seed: u64,
+    pub bench: String,
+    pub plans: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started: OffsetDateTime,
+}
+
+struct State {
+    events: Vec<Event>,
+    journal: Option<BufWriter<File>>,
+    journal_error: Option<String>,
+    cell: u32,
+    cell_base: tokio::time::Instant,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: watch::Sender<u64>,
+}
+
+/// Cheap-to-clone handle on the run's timeline.
+#[derive(Clone)]
+pub struct Timeline {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timeline")
+    }
+}
+
+impl Timeline {
+    /// A timeline kept only in memory (unit tests, benchmarks).
+    pub fn in_memory() -> Timeline {
+        Timeline::with_journal(None)
+    }
+
+    /// A timeline journaled to `path`, starting with `header`.
+    pub fn create(path: &Path, header: &Header) -> std::io::Result<Timeline> {
+        let mut w = BufWriter::new(File::create(path)?);
+        serde_json::to_writer(&mut w, header)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        Ok(Timeline::with_journal(Some(w)))
+    }
+
+    fn with_journal(journal: Option<BufWriter<File>>) -> Timeline {
+        let (notify, _) = watch::channel(0);
+        Timeline {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    events: Vec::new(),
+                    journal,
+                    journal_error: None,
+                    cell: 0,
+                    cell_base: tokio::time::Instant::now(),
+                }),
+                notify,
+            }),
+        }
+    }
+
+    // A std Mutex, not tokio's: it is held only to push one event and write
+    // one line, never across an await.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a matrix cell: later events carry `cell` and times from now.
+    /// Call from inside the cell's runtime so a virtual clock is used.
+    pub fn begin_cell(&self, cell: u32) {
+        let mut s = self.lock();
+        s.cell = cell;
+        s.cell_base = tokio::time::Instant::now();
+    }
+
+    /// Milliseconds since the current cell began.
+    pub fn now_ms(&self) -> u64 {
+        let s = self.lock();
+        tokio::time::Instant::now()
+            .saturating_duration_since(s.cell_base)
+            .as_millis() as u64
+    }
+
+    /// Appends an event, journals and flushes it, and wakes waiters.
+    pub fn emit(&self, device: Option<&str>, source: Source, kind: EventKind) -> u64 {
+        let wall = OffsetDateTime::now_utc();
+        let mut s = self.lock();
+        let t_ms = tokio::time::Instant::now()
+            .saturating_duration_since(s.cell_base)
+            .as_millis() as u64;
+        let seq = s.events.len() as u64;
+        let ev = Event {
+            seq,
+            cell: s.cell,
+            t_ms,
+            wall,
+            device: device.map(str::to_owned),
+            source,
+            kind,
+        };
+        if let Some(w) = s.journal.as_mut() {
+            let res = serde_json::to_writer(&mut *w, &ev)
+                .map_err(std::io::Error::from)
+                .and_then(|_| w.write_all(b"\n"))
+                .and_then(|_| w.flush());
+            if let Err(e) = res {
+                // Keep running (the in-memory timeline still decides the
+                // verdict) but remember, so the run ends as a rig fault.
+                tracing::error!("cannot write events.jsonl: {e}");
+                s.journal_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        s.events.push(ev);
+        drop(s);
+        self.shared.notify.send_replace(seq + 1);
+        seq
+    }
+
+    pub fn emit_device(&self, device: &str, source: Source, kind: EventKind) -> u64 {
+        self.emit(Some(device), source, kind)
+    }
+
+    /// Number of events so far; the seq the next event will get.
+    pub fn len(&self) -> u64 {
+        self.lock().events.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A journal write error, if one happened.
+    pub fn journal_error(&self) -> Option<String> {
+        self.lock().journal_error.clone()
+    }
+
+    /// Runs `f` over all events so far without copying them.
+    pub fn read<R>(&self, f: impl FnOnce(&[Event]) -> R) -> R {
+        f(&self.lock().events)
+    }
+
+    /// Copies all events so far.
+    pub fn snapshot(&self) -> Vec<Event> {
+        self.lock().events.clone()
+    }
+
+    /// Feeds every event from `from_seq` on, in order, to `f` (including
+    /// events appended while waiting) until `f` returns true; false if
+    /// `limit` elapses first. `f` sees each event exactly once.
+    pub async fn wait(&self, from_seq: u64, limit: Option<Duration>, mut f: impl FnMut(&Event) -> bool) -> bool {
+        let mut rx = self.shared.notify.subscribe();
+        let mut next = from_seq as usize;
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            rx.borrow_and_update();
+            let done = {
+                let s = self.lock();
+                let mut done = false;
+                while next < s.events.len() {
+                    let hit = f(&s.events[next]);
+                    next += 1;
+                    if hit {
+                        done = true;
+                        break;
+                    }
+                }
+                done
+            };
+            if done {
+                return true;
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, changed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => return false,
+                },
+                None => {
+                    if changed.await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Errors reading a stored timeline.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Parse { path: String, line: usize, message: String },
+}
+
+/// Reads `events.jsonl`. A torn last line (the rig was killed mid-write) is
+/// ignored: everything before it is intact by construction.
+pub fn read_jsonl(path: &Path) -> Result<(Header, Vec<Event>), ReadError> {
+    let p = path.display().to_string();
+    let file = File::open(path).map_err(|source| ReadError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let mut lines = BufReader::new(file).lines().enumerate().peekable();
+    let header_line = match lines.next() {
+        Some((_, Ok(l))) => l,
+        Some((_, Err(source))) => return Err(ReadError::Io { path: p, source }),
+        None => {
+            return Err(ReadError::Parse {
+                path: p,
+                line: 1,
+                message: "empty file: expected a rig.events header line".into(),
+            });
+        }
+    };
+    let header: Header = serde_json::from_str(&header_line).map_err(|e| ReadError::Parse {
+        path: p.clone(),
+        line: 1,
+        message: format!("not a rig.events header: {e}"),
+    })?;
+    if header.format != FORMAT || header.version > FORMAT_VERSION {
+        return Err(ReadError::Parse {
+            path: p,
+            line: 1,
+            message: format!(
+                "format {} version {} is not readable by this rig (reads {FORMAT} up to version {FORMAT_VERSION})",
+                header.format, header.version
+            ),
+        });
+    }
+    let mut events = Vec::new();
+    while let Some((i, line)) = lines.next() {
+        let line = line.map_err(|source| ReadError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(&line) {
+            Ok(ev) => events.push(ev),
+            Err(_) if lines.peek().is_none() => break,
+            Err(e) => {
+                return Err(ReadError::Parse {
+                    path: p,
+                    line: i + 1,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((header, events))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<EventKind> {
+        vec![
+            EventKind::CellStart {
+                plan: "p".into(),
+                name: "c".into(),
+                vars: BTreeMap::from([("a".into(), "b".into())]),
+                expect_failure: true,
+                seed: 7,
+                bench: "sim".into(),
+                clock: "virtual".into(),
+            },
+            EventKind::CellEnd {
+                outcome: CellOutcome::Stopped,
+            },
+            EventKind::RigFault {
+                step: Some(2),
+                message: "m".into(),
+            },
+            EventKind::PowerOn,
+            EventKind::PowerOff,
+            EventKind::ResetSoft,
+            EventKind::FlashStart { fixture: "f".into() },
+            EventKind::FlashDone {
+                fixture: "f".into(),
+                version: "1".into(),
+                sha256: "ab".into(),
+                ms: 3,
+            },
+            EventKind::ConsoleLine {
+                line: "l".into(),
+                partial: true,
+            },
+            EventKind::ConsoleGap { ms: 5 },
+            EventKind::DeviceBoot,
+            EventKind::DeviceWake {
+                reason: Some("rtc".into()),
+            },
+            EventKind::DeviceSleep { secs: Some(900) },
+            EventKind::CloudConfig {
+                mitigation: "drop".into(),
+            },
+            EventKind::CloudHandshake { session: "s".into() },
+            EventKind::CloudResumed { session: "s".into() },
+            EventKind::CloudConnected {
+                via: ConnectVia::Resume,
+                session: "s".into(),
+            },
+            EventKind::CloudResumeUnknown {
+                session: "s".into(),
+                action: UnknownAction::Healed,
+                resume: true,
+            },
+            EventKind::CloudPublish {
+                session: "s".into(),
+                topic: "t".into(),
+            },
+            EventKind::CloudRx {
+                bytes: 80,
+                msg: "record".into(),
+                peer: "p".into(),
+            },
+            EventKind::CloudTx {
+                bytes: 80,
+                msg: "record".into(),
+                peer: "p".into(),
+            },
+            EventKind::CloudInvalid {
+                reason: "r".into(),
+                peer: "p".into(),
+            },
+            EventKind::CacheKill {
+                backend: "memory".into(),
+            },
+            EventKind::CacheStart {
+                backend: "memory".into(),
+            },
+            EventKind::CacheRestore {
+                from: "empty".into(),
+                sessions: 0,
+            },
+            EventKind::CacheSnapshot {
+                name: "n".into(),
+                sessions: 3,
+            },
+            EventKind::CacheFlush { sessions: 3 },
+            EventKind::CacheEvict {
+                fraction: 0.5,
+                sessions: vec!["a".into()],
+                devices: vec!["d".into()],
+            },
+            EventKind::CachePause { ms: 100 },
+            EventKind::CacheResume,
+            EventKind::CacheError {
+                op: "get".into(),
+                error: "down".into(),
+            },
+            EventKind::PlanMark { name: "crash".into() },
+            EventKind::PlanStep {
+                index: 1,
+                phase: "steps".into(),
+                step: "wait 30s".into(),
+            },
+            EventKind::CheckPass {
+                step: 1,
+                check: "expect".into(),
+                detail: "d".into(),
+                facts: None,
+            },
+            EventKind::CheckFail {
+                step: 1,
+                check: "expect_recovery".into(),
+                message: "m".into(),
+                facts: Some(RecoveryFacts {
+                    mark: "crash".into(),
+                    recovered: false,
+                    via: None,
+                    wakes: 5,
+                    ms: None,
+                    bytes: 4100,
+                    handshakes: 0,
+                    unknown_resumes: 12,
+                    power_cycled: false,
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_jsonl_and_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let header = Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec!["p".into()],
+            started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+        };
+        let tl = Timeline::create(&path, &header).unwrap();
+        let kinds = samples();
+        assert_eq!(kinds.len(), KIND_NAMES.len(), "a sample per kind");
+        for k in &kinds {
+            assert!(KIND_NAMES.contains(&k.name()), "{} listed", k.name());
+            tl.emit_device("dev", Source::Runner, k.clone());
+        }
+        let (h, evs) = read_jsonl(&path).unwrap();
+        assert_eq!(h, header);
+        // RFC 3339 keeps nanoseconds, so the stored events equal the live ones.
+        assert_eq!(evs, tl.snapshot());
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(line.contains(r#""kind":"cloud.resume_unknown""#));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let header = Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec![],
+            started: OffsetDateTime::now_utc(),
+        };
+        let tl = Timeline::create(&path, &header).unwrap();
+        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
+        let (_, evs) = read_jsonl(&path).unwrap();
+        assert_eq!(evs.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_sees_each_event_once_and_times_out() {
+        let tl = Timeline::in_memory();
+        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        let tl2 = tl.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tl2.emit(Some("a"), Source::Power, EventKind::PowerOff);
+        });
+        let mut seen = Vec::new();
+        let hit = tl
+            .wait(0, Some(Duration::from_secs(10)), |e| {
+                seen.push(e.seq);
+                e.kind == EventKind::PowerOff
+            })
+            .await;
+        assert!(hit);
+        assert_eq!(seen, vec![0, 1]);
+        assert_eq!(tl.now_ms(), 5000);
+        let hit = tl.wait(2, Some(Duration::from_secs(10)), |_| true).await;
+        assert!(!hit);
+        assert_eq!(tl.now_ms(), 15000);
+    }
+}
