@@ -77,8 +77,35 @@ impl fmt::Display for Diagnostic {
 pub fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let message = clean_message(&e.without_snippet().to_string());
     match e.location() {
-        Some(loc) if loc.line() > 0 => Diagnostic::at_loc(path, text, &loc, message),
+        Some(loc) if loc.line() > 0 => {
+            let mut d = Diagnostic::at_loc(path, text, &loc, message);
+            d.message = explain_scalar(&d.message, d.source_line.as_deref(), d.col);
+            d
+        }
         _ => Diagnostic::file(path, message),
+    }
+}
+
+/// The parser's terse "invalid u32" becomes what was expected and what was found.
+fn explain_scalar(message: &str, line: Option<&str>, col: usize) -> String {
+    let expected = match message {
+        "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid usize" => "a whole number",
+        "invalid i8" | "invalid i16" | "invalid i32" | "invalid i64" => "an integer",
+        "invalid f32" | "invalid f64" => "a number",
+        "invalid bool" => "true or false",
+        _ => return message.to_owned(),
+    };
+    let found: String = line
+        .unwrap_or_default()
+        .chars()
+        .skip(col.saturating_sub(1))
+        .take_while(|c| !matches!(c, ',' | '}' | ']' | '#'))
+        .collect();
+    let found = found.trim().trim_matches(['"', '\'']);
+    if found.is_empty() {
+        format!("expected {expected}")
+    } else {
+        format!("expected {expected}, found `{found}`")
     }
 }
 

@@ -26,7 +26,7 @@ impl Dur {
         }
         humantime::parse_duration(s)
             .map(Dur)
-            .map_err(|e| format!("expected a duration such as 30s, 15m or 1h30m, found `{s}` ({e})"))
+            .map_err(|_| format!("expected a duration such as 30s, 15m or 1h30m, found `{s}`"))
     }
 
     pub fn secs_f64(self) -> f64 {

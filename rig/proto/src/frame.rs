@@ -527,3 +527,76 @@ mod tests {
         assert!(Frame::decode(&vec![0u8; MAX_DATAGRAM + 1]).is_err());
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    //! The byte costs docs/protocol.md promises; byte budgets in plans rely on them.
+    use super::*;
+    use crate::crypto::Psk;
+    use crate::handshake::certificate;
+    use crate::{CLIENT_CERT_LEN, CLIENT_HELLO_PADDING, SERVER_CERT_LEN};
+
+    #[test]
+    fn sizes_match_the_protocol_document() {
+        let hello = |cookie| {
+            Frame::ClientHello(ClientHello {
+                device_id: "sleepy-01".into(),
+                client_nonce: [0; 16],
+                cookie,
+                padding: CLIENT_HELLO_PADDING as u16,
+            })
+            .encode()
+            .len()
+        };
+        let sh = Frame::ServerHello(ServerHello {
+            session_id: 1,
+            server_nonce: [0; 16],
+            cert: certificate(SERVER_CERT_LEN, 0),
+            mac: [0; 16],
+        });
+        let cf = Frame::ClientFinished(ClientFinished {
+            session_id: 1,
+            cert: certificate(CLIENT_CERT_LEN, 0),
+            mac: [0; 16],
+        });
+        let sf = Frame::ServerFinished(ServerFinished {
+            session_id: 1,
+            mac: [0; 16],
+        });
+        let hv = Frame::HelloVerify(HelloVerify { cookie: [0; 16] });
+        let sizes = [
+            hello(None),
+            hv.encode().len(),
+            hello(Some([0; 16])),
+            sh.encode().len(),
+            cf.encode().len(),
+            sf.encode().len(),
+        ];
+        assert_eq!(sizes, [153, 20, 169, 3096, 1880, 28]);
+        assert_eq!(sizes.iter().sum::<usize>(), 5346);
+
+        let keys = SessionKeys::derive(&Psk([0; 32]), "d", &[0; 16], &[0; 16], 1);
+        let rec = |kind, payload: Vec<u8>| {
+            let hdr = RecordHeader {
+                flags: 0,
+                session_id: 1,
+                counter: 1,
+            };
+            Frame::Record(Record::seal(
+                &keys,
+                Direction::ToCloud,
+                hdr,
+                &Inner {
+                    kind,
+                    msg_id: 1,
+                    payload,
+                },
+            ))
+            .encode()
+            .len()
+        };
+        assert_eq!(rec(InnerKind::Ping, vec![0; 40]), 84);
+        assert_eq!(rec(InnerKind::Publish, vec![0; 61]), 105);
+        assert_eq!(rec(InnerKind::Pong, vec![]), 44);
+    }
+}

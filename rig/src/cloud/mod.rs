@@ -13,6 +13,9 @@ pub mod durable;
 pub mod server;
 pub mod transport;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt;
 use std::sync::{Arc, Mutex};
 

@@ -465,3 +465,10 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
         }
     }
 }
+
+impl Server {
+    /// Handshakes waiting for their finished flight (for tests and diagnostics).
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+}

@@ -373,6 +373,10 @@ fn parse_cell(
             )
         })
         .collect();
+    if !errors.is_empty() {
+        // Parsing text with holes in it would only add confusing errors.
+        return Err(errors);
+    }
     // Positions in the substituted text map back to what the engineer wrote.
     let at = |loc: &Location, msg: String| -> Diagnostic {
         let line = loc.line() as usize;
@@ -391,9 +395,6 @@ fn parse_cell(
             return Err(errors);
         }
     };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
 
     let devices = resolve_devices(&spec, bench, &at, &mut errors);
     if let Some(f) = &spec.fixture {

@@ -1,0 +1,529 @@
+//! Protocol tests of the cloud on raw datagrams: handshakes, resumes, every
+//! mitigation, and forged, replayed and malformed input.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rig_proto::frame::FLAG_RESUME;
+use rig_proto::{
+    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Psk, Record, RecordHeader, SessionId, SessionKeys,
+    Transcript,
+};
+
+use super::durable::DurableKeys;
+use super::server::{CloudConfig, Outcome, Server, serve};
+use super::transport::{Datagram, MemNet};
+use super::{CloudHandle, Mitigation};
+use crate::cache::SessionCache;
+use crate::cache::memory::MemoryCache;
+use crate::timeline::{ConnectVia, EventKind, Timeline, UnknownAction};
+
+const A: &str = "dev-a";
+const B: &str = "dev-b";
+
+fn peer(n: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, n], 40000))
+}
+
+struct Rig {
+    server: Server,
+    cache: MemoryCache,
+    durable: DurableKeys,
+    handle: CloudHandle,
+    timeline: Timeline,
+}
+
+fn rig(m: Mitigation) -> Rig {
+    let timeline = Timeline::in_memory();
+    let cache = MemoryCache::new(1);
+    let durable = DurableKeys::new();
+    let handle = CloudHandle::new(m, timeline.clone());
+    let keys = BTreeMap::from([(A.to_owned(), Psk::derive_for(A)), (B.to_owned(), Psk::derive_for(B))]);
+    let server = Server::new(
+        CloudConfig::new(keys, 7),
+        Arc::new(cache.clone()),
+        durable.clone(),
+        handle.clone(),
+        timeline.clone(),
+    );
+    Rig {
+        server,
+        cache,
+        durable,
+        handle,
+        timeline,
+    }
+}
+
+fn names(o: &Outcome) -> Vec<&'static str> {
+    o.events.iter().map(|e| e.name()).collect()
+}
+
+fn only_reply(o: &Outcome) -> &Frame {
+    assert_eq!(o.replies.len(), 1, "{:?}", o.replies);
+    &o.replies[0]
+}
+
+/// A device's side of a session, as firmware keeps it.
+struct Dev {
+    id: SessionId,
+    keys: SessionKeys,
+    tx: u64,
+}
+
+impl Dev {
+    fn record(&mut self, flags: u8, kind: InnerKind, msg_id: u16) -> Vec<u8> {
+        self.tx += 1;
+        let header = RecordHeader {
+            flags,
+            session_id: self.id,
+            counter: self.tx,
+        };
+        let inner = Inner {
+            kind,
+            msg_id,
+            payload: b"sensors/temp\0{}".to_vec(),
+        };
+        Frame::Record(Record::seal(&self.keys, Direction::ToCloud, header, &inner)).encode()
+    }
+}
+
+async fn handshake(r: &mut Rig, device: &str, from: SocketAddr) -> (Dev, Vec<u8>) {
+    let nonce = [device.len() as u8; 16];
+    let hello = |cookie| {
+        Frame::ClientHello(ClientHello {
+            device_id: device.into(),
+            client_nonce: nonce,
+            cookie,
+            padding: 120,
+        })
+        .encode()
+    };
+    let o = r.server.handle(&hello(None), from).await;
+    let Frame::HelloVerify(hv) = only_reply(&o) else {
+        panic!("expected hello verify")
+    };
+    let o = r.server.handle(&hello(Some(hv.cookie)), from).await;
+    let Frame::ServerHello(sh) = only_reply(&o).clone() else {
+        panic!("expected server hello")
+    };
+    let keys = SessionKeys::derive(
+        &Psk::derive_for(device),
+        device,
+        &nonce,
+        &sh.server_nonce,
+        sh.session_id,
+    );
+    let t = Transcript {
+        client_nonce: nonce,
+        server_nonce: sh.server_nonce,
+        session_id: sh.session_id,
+    };
+    assert!(
+        t.verify_server_hello(&keys, &sh.cert, &sh.mac),
+        "cloud proves it knows the PSK"
+    );
+    let cert = vec![1u8; 100];
+    let finished = Frame::ClientFinished(ClientFinished {
+        session_id: sh.session_id,
+        mac: t.client_finished_mac(&keys, &cert),
+        cert,
+    })
+    .encode();
+    let o = r.server.handle(&finished, from).await;
+    let Frame::ServerFinished(sf) = only_reply(&o) else {
+        panic!("expected server finished")
+    };
+    assert!(t.verify_server_finished(&keys, &sf.mac));
+    assert_eq!(names(&o), ["cloud.handshake", "cloud.connected"]);
+    assert_eq!(o.device.as_deref(), Some(device));
+    (
+        Dev {
+            id: sh.session_id,
+            keys,
+            tx: 0,
+        },
+        finished,
+    )
+}
+
+fn open_reply(dev: &Dev, o: &Outcome) -> Inner {
+    let Frame::Record(rec) = only_reply(o) else {
+        panic!("expected a record, got {:?}", o.replies)
+    };
+    rec.open(&dev.keys, Direction::ToDevice)
+        .expect("reply authenticates under the session key")
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshake_then_resume_ping_and_publish() {
+    let mut r = rig(Mitigation::Drop);
+    let (mut dev, _) = handshake(&mut r, A, peer(1)).await;
+    assert_eq!(r.cache.len(), 1);
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 1), peer(1))
+        .await;
+    assert_eq!(names(&o), ["cloud.resumed", "cloud.connected"]);
+    assert!(matches!(
+        o.events[1],
+        EventKind::CloudConnected {
+            via: ConnectVia::Resume,
+            ..
+        }
+    ));
+    let pong = open_reply(&dev, &o);
+    assert_eq!((pong.kind, pong.msg_id), (InnerKind::Pong, 1));
+    let o = r.server.handle(&dev.record(0, InnerKind::Publish, 2), peer(1)).await;
+    assert_eq!(names(&o), ["cloud.publish"]);
+    assert!(matches!(&o.events[0], EventKind::CloudPublish { topic, .. } if topic == "sensors/temp"));
+    assert_eq!(open_reply(&dev, &o).kind, InnerKind::Ack);
+    let stored = r.cache.get(dev.id).await.unwrap().unwrap();
+    assert_eq!((stored.rx_counter, stored.tx_counter), (2, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hello_without_a_valid_cookie_costs_no_state_and_gets_a_small_answer() {
+    let mut r = rig(Mitigation::Drop);
+    let hello = |cookie| {
+        Frame::ClientHello(ClientHello {
+            device_id: A.into(),
+            client_nonce: [9; 16],
+            cookie,
+            padding: 120,
+        })
+        .encode()
+    };
+    let o = r.server.handle(&hello(None), peer(1)).await;
+    let Frame::HelloVerify(hv) = only_reply(&o).clone() else {
+        panic!()
+    };
+    assert_eq!(Frame::HelloVerify(hv.clone()).encode().len(), 20, "no amplification");
+    // The cookie is bound to the address it was sent to: a spoofer at
+    // another address echoing it gets another cookie, not a certificate.
+    let o = r.server.handle(&hello(Some(hv.cookie)), peer(2)).await;
+    assert!(matches!(only_reply(&o), Frame::HelloVerify(_)));
+    let o = r.server.handle(&hello(Some([0; 16])), peer(1)).await;
+    assert!(matches!(only_reply(&o), Frame::HelloVerify(_)));
+    assert!(r.server.pending_len() == 0, "nothing remembered before a valid cookie");
+    let o = r.server.handle(&hello(Some(hv.cookie)), peer(1)).await;
+    assert!(matches!(only_reply(&o), Frame::ServerHello(_)));
+    assert_eq!(r.server.pending_len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hello_from_a_device_without_a_key_is_dropped() {
+    let mut r = rig(Mitigation::Drop);
+    let hello = Frame::ClientHello(ClientHello {
+        device_id: "stranger".into(),
+        client_nonce: [1; 16],
+        cookie: None,
+        padding: 0,
+    });
+    let o = r.server.handle(&hello.encode(), peer(9)).await;
+    assert!(o.replies.is_empty());
+    assert_eq!(names(&o), ["cloud.invalid"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replayed_record_is_rejected_and_changes_nothing() {
+    let mut r = rig(Mitigation::Drop);
+    let (mut dev, _) = handshake(&mut r, A, peer(1)).await;
+    let rec = dev.record(FLAG_RESUME, InnerKind::Ping, 1);
+    assert!(!r.server.handle(&rec, peer(1)).await.replies.is_empty());
+    let before = r.cache.get(dev.id).await.unwrap();
+    let o = r.server.handle(&rec, peer(1)).await;
+    assert!(o.replies.is_empty());
+    assert!(matches!(&o.events[..], [EventKind::CloudInvalid { reason, .. }] if reason.contains("replayed")));
+    assert_eq!(r.cache.get(dev.id).await.unwrap(), before);
+    // Also from another address (an attacker replaying captured traffic).
+    let o = r.server.handle(&rec, peer(7)).await;
+    assert!(o.replies.is_empty());
+    assert_eq!(r.cache.get(dev.id).await.unwrap(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forged_records_never_touch_a_session_even_with_a_real_session_id() {
+    let mut r = rig(Mitigation::Durable);
+    let (dev_a, _) = handshake(&mut r, A, peer(1)).await;
+    let (mut dev_b, _) = handshake(&mut r, B, peer(2)).await;
+    let before = r.cache.get(dev_a.id).await.unwrap();
+    // Device B seals a record with its own keys but A's session id.
+    let mut forged = Dev {
+        id: dev_a.id,
+        keys: dev_b.keys.clone(),
+        tx: 100,
+    };
+    let o = r
+        .server
+        .handle(&forged.record(FLAG_RESUME, InnerKind::Ping, 1), peer(2))
+        .await;
+    assert!(o.replies.is_empty());
+    assert!(matches!(&o.events[..], [EventKind::CloudInvalid { reason, .. }] if reason.contains("authentication")));
+    // A flipped byte in a genuine record.
+    let mut rec = dev_b.record(0, InnerKind::Ping, 2);
+    let n = rec.len();
+    rec[n - 20] ^= 1;
+    assert!(r.server.handle(&rec, peer(2)).await.replies.is_empty());
+    assert_eq!(r.cache.get(dev_a.id).await.unwrap(), before, "A's session untouched");
+    assert_eq!(r.cache.get(dev_b.id).await.unwrap().unwrap().rx_counter, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replayed_or_forged_finished_creates_no_session() {
+    let mut r = rig(Mitigation::Drop);
+    let (_, finished) = handshake(&mut r, A, peer(1)).await;
+    assert_eq!(r.cache.len(), 1);
+    let o = r.server.handle(&finished, peer(1)).await;
+    assert!(o.replies.is_empty());
+    assert!(matches!(&o.events[..], [EventKind::CloudInvalid { reason, .. }] if reason.contains("pending")));
+    assert_eq!(r.cache.len(), 1, "replay created nothing");
+    assert_eq!(r.durable.len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_bad_finished_mac_keeps_the_real_handshake_pending() {
+    let mut r = rig(Mitigation::Drop);
+    let nonce = [3; 16];
+    let hello = |cookie| {
+        Frame::ClientHello(ClientHello {
+            device_id: A.into(),
+            client_nonce: nonce,
+            cookie,
+            padding: 0,
+        })
+        .encode()
+    };
+    let Frame::HelloVerify(hv) = only_reply(&r.server.handle(&hello(None), peer(1)).await).clone() else {
+        panic!()
+    };
+    let Frame::ServerHello(sh) = only_reply(&r.server.handle(&hello(Some(hv.cookie)), peer(1)).await).clone() else {
+        panic!()
+    };
+    let forged = Frame::ClientFinished(ClientFinished {
+        session_id: sh.session_id,
+        cert: vec![],
+        mac: [0; 16],
+    });
+    let o = r.server.handle(&forged.encode(), peer(6)).await;
+    assert!(o.replies.is_empty());
+    assert_eq!(r.cache.len(), 0);
+    let keys = SessionKeys::derive(&Psk::derive_for(A), A, &nonce, &sh.server_nonce, sh.session_id);
+    let t = Transcript {
+        client_nonce: nonce,
+        server_nonce: sh.server_nonce,
+        session_id: sh.session_id,
+    };
+    let real = Frame::ClientFinished(ClientFinished {
+        session_id: sh.session_id,
+        cert: vec![],
+        mac: t.client_finished_mac(&keys, &[]),
+    });
+    let o = r.server.handle(&real.encode(), peer(1)).await;
+    assert!(matches!(only_reply(&o), Frame::ServerFinished(_)));
+    assert_eq!(r.cache.len(), 1);
+}
+
+async fn after_cache_loss(m: Mitigation) -> (Rig, Dev, Outcome) {
+    let mut r = rig(m);
+    let (mut dev, _) = handshake(&mut r, A, peer(1)).await;
+    r.cache.kill().await.unwrap();
+    r.cache.start().await.unwrap();
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 1), peer(1))
+        .await;
+    (r, dev, o)
+}
+
+#[tokio::test(start_paused = true)]
+async fn mitigation_drop_stays_silent_on_an_unknown_session() {
+    let (r, _, o) = after_cache_loss(Mitigation::Drop).await;
+    assert!(o.replies.is_empty());
+    assert!(matches!(
+        &o.events[..],
+        [EventKind::CloudResumeUnknown {
+            action: UnknownAction::Dropped,
+            resume: true,
+            ..
+        }]
+    ));
+    assert_eq!(
+        o.device.as_deref(),
+        Some(A),
+        "bytes still attributed to the device by address"
+    );
+    assert!(r.cache.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn mitigation_reject_answers_session_unknown_echoing_the_counter() {
+    let (_, dev, o) = after_cache_loss(Mitigation::Reject).await;
+    let Frame::SessionUnknown(su) = only_reply(&o) else {
+        panic!()
+    };
+    assert_eq!((su.session_id, su.counter), (dev.id, dev.tx));
+    assert!(matches!(
+        &o.events[..],
+        [EventKind::CloudResumeUnknown {
+            action: UnknownAction::Rejected,
+            ..
+        }]
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn mitigation_durable_heals_the_cache_and_resumes() {
+    let (r, dev, o) = after_cache_loss(Mitigation::Durable).await;
+    assert_eq!(names(&o), ["cloud.resume_unknown", "cloud.resumed", "cloud.connected"]);
+    assert!(matches!(
+        o.events[0],
+        EventKind::CloudResumeUnknown {
+            action: UnknownAction::Healed,
+            ..
+        }
+    ));
+    assert_eq!(open_reply(&dev, &o).kind, InnerKind::Pong);
+    assert!(r.cache.get(dev.id).await.unwrap().is_some(), "cache healed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_mitigation_can_change_between_datagrams() {
+    let (mut r, mut dev, o) = after_cache_loss(Mitigation::Drop).await;
+    assert!(o.replies.is_empty());
+    r.handle.set_mitigation(Mitigation::Durable);
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 2), peer(1))
+        .await;
+    assert_eq!(open_reply(&dev, &o).kind, InnerKind::Pong);
+    assert!(r.timeline.snapshot().iter().any(|e| e.kind.name() == "cloud.config"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_cache_is_a_miss_with_a_cache_error_and_durable_still_heals() {
+    let mut r = rig(Mitigation::Durable);
+    let (mut dev, _) = handshake(&mut r, A, peer(1)).await;
+    r.cache.kill().await.unwrap();
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 1), peer(1))
+        .await;
+    assert_eq!(
+        names(&o),
+        [
+            "cache.error",
+            "cloud.resume_unknown",
+            "cloud.resumed",
+            "cloud.connected",
+            "cache.error"
+        ]
+    );
+    assert_eq!(open_reply(&dev, &o).kind, InnerKind::Pong);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_cache_costs_one_bounded_timeout_then_fails_fast() {
+    let mut r = rig(Mitigation::Drop);
+    let (mut dev, _) = handshake(&mut r, A, peer(1)).await;
+    r.cache.pause(Duration::from_secs(3600)).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 1), peer(1))
+        .await;
+    assert_eq!(t0.elapsed(), Duration::from_millis(250), "bounded by the cache timeout");
+    assert!(matches!(&o.events[0], EventKind::CacheError { error, .. } if error.contains("did not answer")));
+    let t1 = tokio::time::Instant::now();
+    let o = r
+        .server
+        .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, 2), peer(1))
+        .await;
+    assert_eq!(t1.elapsed(), Duration::ZERO, "circuit open: no second wait");
+    assert!(matches!(&o.events[0], EventKind::CacheError { error, .. } if error.contains("circuit open")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_and_mutated_datagrams_never_panic_or_create_sessions() {
+    let mut r = rig(Mitigation::Durable);
+    let (mut dev, finished) = handshake(&mut r, A, peer(1)).await;
+    let good = dev.record(FLAG_RESUME, InnerKind::Ping, 1);
+    // Used once for real, so a mutation that happens to restore it is a replay.
+    assert!(!r.server.handle(&good, peer(1)).await.replies.is_empty());
+    let mut rng = ChaCha8Rng::seed_from_u64(42);
+    let seeds = [good, finished];
+    for i in 0..20_000 {
+        let data: Vec<u8> = if i % 2 == 0 {
+            let len = rng.random_range(0..300);
+            let mut d = vec![0u8; len];
+            rng.fill_bytes(&mut d);
+            if len >= 4 && i % 4 == 0 {
+                // Valid envelope, random body: exercises every decoder.
+                d[..3].copy_from_slice(b"RG\x01");
+                d[3] = [0x01, 0x02, 0x03, 0x04, 0x05, 0x10, 0x11][rng.random_range(0..7)];
+            }
+            d
+        } else {
+            let mut d = seeds[(i / 2) % 2].clone();
+            let flips = rng.random_range(1..4);
+            for _ in 0..flips {
+                let at = rng.random_range(0..d.len());
+                d[at] ^= 1 << rng.random_range(0..8);
+            }
+            d
+        };
+        let o = r.server.handle(&data, peer(3)).await;
+        assert!(
+            o.events
+                .iter()
+                .all(|e| !matches!(e.name(), "cloud.handshake" | "cloud.connected")),
+            "garbage authenticated: {data:?}"
+        );
+    }
+    assert_eq!(r.cache.len(), 1);
+    assert_eq!(r.cache.get(dev.id).await.unwrap().unwrap().rx_counter, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn serve_counts_bytes_per_datagram_and_device_and_stops_on_shutdown() {
+    let r = rig(Mitigation::Drop);
+    let timeline = r.timeline.clone();
+    let net = MemNet::new(Duration::from_millis(10));
+    let cloud_addr = SocketAddr::from(([127, 0, 0, 1], 5684));
+    let sock: Arc<dyn Datagram> = Arc::new(net.bind(cloud_addr).unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(sock, r.server, async {
+        let _ = rx.await;
+    }));
+    let device = net.bind(peer(1)).unwrap();
+    let hello = Frame::ClientHello(ClientHello {
+        device_id: A.into(),
+        client_nonce: [1; 16],
+        cookie: None,
+        padding: 120,
+    })
+    .encode();
+    device.send_to(&hello, cloud_addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = device.recv_from(&mut buf).await.unwrap();
+    assert_eq!(n, 20);
+    device.send_to(b"junk", cloud_addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tx.send(()).unwrap();
+    task.await.unwrap();
+    let evs = timeline.snapshot();
+    let io: Vec<(&str, u64, Option<&str>)> = evs
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CloudRx { bytes, .. } => Some(("rx", *bytes, e.device.as_deref())),
+            EventKind::CloudTx { bytes, .. } => Some(("tx", *bytes, e.device.as_deref())),
+            _ => None,
+        })
+        .collect();
+    // 153 bytes for "sleepy-01"; this device id is 4 characters shorter.
+    assert_eq!(io, [("rx", 149, Some(A)), ("tx", 20, Some(A)), ("rx", 4, None)]);
+}

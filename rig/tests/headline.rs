@@ -1,0 +1,237 @@
+//! The headline plan end to end on the built-in simulated bench: the four
+//! verdicts the release sign-off rests on, the negative control included.
+
+mod common;
+
+use common::*;
+use quick_xml::events::Event as Xml;
+
+#[test]
+fn the_headline_plan_passes_with_the_negative_control_failing_as_expected() {
+    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "7"]);
+    assert_eq!(r.code(), 0, "stdout:\n{}\nstderr:\n{}", r.stdout(), r.stderr());
+    let s = r.summary();
+    assert_eq!(s["seed"], 7);
+    assert_eq!(s["cells"].as_array().unwrap().len(), 4);
+
+    // 1.1 x drop: every device stuck in the loop, diagnosed as such.
+    let neg = cell(&s, "fixture=sleepy-1.1 mitigation=drop");
+    assert_eq!(neg["verdict"], "failed_as_expected");
+    let rec = recovery(neg);
+    assert_eq!(rec.len(), 8);
+    for c in &rec {
+        assert_eq!(c["passed"], false);
+        let text = c["text"].as_str().unwrap();
+        assert!(
+            text.contains("no cloud session within 4 wake cycles after 'crash'"),
+            "{text}"
+        );
+        assert!(text.contains("endless session-resume loop"), "{text}");
+        assert_eq!(c["facts"]["handshakes"], 0);
+    }
+
+    // 1.2 x drop: every device recovers by its own handshake within 4 wakes.
+    let fix = cell(&s, "fixture=sleepy-1.2 mitigation=drop");
+    assert_eq!(fix["verdict"], "passed");
+    for c in recovery(fix) {
+        let f = &c["facts"];
+        assert_eq!(f["recovered"], true, "{c}");
+        assert!(f["wakes"].as_u64().unwrap() <= 4, "{c}");
+        assert!(f["bytes"].as_u64().unwrap() < 16 * 1024, "{c}");
+        assert_eq!(f["handshakes"], 1, "exactly one full handshake: {c}");
+        assert_eq!(f["via"], "handshake");
+        assert_eq!(f["power_cycled"], false);
+    }
+
+    // durable: both firmwares resume at the first wake after the crash.
+    for name in [
+        "fixture=sleepy-1.1 mitigation=durable",
+        "fixture=sleepy-1.2 mitigation=durable",
+    ] {
+        let c = cell(&s, name);
+        assert_eq!(c["verdict"], "passed", "{name}");
+        for d in recovery(c) {
+            assert_eq!(d["facts"]["wakes"], 1, "{name}: {d}");
+            assert_eq!(d["facts"]["via"], "resume", "{name}: {d}");
+        }
+    }
+
+    // The verdict table names every cell.
+    let out = r.stdout();
+    assert!(out.contains("FAILED as expected (negative control)"), "{out}");
+    assert_eq!(out.matches("session-cache-crash [fixture=").count(), 5, "{out}");
+    assert!(r.stderr().contains("seed 7"), "seed printed");
+
+    // One console log per device.
+    for i in 1..=8 {
+        let log = std::fs::read_to_string(r.run_dir().join(format!("console/sleepy-0{i}.log"))).unwrap();
+        assert!(log.contains("resuming session"), "sleepy-0{i}");
+    }
+
+    junit_is_valid_with_the_right_counts(&r);
+}
+
+fn junit_is_valid_with_the_right_counts(r: &Run) {
+    let xml = std::fs::read_to_string(r.run_dir().join("junit.xml")).unwrap();
+    let mut reader = quick_xml::Reader::from_str(&xml);
+    let (mut suites, mut cases, mut failures_attr, mut failure_elems, mut declared_tests) = (0, 0, 0u64, 0, 0u64);
+    loop {
+        match reader.read_event().expect("well-formed XML") {
+            Xml::Start(e) | Xml::Empty(e) => match e.name().as_ref() {
+                b"testsuite" => {
+                    suites += 1;
+                    for a in e.attributes() {
+                        let a = a.unwrap();
+                        let v: u64 = String::from_utf8_lossy(&a.value).parse().unwrap_or(0);
+                        match a.key.as_ref() {
+                            b"tests" => declared_tests += v,
+                            b"failures" => failures_attr += v,
+                            _ => {}
+                        }
+                    }
+                }
+                b"testcase" => cases += 1,
+                b"failure" => failure_elems += 1,
+                _ => {}
+            },
+            Xml::Eof => break,
+            _ => {}
+        }
+    }
+    assert_eq!(suites, 4, "one testsuite per cell");
+    assert_eq!(declared_tests, cases, "tests attributes match testcases");
+    // Per cell: 8 devices x (wait_for, sleep_cycles, expect, expect_recovery),
+    // plus the negative control's own testcase.
+    assert_eq!(cases, 4 * 32 + 1);
+    assert_eq!(failures_attr, 0, "every cell behaved as the plan expects");
+    assert_eq!(failure_elems, 0);
+    assert!(
+        xml.contains("fails as expected: sleepy-01: no cloud session"),
+        "negative control carries the text"
+    );
+}
+
+#[test]
+fn pinning_the_buggy_firmware_on_a_plan_without_a_matrix_fails_with_exit_1() {
+    let p = plan("recovery-smoke.yaml");
+    let good = run(&[p.to_str().unwrap(), "--seed", "5"]);
+    assert_eq!(good.code(), 0, "{}", good.stdout());
+    let bad = run(&[
+        p.to_str().unwrap(),
+        "--seed",
+        "5",
+        "--set",
+        "fixture=sleepy-1.1",
+        "--set",
+        "mitigation=drop",
+    ]);
+    assert_eq!(bad.code(), 1, "{}", bad.stdout());
+    let out = bad.stdout();
+    assert!(out.contains("recovery-smoke [default]"), "{out}");
+    assert!(out.contains("endless session-resume loop"), "{out}");
+    // The JUnit file says so too, with a console excerpt.
+    let xml = std::fs::read_to_string(bad.run_dir().join("junit.xml")).unwrap();
+    assert!(xml.contains("<failure"), "{xml}");
+    assert!(xml.contains("console of sleepy-01, last 15 lines"), "{xml}");
+}
+
+#[test]
+fn pinning_both_axes_of_the_headline_matrix_runs_only_that_cell() {
+    let r = run(&[
+        plan("session-cache-crash.yaml").to_str().unwrap(),
+        "--seed",
+        "5",
+        "--set",
+        "fixture=sleepy-1.1",
+        "--set",
+        "mitigation=drop",
+    ]);
+    // The one remaining cell is the negative control, and it fails as it must.
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    let s = r.summary();
+    assert_eq!(s["cells"].as_array().unwrap().len(), 1);
+    assert_eq!(s["cells"][0]["verdict"], "failed_as_expected");
+}
+
+/// Per device: the sequence of (time, event) without wall-clock stamps.
+fn per_device(events: &[serde_json::Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
+    for e in events {
+        if let Some(d) = e["device"].as_str() {
+            let mut e = e.clone();
+            let o = e.as_object_mut().unwrap();
+            o.remove("wall");
+            o.remove("seq");
+            out.entry(d.to_owned())
+                .or_default()
+                .push(serde_json::to_string(&e).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn the_same_seed_gives_the_same_events_per_device_and_another_seed_does_not() {
+    let p = plan("recovery-smoke.yaml");
+    let a = run(&[p.to_str().unwrap(), "--seed", "11"]);
+    let b = run(&[p.to_str().unwrap(), "--seed", "11"]);
+    let c = run(&[p.to_str().unwrap(), "--seed", "12"]);
+    let (ea, eb, ec) = (
+        per_device(&a.events()),
+        per_device(&b.events()),
+        per_device(&c.events()),
+    );
+    assert_eq!(ea.len(), 8);
+    assert!(ea["sleepy-01"].len() > 50, "a real sequence, not a trivial one");
+    assert_eq!(ea, eb, "same seed, same events");
+    assert_ne!(ea, ec, "another seed changes jitter, nonces and timings");
+}
+
+#[test]
+fn a_simulated_day_of_fifteen_minute_cycles_runs_on_the_virtual_clock() {
+    let started = std::time::Instant::now();
+    let r = run(&[plan("soak-day.yaml").to_str().unwrap(), "--seed", "1"]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let s = r.summary();
+    let plan_ms = s["cells"][0]["plan_ms"].as_u64().unwrap();
+    assert!(plan_ms >= 24 * 3600 * 1000, "a full day of plan time: {plan_ms}");
+    // Reported, not asserted: timing belongs in benchmarks on a shared machine.
+    eprintln!(
+        "simulated {} h in {:?} of wall time",
+        plan_ms / 3_600_000,
+        started.elapsed()
+    );
+}
+
+#[test]
+fn rig_report_re_renders_the_same_verdicts_from_events_jsonl() {
+    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "3"]);
+    assert_eq!(r.code(), 0);
+    let dir = r.run_dir();
+    let before = r.summary();
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    std::fs::remove_file(dir.join("junit.xml")).unwrap();
+    let out = rig(&["report", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(r.summary(), before, "identical summary from the timeline alone");
+    assert!(dir.join("junit.xml").exists());
+}
+
+#[test]
+fn the_soft_reset_plan_shows_only_a_power_cycle_clears_the_loop() {
+    let r = run(&[plan("soft-reset-vs-power-cycle.yaml").to_str().unwrap(), "--seed", "2"]);
+    assert_eq!(r.code(), 0, "{}", r.stdout());
+    let s = r.summary();
+    let checks = s["cells"][0]["checks"].as_array().unwrap();
+    assert!(checks.iter().all(|c| c["passed"] == true));
+    // After the soft reset the devices still resumed the stale session.
+    let evs = r.events();
+    let reset_seq = evs.iter().find(|e| e["kind"] == "reset.soft").unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let stale = evs
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > reset_seq && e["kind"] == "cloud.resume_unknown")
+        .count();
+    assert!(stale >= 16, "every device kept resuming after the soft reset: {stale}");
+}
