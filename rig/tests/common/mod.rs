@@ -110,6 +110,6 @@ pub fn recovery(cell: &Value) -> Vec<Value> {
     checks
         .iter()
         .filter(|c| Some(c["step"].as_u64().unwrap()) == last)
-        .map(|c| c.clone())
+        .cloned()
         .collect()
 }
