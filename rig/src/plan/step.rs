@@ -100,18 +100,56 @@ pub struct WaitFor {
     pub timeout: Option<Dur>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "expected a number of wake cycles, or `{n: N, timeout: DURATION}`"
-)]
+#[derive(Debug, Clone)]
 pub enum SleepCycles {
     N(u32),
-    Opts {
-        n: u32,
-        #[serde(default)]
-        timeout: Option<Dur>,
-    },
+    Opts { n: u32, timeout: Option<Dur> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepCyclesOpts {
+    n: u32,
+    #[serde(default)]
+    timeout: Option<Dur>,
+}
+
+// By hand rather than `untagged`: an untagged enum buffers its input, which
+// hides the YAML parser's scalar typing and locations from the map form.
+impl<'de> Deserialize<'de> for SleepCycles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = SleepCycles;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of wake cycles, or `{n: N, timeout: DURATION}`")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SleepCycles, E> {
+                u32::try_from(v)
+                    .map(SleepCycles::N)
+                    .map_err(|_| E::custom("too many wake cycles"))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<SleepCycles, E> {
+                u32::try_from(v)
+                    .map(SleepCycles::N)
+                    .map_err(|_| E::custom(format!("expected a positive number of wake cycles, found {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<SleepCycles, E> {
+                v.trim()
+                    .parse()
+                    .map(SleepCycles::N)
+                    .map_err(|_| E::custom(format!("expected a number of wake cycles, found `{v}`")))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<SleepCycles, A::Error> {
+                let o = SleepCyclesOpts::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(SleepCycles::Opts {
+                    n: o.n,
+                    timeout: o.timeout,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl SleepCycles {
