@@ -202,9 +202,9 @@ fn cmd_run(args: RunArgs) -> u8 {
     print!("\n{}", report::verdict_table(&result.summary));
     let plan_ms: u64 = result.summary.cells.iter().map(|c| c.plan_ms).sum();
     println!(
-        "\nseed {seed}; {} of plan time in {:.1}s of wall time; reports in {}",
+        "\nseed {seed}; {} of plan time in {} of wall time; reports in {}",
         rig::units::fmt_duration(Duration::from_millis(plan_ms)),
-        wall.elapsed().as_secs_f64(),
+        rig::units::fmt_duration(wall.elapsed()),
         result.dir.display()
     );
     match result.summary.exit_code {
