@@ -302,9 +302,8 @@ pub fn parse(
     if !cell_errors.is_empty() {
         return Err(merge_cell_errors(cell_errors, combos.len()));
     }
-    let _ = header.name;
     Ok(Plan {
-        name: cells[0].spec.name.value.clone(),
+        name: header.name.value,
         description: header.description.unwrap_or_default(),
         path: path.to_owned(),
         sha256: hex(&Sha256::digest(text.as_bytes())),
