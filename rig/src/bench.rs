@@ -162,12 +162,34 @@ struct DeviceRaw {
     key: Option<Spanned<String>>,
 }
 
+/// Settings of simulated boards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimCfg {
+    /// Multiplies every duration of a fixture's behaviour (sleep interval,
+    /// attach time, retransmits...). 0.005 turns 15-minute cycles into 4.5 s.
+    #[serde(default = "one")]
+    pub time_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for SimCfg {
+    fn default() -> Self {
+        SimCfg { time_scale: 1.0 }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BenchRaw {
     name: String,
     #[serde(default)]
     clock: Option<Clock>,
+    #[serde(default)]
+    sim: SimCfg,
     #[serde(default)]
     cloud: CloudCfg,
     #[serde(default)]
@@ -195,6 +217,7 @@ pub struct Bench {
     /// Where it came from (a path or [`BUILTIN_SIM_NAME`]).
     pub source: String,
     pub clock: Clock,
+    pub sim: SimCfg,
     pub cloud: CloudCfg,
     pub safe_state: PowerState,
     pub devices: Vec<Device>,
@@ -332,6 +355,12 @@ impl Bench {
             None if all_sim => Clock::Virtual,
             None => Clock::Real,
         };
+        if !(raw.sim.time_scale > 0.0 && raw.sim.time_scale <= 1.0) {
+            errors.push(Diagnostic::file(
+                path,
+                format!("sim.time_scale must be in (0, 1], found {}", raw.sim.time_scale),
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -339,6 +368,7 @@ impl Bench {
             name: raw.name,
             source: path.display().to_string(),
             clock,
+            sim: raw.sim,
             cloud: raw.cloud,
             safe_state: raw.safe_state,
             devices,

@@ -76,6 +76,30 @@ pub struct Behaviour {
     pub publish_bytes: u16,
 }
 
+impl Behaviour {
+    /// Every duration multiplied by `f`: a real-clock simulated bench runs
+    /// 15-minute sleep cycles in seconds while keeping their proportions.
+    pub fn scaled(&self, f: f64) -> Behaviour {
+        if f == 1.0 {
+            return self.clone();
+        }
+        let d = |x: Dur| Dur(x.0.mul_f64(f));
+        let r = |x: Range| Range(d(x.0), d(x.1));
+        Behaviour {
+            sleep_interval: d(self.sleep_interval),
+            sleep_jitter: d(self.sleep_jitter),
+            attach_time: r(self.attach_time),
+            boot_attach_time: r(self.boot_attach_time),
+            awake_window: d(self.awake_window),
+            resume_timeout: d(self.resume_timeout),
+            retransmit: self.retransmit.iter().copied().map(d).collect(),
+            give_up_after: d(self.give_up_after),
+            handshake_retransmit: self.handshake_retransmit.iter().copied().map(d).collect(),
+            ..self.clone()
+        }
+    }
+}
+
 fn default_resume_timeout() -> Dur {
     Dur(Duration::from_secs(8))
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::device::DeviceHandle;
-use crate::bench::{Bench, CacheKind, ConsoleKind, FlashCfg, PowerCfg, PowerState};
+use crate::bench::{Bench, CacheKind, Clock, ConsoleKind, FlashCfg, PowerCfg, PowerState};
 use crate::cache::memory::MemoryCache;
 use crate::cache::{Cache, SessionCache};
 use crate::cloud::durable::DurableKeys;
@@ -55,6 +55,70 @@ fn sim_board_addr(i: usize) -> SocketAddr {
     )
 }
 
+/// How simulated boards reach the cloud: an in-process network on the
+/// virtual clock (time must stay under the runtime's control), real UDP
+/// sockets on loopback on the real clock (the same path a real bench uses).
+enum Network {
+    Mem(MemNet),
+    Udp,
+}
+
+fn udp(addr: &str) -> std::io::Result<tokio::net::UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    std_sock.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(std_sock)
+}
+
+impl Network {
+    fn for_bench(bench: &Bench) -> Network {
+        match bench.clock {
+            Clock::Virtual => Network::Mem(MemNet::new(bench.cloud.latency.0)),
+            Clock::Real => Network::Udp,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Network::Mem(_) => "in-process network",
+            Network::Udp => "UDP",
+        }
+    }
+
+    /// The cloud's socket and the address boards send to.
+    fn cloud_socket(&self, listen: Option<&str>) -> Result<(Arc<dyn Datagram>, SocketAddr), String> {
+        match self {
+            Network::Mem(net) => {
+                let s = net
+                    .bind(SIM_CLOUD)
+                    .map_err(|e| format!("cannot bind the cloud on the simulated network: {e}"))?;
+                Ok((Arc::new(s), SIM_CLOUD))
+            }
+            Network::Udp => {
+                let listen = listen.unwrap_or("127.0.0.1:0");
+                let s = udp(listen).map_err(|e| format!("cannot listen on UDP {listen}: {e}"))?;
+                let mut addr = s.local_addr().map_err(|e| e.to_string())?;
+                if addr.ip().is_unspecified() {
+                    // Listening on all interfaces; local boards use loopback.
+                    addr.set_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+                }
+                Ok((Arc::new(s), addr))
+            }
+        }
+    }
+
+    fn board_socket(&self, i: usize) -> Result<Arc<dyn Datagram>, String> {
+        match self {
+            Network::Mem(net) => net
+                .bind(sim_board_addr(i))
+                .map(|s| Arc::new(s) as Arc<dyn Datagram>)
+                .map_err(|e| format!("cannot bind its simulated modem: {e}")),
+            Network::Udp => udp("127.0.0.1:0")
+                .map(|s| Arc::new(s) as Arc<dyn Datagram>)
+                .map_err(|e| format!("cannot bind its UDP socket: {e}")),
+        }
+    }
+}
+
 impl World {
     /// Must run inside the cell's runtime (tasks are spawned on it).
     pub fn build(bench: &Bench, seed: u64, timeline: &Timeline) -> Result<World, WorldError> {
@@ -70,11 +134,11 @@ impl World {
         let cache = Cache::new(backend.clone(), timeline.clone());
         let cloud = CloudHandle::new(bench.cloud.mitigation, timeline.clone());
         let keys = bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
-        let net = MemNet::new(bench.cloud.latency.0);
-        let socket: Arc<dyn Datagram> = Arc::new(
-            net.bind(SIM_CLOUD)
-                .map_err(|e| WorldError::Cloud(format!("cannot bind the cloud on the simulated network: {e}")))?,
-        );
+        let net = Network::for_bench(bench);
+        let (socket, cloud_addr) = net
+            .cloud_socket(bench.cloud.listen.as_deref())
+            .map_err(WorldError::Cloud)?;
+        tracing::info!("cloud listening on {cloud_addr} ({})", net.name());
         let server = Server::new(
             CloudConfig::new(keys, seed),
             backend,
@@ -113,10 +177,9 @@ impl World {
                     "a simulated board needs simulated power, flash and console (omit those sections)".into(),
                 ));
             }
-            let sock = net
-                .bind(sim_board_addr(i))
-                .map_err(|e| unsupported(format!("cannot bind its simulated modem: {e}")))?;
-            let (board, sim_console) = SimBoard::new(&d.id, d.key.clone(), seed, Arc::new(sock), SIM_CLOUD);
+            let sock = net.board_socket(i).map_err(unsupported)?;
+            let (board, sim_console) =
+                SimBoard::new(&d.id, d.key.clone(), seed, sock, cloud_addr, bench.sim.time_scale);
             let patterns: console::PatternSlot = Arc::new(Mutex::new(None));
             let console = console::watch(d.id.clone(), Box::new(sim_console), timeline.clone(), patterns.clone());
             devices.push(DeviceHandle::new(

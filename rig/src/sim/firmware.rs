@@ -31,7 +31,7 @@ pub(crate) async fn run(board: Arc<Board>, fixture: Option<Arc<Fixture>>, reason
         );
         return;
     };
-    let Some(behaviour) = fx.behaviour.clone() else {
+    let Some(behaviour) = fx.behaviour.as_ref().map(|b| b.scaled(board.time_scale)) else {
         board.println(boot, "boot", "ERROR", "application is not runnable on this board");
         return;
     };
@@ -136,9 +136,17 @@ impl Firmware {
             } else {
                 0
             };
-            let secs = ((interval + j).max(1000) / 1000) as u64;
+            // Whole seconds, as the firmware's RTC alarm would have it; never
+            // below one second (or one tick on a time-scaled bench).
+            let ms = (interval + j).max(1) as u64;
+            let secs = (ms / 1000).max(1);
+            let sleep = if self.board.time_scale < 1.0 {
+                Duration::from_millis(ms)
+            } else {
+                Duration::from_secs(secs)
+            };
             self.log("app", "INFO", &format!("sleeping for {secs}s"));
-            tokio::time::sleep(Duration::from_secs(secs)).await;
+            tokio::time::sleep(sleep).await;
             wake_reason = "rtc";
         }
     }

@@ -78,6 +78,7 @@ pub(crate) struct Inner {
     pub(crate) psk: Psk,
     pub(crate) cloud: SocketAddr,
     pub(crate) socket: Arc<dyn Datagram>,
+    pub(crate) time_scale: f64,
     console_out: mpsc::UnboundedSender<Vec<u8>>,
     state: Mutex<State>,
 }
@@ -112,7 +113,14 @@ pub struct SimBoard {
 
 impl SimBoard {
     /// A board with empty flash, unpowered. Returns it and its console.
-    pub fn new(id: &str, psk: Psk, seed: u64, socket: Arc<dyn Datagram>, cloud: SocketAddr) -> (SimBoard, SimConsole) {
+    pub fn new(
+        id: &str,
+        psk: Psk,
+        seed: u64,
+        socket: Arc<dyn Datagram>,
+        cloud: SocketAddr,
+        time_scale: f64,
+    ) -> (SimBoard, SimConsole) {
         let (tx, rx) = mpsc::unbounded_channel();
         let board = SimBoard {
             inner: Arc::new(Inner {
@@ -120,6 +128,7 @@ impl SimBoard {
                 psk,
                 cloud,
                 socket,
+                time_scale,
                 console_out: tx,
                 state: Mutex::new(State {
                     powered: false,
