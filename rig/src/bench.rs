@@ -170,6 +170,18 @@ pub struct SimCfg {
     /// attach time, retransmits...). 0.005 turns 15-minute cycles into 4.5 s.
     #[serde(default = "one")]
     pub time_scale: f64,
+    /// `channel` (in-process) or `pty`: each board's console on a
+    /// pseudo-terminal, read through the serial driver used for hardware.
+    #[serde(default)]
+    pub console: SimConsoleKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SimConsoleKind {
+    #[default]
+    Channel,
+    Pty,
 }
 
 fn one() -> f64 {
@@ -178,7 +190,10 @@ fn one() -> f64 {
 
 impl Default for SimCfg {
     fn default() -> Self {
-        SimCfg { time_scale: 1.0 }
+        SimCfg {
+            time_scale: 1.0,
+            console: SimConsoleKind::Channel,
+        }
     }
 }
 
@@ -355,6 +370,18 @@ impl Bench {
             None if all_sim => Clock::Virtual,
             None => Clock::Real,
         };
+        if clock == Clock::Virtual && raw.sim.console == SimConsoleKind::Pty {
+            errors.push(Diagnostic::file(
+                path,
+                "`sim: { console: pty }` needs `clock: real`: pseudo-terminals are read in real time",
+            ));
+        }
+        if clock == Clock::Virtual && raw.cloud.cache.kind == CacheKind::Redis {
+            errors.push(Diagnostic::file(
+                path,
+                "`cache: { kind: redis }` needs `clock: real`: a real redis-server cannot follow a virtual clock",
+            ));
+        }
         if !(raw.sim.time_scale > 0.0 && raw.sim.time_scale <= 1.0) {
             errors.push(Diagnostic::file(
                 path,

@@ -144,12 +144,26 @@ pub enum EventKind {
     /// A datagram the cloud refused: malformed, forged, replayed or unexpected.
     #[serde(rename = "cloud.invalid")]
     CloudInvalid { reason: String, peer: String },
+    /// `pid`: the server process that was killed (gone when this is recorded).
     #[serde(rename = "cache.kill")]
-    CacheKill { backend: String },
+    CacheKill {
+        backend: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     #[serde(rename = "cache.start")]
-    CacheStart { backend: String },
+    CacheStart {
+        backend: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     #[serde(rename = "cache.restore")]
-    CacheRestore { from: String, sessions: u64 },
+    CacheRestore {
+        from: String,
+        sessions: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     #[serde(rename = "cache.snapshot")]
     CacheSnapshot { name: String, sessions: u64 },
     #[serde(rename = "cache.flush")]
@@ -432,11 +446,15 @@ impl Timeline {
 
     /// Appends an event, journals and flushes it, and wakes waiters.
     pub fn emit(&self, device: Option<&str>, source: Source, kind: EventKind) -> u64 {
+        self.emit_at(device, source, kind, tokio::time::Instant::now())
+    }
+
+    /// [`Timeline::emit`] for something observed at `at` (a console line is
+    /// timestamped when its first byte arrived, not when it ended).
+    pub fn emit_at(&self, device: Option<&str>, source: Source, kind: EventKind, at: tokio::time::Instant) -> u64 {
         let wall = OffsetDateTime::now_utc();
         let mut s = self.lock();
-        let t_ms = tokio::time::Instant::now()
-            .saturating_duration_since(s.cell_base)
-            .as_millis() as u64;
+        let t_ms = at.saturating_duration_since(s.cell_base).as_millis() as u64;
         let seq = s.events.len() as u64;
         let ev = Event {
             seq,
@@ -678,14 +696,17 @@ mod tests {
                 peer: "p".into(),
             },
             EventKind::CacheKill {
-                backend: "memory".into(),
+                backend: "redis".into(),
+                pid: Some(4242),
             },
             EventKind::CacheStart {
                 backend: "memory".into(),
+                pid: None,
             },
             EventKind::CacheRestore {
                 from: "empty".into(),
                 sessions: 0,
+                pid: Some(4243),
             },
             EventKind::CacheSnapshot {
                 name: "n".into(),

@@ -10,6 +10,7 @@
 //! separate process the rig controls, added behind the same trait.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +104,11 @@ pub trait SessionCache: Send + Sync {
     /// Short backend name for events and reports.
     fn backend(&self) -> &'static str;
 
+    /// The pid of the cache's server process, when it is one.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
     async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError>;
     async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError>;
     async fn delete(&self, id: SessionId) -> Result<(), CacheError>;
@@ -146,9 +152,11 @@ impl Cache {
     }
 
     pub async fn kill(&self) -> Result<(), CacheError> {
+        let pid = self.backend.pid();
         self.backend.kill().await?;
         self.emit(EventKind::CacheKill {
             backend: self.backend.backend().into(),
+            pid,
         });
         Ok(())
     }
@@ -157,6 +165,7 @@ impl Cache {
         self.backend.start().await?;
         self.emit(EventKind::CacheStart {
             backend: self.backend.backend().into(),
+            pid: self.backend.pid(),
         });
         Ok(())
     }
@@ -175,6 +184,7 @@ impl Cache {
         self.emit(EventKind::CacheRestore {
             from: from.to_string(),
             sessions,
+            pid: self.backend.pid(),
         });
         Ok(())
     }

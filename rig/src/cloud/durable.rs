@@ -2,44 +2,110 @@
 //! cloud creates or advances is written through to it, and it survives
 //! anything done to the session cache.
 //!
-//! Here it is a map owned by the cloud. A production cloud would use a
-//! replicated database (the point is only that it is not the cache that
-//! crashed); what matters to the bench is that it is independent of the
-//! cache's lifetime.
+//! On the bench it is an append-only JSON Lines file in the cell's folder
+//! (last record per session wins), read back when the store is opened, and
+//! an in-memory index. A production cloud would use a replicated database
+//! (PostgreSQL, DynamoDB, ...): the point is only that it is not the cache
+//! that crashed and shares none of its failure modes.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rig_proto::SessionId;
 
 use crate::cache::SessionRecord;
 
+#[derive(Default)]
+struct Inner {
+    index: BTreeMap<SessionId, SessionRecord>,
+    file: Option<BufWriter<File>>,
+}
+
 #[derive(Clone, Default)]
 pub struct DurableKeys {
-    inner: Arc<Mutex<BTreeMap<SessionId, SessionRecord>>>,
+    inner: Arc<Mutex<Inner>>,
 }
 
 impl DurableKeys {
+    /// A store kept in memory only (unit tests).
     pub fn new() -> DurableKeys {
         DurableKeys::default()
     }
 
-    pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+    /// A store persisted to `path`, loading what an earlier cloud wrote.
+    pub fn with_file(path: &Path) -> std::io::Result<DurableKeys> {
+        let mut index = BTreeMap::new();
+        if let Ok(f) = File::open(path) {
+            for line in BufReader::new(f).lines() {
+                // A torn last line (killed mid-write) is skipped.
+                if let Ok(rec) = serde_json::from_str::<SessionRecord>(&line?) {
+                    index.insert(rec.session_id, rec);
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(DurableKeys {
+            inner: Arc::new(Mutex::new(Inner {
+                index,
+                file: Some(BufWriter::new(file)),
+            })),
+        })
     }
 
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<SessionRecord> {
+        self.lock().index.get(&id).cloned()
+    }
+
+    /// Writes through to the file before returning, so a session the cloud
+    /// acknowledged is durable.
     pub fn put(&self, rec: &SessionRecord) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(rec.session_id, rec.clone());
+        let mut inner = self.lock();
+        if let Some(f) = inner.file.as_mut() {
+            let res = serde_json::to_writer(&mut *f, rec)
+                .map_err(std::io::Error::from)
+                .and_then(|_| f.write_all(b"\n"))
+                .and_then(|_| f.flush());
+            if let Err(e) = res {
+                tracing::error!("durable key store write failed: {e}");
+            }
+        }
+        inner.index.insert(rec.session_id, rec.clone());
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().index.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rig_proto::{Psk, SessionKeys};
+
+    #[test]
+    fn records_survive_reopening_and_the_last_write_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.jsonl");
+        let keys = SessionKeys::derive(&Psk([1; 32]), "d", &[1; 16], &[2; 16], 5);
+        let mut rec = SessionRecord::new(5, "d", &keys);
+        let store = DurableKeys::with_file(&path).unwrap();
+        store.put(&rec);
+        rec.rx_counter = 9;
+        store.put(&rec);
+        drop(store);
+        let reopened = DurableKeys::with_file(&path).unwrap();
+        assert_eq!(reopened.get(5), Some(rec));
+        assert_eq!(reopened.len(), 1);
     }
 }

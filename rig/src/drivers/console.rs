@@ -12,6 +12,7 @@ use std::time::Duration;
 use regex::Regex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::{Console, DriverError};
 use crate::timeline::{EventKind, Source, Timeline};
@@ -51,34 +52,41 @@ impl Drop for ConsoleHandle {
 }
 
 /// Splits a byte stream into lines (`\n`, with `\r` stripped), keeping an
-/// unfinished tail until more bytes or a gap arrive.
+/// unfinished tail until more bytes or a gap arrive. Each line carries the
+/// time its first byte arrived.
 #[derive(Default)]
 pub struct LineAssembler {
     buf: Vec<u8>,
+    started: Option<Instant>,
 }
 
 impl LineAssembler {
-    pub fn push(&mut self, data: &[u8], mut line: impl FnMut(String)) {
+    pub fn push(&mut self, data: &[u8], now: Instant, mut line: impl FnMut(String, Instant)) {
         for &b in data {
+            let started = *self.started.get_or_insert(now);
             if b == b'\n' {
                 let mut l = std::mem::take(&mut self.buf);
+                self.started = None;
                 if l.last() == Some(&b'\r') {
                     l.pop();
                 }
-                line(String::from_utf8_lossy(&l).into_owned());
+                line(String::from_utf8_lossy(&l).into_owned(), started);
             } else {
                 self.buf.push(b);
             }
         }
     }
 
-    /// The unfinished tail, if any (at a gap in the link).
-    pub fn take_partial(&mut self) -> Option<String> {
+    /// The unfinished tail and when it started, if any (at a gap in the link).
+    pub fn take_partial(&mut self) -> Option<(String, Instant)> {
+        let started = self.started.take()?;
         if self.buf.is_empty() {
-            None
-        } else {
-            Some(String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned())
+            return None;
         }
+        Some((
+            String::from_utf8_lossy(&std::mem::take(&mut self.buf)).into_owned(),
+            started,
+        ))
     }
 }
 
@@ -93,7 +101,7 @@ pub fn watch(
     let task = tokio::spawn(async move {
         let mut lines = LineAssembler::default();
         let mut buf = vec![0u8; 1024];
-        let mut gap_since: Option<tokio::time::Instant> = None;
+        let mut gap_since: Option<Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -108,9 +116,9 @@ pub fn watch(
                 r = console.read(&mut buf) => match r {
                     Ok(0) | Err(DriverError::LinkGone) => {
                         if gap_since.is_none() {
-                            gap_since = Some(tokio::time::Instant::now());
-                            if let Some(partial) = lines.take_partial() {
-                                emit_line(&device, &timeline, &patterns, partial, true);
+                            gap_since = Some(Instant::now());
+                            if let Some((partial, at)) = lines.take_partial() {
+                                emit_line(&device, &timeline, &patterns, partial, true, at);
                             }
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -121,7 +129,8 @@ pub fn watch(
                                 ms: since.elapsed().as_millis() as u64,
                             });
                         }
-                        lines.push(&buf[..n], |l| emit_line(&device, &timeline, &patterns, l, false));
+                        let now = Instant::now();
+                        lines.push(&buf[..n], now, |l, at| emit_line(&device, &timeline, &patterns, l, false, at));
                     }
                     Err(e) => {
                         tracing::warn!("{device}: console read failed: {e}");
@@ -134,12 +143,17 @@ pub fn watch(
     ConsoleHandle { tx, task }
 }
 
-fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool) {
+fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool, at: Instant) {
     let patterns = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let derived = patterns.and_then(|p| classify(&p, &line));
-    timeline.emit_device(device, Source::Console, EventKind::ConsoleLine { line, partial });
+    timeline.emit_at(
+        Some(device),
+        Source::Console,
+        EventKind::ConsoleLine { line, partial },
+        at,
+    );
     if let Some(kind) = derived {
-        timeline.emit_device(device, Source::Console, kind);
+        timeline.emit_at(Some(device), Source::Console, kind, at);
     }
 }
 
@@ -167,13 +181,19 @@ mod tests {
 
     #[test]
     fn lines_are_split_across_chunks_and_crlf_is_stripped() {
+        let t0 = Instant::now();
+        let t1 = t0 + Duration::from_millis(5);
         let mut a = LineAssembler::default();
         let mut out = Vec::new();
-        a.push(b"000123 [app] wa", |l| out.push(l));
+        a.push(b"000123 [app] wa", t0, |l, at| out.push((l, at)));
         assert!(out.is_empty());
-        a.push(b"ke\r\nsecond\nthi", |l| out.push(l));
-        assert_eq!(out, vec!["000123 [app] wake", "second"]);
-        assert_eq!(a.take_partial().as_deref(), Some("thi"));
+        a.push(b"ke\r\nsecond\nthi", t1, |l, at| out.push((l, at)));
+        // A line is stamped with the arrival of its first byte.
+        assert_eq!(
+            out,
+            vec![("000123 [app] wake".to_string(), t0), ("second".to_string(), t1)]
+        );
+        assert_eq!(a.take_partial(), Some(("thi".to_string(), t1)));
         assert_eq!(a.take_partial(), None);
     }
 

@@ -8,6 +8,7 @@
 //! commands) is observed the same way.
 
 pub mod console;
+pub mod serial;
 
 use async_trait::async_trait;
 

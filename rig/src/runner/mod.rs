@@ -91,7 +91,8 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
             cfg.progress
                 .cell_start(index as usize + 1, total, &plan.name, &cell.name);
             let rt = runtime(cfg.bench.clock)?;
-            let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline));
+            let cell_dir = dir.join(format!("cell-{}", index + 1));
+            let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline, &cell_dir));
             // Dropping the runtime cancels every task of the cell's world.
             drop(rt);
             let summary = report::write_all(&dir, &header, &timeline.snapshot())
@@ -173,7 +174,14 @@ fn fault(timeline: &Timeline, message: String) {
     timeline.emit(None, Source::Runner, EventKind::RigFault { step: None, message });
 }
 
-async fn run_cell(cfg: &RunConfig<'_>, plan: &Plan, cell: &Cell, index: u32, timeline: &Timeline) -> CellOutcome {
+async fn run_cell(
+    cfg: &RunConfig<'_>,
+    plan: &Plan,
+    cell: &Cell,
+    index: u32,
+    timeline: &Timeline,
+    dir: &Path,
+) -> CellOutcome {
     timeline.begin_cell(index);
     timeline.emit(
         None,
@@ -192,7 +200,7 @@ async fn run_cell(cfg: &RunConfig<'_>, plan: &Plan, cell: &Cell, index: u32, tim
         timeline.emit(None, Source::Runner, EventKind::CellEnd { outcome });
         outcome
     };
-    let world = match World::build(cfg.bench, cfg.seed, timeline) {
+    let world = match World::build(cfg.bench, cfg.seed, timeline, dir).await {
         Ok(w) => w,
         Err(e) => {
             fault(timeline, format!("cannot bring up bench `{}`: {e}", cfg.bench.name));

@@ -3,6 +3,7 @@
 //! a fresh world, so nothing leaks from one cell into the next.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,15 +11,18 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::device::DeviceHandle;
-use crate::bench::{Bench, CacheKind, Clock, ConsoleKind, FlashCfg, PowerCfg, PowerState};
+use crate::bench::{Bench, CacheKind, Clock, ConsoleKind, FlashCfg, PowerCfg, PowerState, SimConsoleKind};
 use crate::cache::memory::MemoryCache;
+use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, SessionCache};
 use crate::cloud::durable::DurableKeys;
 use crate::cloud::transport::{Datagram, MemNet};
 use crate::cloud::{CloudConfig, CloudHandle, Server, serve};
+use crate::drivers::Console;
 use crate::drivers::console;
+use crate::drivers::serial::SerialConsole;
 use crate::sim::{SimBoard, SimFlasher, SimPower, SimReset};
-use crate::timeline::Timeline;
+use crate::timeline::{EventKind, Source, Timeline};
 
 /// A bench that cannot be brought up: a rig or infrastructure fault (exit 3).
 #[derive(Debug, thiserror::Error)]
@@ -120,17 +124,30 @@ impl Network {
 }
 
 impl World {
-    /// Must run inside the cell's runtime (tasks are spawned on it).
-    pub fn build(bench: &Bench, seed: u64, timeline: &Timeline) -> Result<World, WorldError> {
+    /// Must run inside the cell's runtime (tasks are spawned on it). `dir`
+    /// holds the cell's files: the Redis server's data and snapshots, and the
+    /// durable key store.
+    pub async fn build(bench: &Bench, seed: u64, timeline: &Timeline, dir: &Path) -> Result<World, WorldError> {
+        std::fs::create_dir_all(dir).map_err(|e| WorldError::Cloud(format!("cannot create {}: {e}", dir.display())))?;
         let backend: Arc<dyn SessionCache> = match bench.cloud.cache.kind {
             CacheKind::Memory => Arc::new(MemoryCache::new(seed)),
             CacheKind::Redis => {
-                return Err(WorldError::Cloud(
-                    "session cache kind `redis` is not available in this build yet; use `cache: { kind: memory }`"
-                        .into(),
-                ));
+                let redis = RedisCache::start_in(&dir.join("redis"), seed)
+                    .await
+                    .map_err(|e| WorldError::Cloud(format!("session cache: {e}")))?;
+                timeline.emit(
+                    None,
+                    Source::Cache,
+                    EventKind::CacheStart {
+                        backend: "redis".into(),
+                        pid: redis.server_pid(),
+                    },
+                );
+                Arc::new(redis)
             }
         };
+        let durable = DurableKeys::with_file(&dir.join("durable-keys.jsonl"))
+            .map_err(|e| WorldError::Cloud(format!("durable key store: {e}")))?;
         let cache = Cache::new(backend.clone(), timeline.clone());
         let cloud = CloudHandle::new(bench.cloud.mitigation, timeline.clone());
         let keys = bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
@@ -142,7 +159,7 @@ impl World {
         let server = Server::new(
             CloudConfig::new(keys, seed),
             backend,
-            DurableKeys::new(),
+            durable,
             cloud.clone(),
             timeline.clone(),
         );
@@ -178,10 +195,28 @@ impl World {
                 ));
             }
             let sock = net.board_socket(i).map_err(unsupported)?;
-            let (board, sim_console) =
-                SimBoard::new(&d.id, d.key.clone(), seed, sock, cloud_addr, bench.sim.time_scale);
             let patterns: console::PatternSlot = Arc::new(Mutex::new(None));
-            let console = console::watch(d.id.clone(), Box::new(sim_console), timeline.clone(), patterns.clone());
+            let (board, rig_console): (SimBoard, Box<dyn Console>) = match bench.sim.console {
+                SimConsoleKind::Channel => {
+                    let (b, c) = SimBoard::new(&d.id, d.key.clone(), seed, sock, cloud_addr, bench.sim.time_scale);
+                    (b, Box::new(c))
+                }
+                SimConsoleKind::Pty => {
+                    // A stable path in the run folder, like /dev/serial/by-id.
+                    let link = dir.join("consoles").join(&d.id);
+                    let b = SimBoard::with_pty(
+                        &d.id,
+                        d.key.clone(),
+                        seed,
+                        sock,
+                        cloud_addr,
+                        bench.sim.time_scale,
+                        link.clone(),
+                    );
+                    (b, Box::new(SerialConsole::open(&link, 115_200)))
+                }
+            };
+            let console = console::watch(d.id.clone(), rig_console, timeline.clone(), patterns.clone());
             devices.push(DeviceHandle::new(
                 d.id.clone(),
                 Box::new(SimPower(board.clone())),

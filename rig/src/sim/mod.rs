@@ -12,8 +12,10 @@
 //! power loss and by flashing a new image.
 
 pub mod firmware;
+mod pty;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -79,8 +81,28 @@ pub(crate) struct Inner {
     pub(crate) cloud: SocketAddr,
     pub(crate) socket: Arc<dyn Datagram>,
     pub(crate) time_scale: f64,
-    console_out: mpsc::UnboundedSender<Vec<u8>>,
+    console_out: ConsoleOut,
     state: Mutex<State>,
+}
+
+/// Where a board's UART goes.
+enum ConsoleOut {
+    /// An in-process channel (virtual clock).
+    Channel(mpsc::UnboundedSender<Vec<u8>>),
+    /// A pseudo-terminal that exists while the board has power.
+    Pty {
+        link: PathBuf,
+        live: Mutex<Option<pty::PtyLink>>,
+        input: mpsc::UnboundedSender<Vec<u8>>,
+    },
+}
+
+/// How the rig reaches a board's console.
+pub enum ConsoleAccess {
+    /// Read it through this driver.
+    Channel(SimConsole),
+    /// Open this path with the serial driver (a symlink to the current pty).
+    Pty(PathBuf),
 }
 
 impl Inner {
@@ -92,8 +114,35 @@ impl Inner {
     pub(crate) fn println(&self, boot: Instant, category: &str, level: &str, msg: &str) {
         let ms = boot.elapsed().as_millis();
         let line = format!("{ms:010} [{category}] {level}: {msg}\r\n");
-        // The rig's reader may be gone at shutdown; a board does not care.
-        let _ = self.console_out.send(line.into_bytes());
+        self.console_write(line.as_bytes());
+    }
+
+    fn console_write(&self, data: &[u8]) {
+        match &self.console_out {
+            // The rig's reader may be gone at shutdown; a board does not care.
+            ConsoleOut::Channel(tx) => {
+                let _ = tx.send(data.to_vec());
+            }
+            ConsoleOut::Pty { live, .. } => {
+                if let Some(link) = live.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    link.write(data);
+                }
+            }
+        }
+    }
+
+    /// Brings the UART's pty up or down with the board's power.
+    fn console_power(&self, on: bool) {
+        if let ConsoleOut::Pty { link, live, input } = &self.console_out {
+            let mut live = live.lock().unwrap_or_else(|p| p.into_inner());
+            *live = None;
+            if on {
+                match pty::PtyLink::open(link, input.clone()) {
+                    Ok(l) => *live = Some(l),
+                    Err(e) => tracing::error!("{}: cannot create the console pty: {e}", self.id),
+                }
+            }
+        }
     }
 
     pub(crate) fn with_retained<R>(&self, f: impl FnOnce(&mut Retained) -> R) -> R {
@@ -112,7 +161,8 @@ pub struct SimBoard {
 }
 
 impl SimBoard {
-    /// A board with empty flash, unpowered. Returns it and its console.
+    /// A board with empty flash, unpowered, its console on an in-process
+    /// channel. Returns it and its console.
     pub fn new(
         id: &str,
         psk: Psk,
@@ -122,14 +172,70 @@ impl SimBoard {
         time_scale: f64,
     ) -> (SimBoard, SimConsole) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let board = SimBoard {
+        let board = Self::build(id, psk, seed, socket, cloud, time_scale, ConsoleOut::Channel(tx));
+        let console = SimConsole {
+            rx,
+            pending: Vec::new(),
+            board: board.clone(),
+        };
+        (board, console)
+    }
+
+    /// A board whose console is a pseudo-terminal reachable at `link` while
+    /// it has power. Must be called inside a Tokio runtime.
+    pub fn with_pty(
+        id: &str,
+        psk: Psk,
+        seed: u64,
+        socket: Arc<dyn Datagram>,
+        cloud: SocketAddr,
+        time_scale: f64,
+        link: PathBuf,
+    ) -> SimBoard {
+        let (input, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let out = ConsoleOut::Pty {
+            link,
+            live: Mutex::new(None),
+            input,
+        };
+        let board = Self::build(id, psk, seed, socket, cloud, time_scale, out);
+        // Commands typed at the console arrive from the pty's reader thread.
+        let weak = Arc::downgrade(&board.inner);
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                let Some(inner) = weak.upgrade() else { return };
+                SimBoard { inner }.console_input(&data);
+            }
+        });
+        board
+    }
+
+    pub fn console_access(board: SimBoard, console: Option<SimConsole>) -> ConsoleAccess {
+        match (&board.inner.console_out, console) {
+            (ConsoleOut::Pty { link, .. }, _) => ConsoleAccess::Pty(link.clone()),
+            (ConsoleOut::Channel(_), Some(c)) => ConsoleAccess::Channel(c),
+            (ConsoleOut::Channel(_), None) => unreachable!("a channel console is returned by SimBoard::new"),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        id: &str,
+        psk: Psk,
+        seed: u64,
+        socket: Arc<dyn Datagram>,
+        cloud: SocketAddr,
+        time_scale: f64,
+        console_out: ConsoleOut,
+    ) -> SimBoard {
+        SimBoard {
             inner: Arc::new(Inner {
                 id: id.to_owned(),
                 psk,
                 cloud,
                 socket,
                 time_scale,
-                console_out: tx,
+                console_out,
                 state: Mutex::new(State {
                     powered: false,
                     flash: None,
@@ -138,13 +244,7 @@ impl SimBoard {
                     rng: ChaCha8Rng::seed_from_u64(seed ^ fnv(id)),
                 }),
             }),
-        };
-        let console = SimConsole {
-            rx,
-            pending: Vec::new(),
-            board: board.clone(),
-        };
-        (board, console)
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -182,9 +282,11 @@ impl SimBoard {
         }
         st.powered = on;
         if on {
+            self.inner.console_power(true);
             self.start_firmware(&mut st, BootReason::PowerOn);
         } else {
             Self::stop_firmware(&mut st);
+            self.inner.console_power(false);
             // Losing power is what clears retained RAM: the only cure for
             // the session-resume loop before the fix.
             st.retained = Retained::default();

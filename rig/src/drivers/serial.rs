@@ -1,0 +1,154 @@
+//! The serial console driver, for hardware (`/dev/serial/by-id/...`) and for
+//! simulated boards on pseudo-terminals alike.
+//!
+//! A board's USB console vanishes when the board loses power and comes back
+//! (possibly as another `/dev/ttyACM*`) when it is powered again. The driver
+//! therefore owns a dedicated thread (serialport is blocking) that opens the
+//! port *by path*, reads with a short timeout, and on any failure — `EIO` or
+//! `BrokenPipe` from a read, `NotFound` on reopen — reports the link gone and
+//! keeps retrying until the path opens again. Writes are queued to the same
+//! thread, so reading and writing never contend for the port.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::{Console, DriverError};
+
+/// How often a vanished port is looked for again.
+const REOPEN_EVERY: Duration = Duration::from_millis(50);
+/// Read timeout; also the longest a queued write waits.
+const POLL: Duration = Duration::from_millis(50);
+
+enum Chunk {
+    Data(Vec<u8>),
+    Gone,
+}
+
+/// A serial console reopened by path whenever it comes back.
+pub struct SerialConsole {
+    rx: mpsc::UnboundedReceiver<Chunk>,
+    tx_write: std_mpsc::Sender<Vec<u8>>,
+    pending: Vec<u8>,
+    path: PathBuf,
+}
+
+impl SerialConsole {
+    /// Starts watching `path`. The port need not exist yet.
+    pub fn open(path: &Path, baud: u32) -> SerialConsole {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx_write, rx_write) = std_mpsc::channel::<Vec<u8>>();
+        let p = path.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name(format!("console {}", path.display()))
+            .spawn(move || pump(&p, baud, &tx, &rx_write));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the console thread for {}: {e}", path.display());
+        }
+        SerialConsole {
+            rx,
+            tx_write,
+            pending: Vec::new(),
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The port thread: open, read, write, and on failure start over. Ends when
+/// the `SerialConsole` is dropped.
+fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_mpsc::Receiver<Vec<u8>>) {
+    let mut reported_gone = false;
+    let mut buf = [0u8; 1024];
+    loop {
+        let port = serialport::new(path.to_string_lossy(), baud)
+            .timeout(POLL)
+            .open_native();
+        let mut port = match port {
+            Ok(p) => p,
+            Err(_) => {
+                // Usually NotFound (unplugged, unpowered) or a permission
+                // problem; either way the path is retried.
+                if !reported_gone {
+                    reported_gone = true;
+                    if tx.send(Chunk::Gone).is_err() {
+                        return;
+                    }
+                }
+                if matches!(writes.try_recv(), Err(std_mpsc::TryRecvError::Disconnected)) {
+                    return;
+                }
+                std::thread::sleep(REOPEN_EVERY);
+                continue;
+            }
+        };
+        // Exclusive access would lock out `rig console` on the same board.
+        let _ = port.set_exclusive(false);
+        loop {
+            match writes.try_recv() {
+                Ok(data) => {
+                    if let Err(e) = port.write_all(&data) {
+                        tracing::warn!("console {}: write failed: {e}", path.display());
+                    }
+                }
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+                Err(std_mpsc::TryRecvError::Empty) => {}
+            }
+            match port.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => {
+                    reported_gone = false;
+                    if tx.send(Chunk::Data(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => {
+                    // EIO or BrokenPipe: the other end went away.
+                    if !reported_gone && tx.send(Chunk::Gone).is_err() {
+                        return;
+                    }
+                    reported_gone = true;
+                    break;
+                }
+            }
+        }
+        drop(port);
+        std::thread::sleep(REOPEN_EVERY);
+    }
+}
+
+#[async_trait]
+impl Console for SerialConsole {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, DriverError> {
+        if self.pending.is_empty() {
+            match self.rx.recv().await {
+                Some(Chunk::Data(d)) => self.pending = d,
+                Some(Chunk::Gone) => return Err(DriverError::LinkGone),
+                None => {
+                    return Err(DriverError::Io(format!(
+                        "console thread for {} ended",
+                        self.path.display()
+                    )));
+                }
+            }
+        }
+        let n = self.pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+
+    async fn write(&mut self, data: &[u8]) -> Result<(), DriverError> {
+        self.tx_write
+            .send(data.to_vec())
+            .map_err(|_| DriverError::Io(format!("console thread for {} ended", self.path.display())))
+    }
+}
