@@ -152,3 +152,107 @@ impl Console for SerialConsole {
             .map_err(|_| DriverError::Io(format!("console thread for {} ended", self.path.display())))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serialport::{SerialPort, TTYPort};
+
+    use super::*;
+    use crate::drivers::console::{PatternSlot, watch};
+    use crate::timeline::{EventKind, Timeline};
+
+    /// A pty whose slave is reachable at `link`, as a powered board's is.
+    fn plug(link: &Path) -> (TTYPort, TTYPort) {
+        let (master, slave) = TTYPort::pair().unwrap();
+        crate::sim::pty::make_raw(&slave).unwrap();
+        let _ = std::fs::remove_file(link);
+        std::os::unix::fs::symlink(slave.name().unwrap(), link).unwrap();
+        (master, slave)
+    }
+
+    async fn wait_for_line(tl: &Timeline, text: &str) {
+        let found = tl
+            .wait(
+                0,
+                Some(Duration::from_secs(10)),
+                |e| matches!(&e.kind, EventKind::ConsoleLine { line, .. } if line == text),
+            )
+            .await;
+        assert!(found, "line {text:?} never arrived");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reattaches_by_path_after_the_pty_vanishes_mid_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("console");
+        let (mut m1, s1) = plug(&link);
+        let tl = Timeline::in_memory();
+        let slot: PatternSlot = Arc::new(Mutex::new(None));
+        let _h = watch(
+            "dev".into(),
+            Box::new(SerialConsole::open(&link, 115_200)),
+            tl.clone(),
+            slot,
+        );
+        m1.write_all(b"before\r\n").unwrap();
+        wait_for_line(&tl, "before").await;
+
+        // Power goes mid-line: the pty and its path vanish.
+        m1.write_all(b"cut mid-li").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(m1);
+        drop(s1);
+        std::fs::remove_file(&link).unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+
+        // Power is back: a new pty (another /dev/pts/N) behind the same path.
+        let (mut m2, _s2) = plug(&link);
+        for i in 0..20 {
+            m2.write_all(format!("after {i}\r\n").as_bytes()).unwrap();
+        }
+        wait_for_line(&tl, "after 19").await;
+
+        let evs = tl.snapshot();
+        let lines: Vec<(String, bool)> = evs
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::ConsoleLine { line, partial } => Some((line.clone(), *partial)),
+                _ => None,
+            })
+            .collect();
+        let mut expected = vec![("before".to_string(), false), ("cut mid-li".to_string(), true)];
+        expected.extend((0..20).map(|i| (format!("after {i}"), false)));
+        assert_eq!(
+            lines, expected,
+            "the partial line is kept and marked, and nothing after reattaching is lost"
+        );
+        let gap = evs
+            .iter()
+            .find_map(|e| match e.kind {
+                EventKind::ConsoleGap { ms } => Some((e.seq, ms)),
+                _ => None,
+            })
+            .expect("a console.gap event");
+        assert!(gap.1 >= 350, "the gap lasted as long as the pty was gone: {} ms", gap.1);
+        let first_after = evs
+            .iter()
+            .find(|e| matches!(&e.kind, EventKind::ConsoleLine { line, .. } if line == "after 0"))
+            .unwrap();
+        assert!(gap.0 < first_after.seq, "the gap is recorded where it happened");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_reach_the_board() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("console");
+        let (mut master, _slave) = plug(&link);
+        let mut console = SerialConsole::open(&link, 115_200);
+        console.write(b"status\n").await.unwrap();
+        master.set_timeout(Duration::from_secs(5)).unwrap();
+        let mut buf = [0u8; 7];
+        master.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"status\n");
+    }
+}

@@ -12,7 +12,7 @@
 //! power loss and by flashing a new image.
 
 pub mod firmware;
-mod pty;
+pub(crate) mod pty;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,244 @@
+//! The simulated bench on real OS interfaces: UDP on loopback, consoles on
+//! pseudo-terminals through the serial driver, and a real redis-server that
+//! the rig SIGKILLs and restarts. Needs `redis-server` on PATH (.ci/run
+//! installs Debian's package).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn sim_real() -> String {
+    repo().join("bench/sim-real.yaml").to_str().unwrap().to_owned()
+}
+
+fn test_plan(name: &str) -> String {
+    repo().join("rig/tests/plans").join(name).to_str().unwrap().to_owned()
+}
+
+fn pid_alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn the_headline_plan_gives_the_same_four_verdicts_over_udp_ptys_and_redis() {
+    let r = run(&[
+        plan("session-cache-crash.yaml").to_str().unwrap(),
+        "--bench",
+        &sim_real(),
+        "--seed",
+        "9",
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let s = r.summary();
+    let verdicts: Vec<(&str, &str)> = s["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("fixture=sleepy-1.1 mitigation=drop", "failed_as_expected"),
+            ("fixture=sleepy-1.1 mitigation=durable", "passed"),
+            ("fixture=sleepy-1.2 mitigation=drop", "passed"),
+            ("fixture=sleepy-1.2 mitigation=durable", "passed"),
+        ]
+    );
+    for c in recovery(cell(&s, "fixture=sleepy-1.1 mitigation=drop")) {
+        assert!(
+            c["text"].as_str().unwrap().contains("endless session-resume loop"),
+            "{c}"
+        );
+    }
+    // The cache was a real process, really killed, and a new one started.
+    let evs = r.events();
+    for cell in 0..4 {
+        let of = |k: &str| -> Vec<&Value> { evs.iter().filter(|e| e["cell"] == cell && e["kind"] == k).collect() };
+        let killed = of("cache.kill")[0]["pid"].as_u64().expect("kill names the pid");
+        let restored = of("cache.restore")[0]["pid"]
+            .as_u64()
+            .expect("restore names the new pid");
+        assert_ne!(killed, restored);
+        assert!(!pid_alive(killed), "pid {killed} is gone");
+        // Console lines came through the pseudo-terminals.
+        assert!(evs.iter().any(|e| e["cell"] == cell && e["kind"] == "console.gap"));
+        assert!(of("device.wake").len() >= 8 * 4);
+    }
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "cloud.rx" && e["peer"].as_str().unwrap().starts_with("127.0.0.1:"))
+    );
+}
+
+#[test]
+fn a_stale_snapshot_restore_on_redis_is_seen_by_the_checks() {
+    let r = run(&[
+        &test_plan("redis-stale-snapshot.yaml"),
+        "--bench",
+        &sim_real(),
+        "--seed",
+        "2",
+    ]);
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let evs = r.events();
+    let restore = evs.iter().find(|e| e["kind"] == "cache.restore").unwrap();
+    assert_eq!(restore["from"], "before");
+    assert_eq!(restore["sessions"], 8, "the 8 old sessions are back: {restore}");
+    let s = r.summary();
+    for c in recovery(&s["cells"][0]) {
+        assert!(
+            c["facts"]["unknown_resumes"].as_u64().unwrap() >= 1,
+            "the new session was unknown: {c}"
+        );
+        assert_eq!(c["facts"]["via"], "handshake", "{c}");
+    }
+    for kind in [
+        "cache.snapshot",
+        "cache.pause",
+        "cache.resume",
+        "cache.evict",
+        "cache.flush",
+    ] {
+        assert!(evs.iter().any(|e| e["kind"] == kind), "{kind}");
+    }
+}
+
+#[test]
+fn sigkill_of_the_rig_leaves_no_redis_server_and_an_intact_timeline() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args([
+            "run",
+            &test_plan("wait-long-redis.yaml"),
+            "--bench",
+            &sim_real(),
+            "--out",
+        ])
+        .arg(out.path())
+        .current_dir(repo())
+        .env("CI", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = || -> Option<std::path::PathBuf> {
+        let dir = std::fs::read_dir(out.path()).ok()?.next()?.ok()?.path();
+        Some(dir.join("events.jsonl"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let redis_pid = loop {
+        let pid = events().and_then(|p| std::fs::read_to_string(p).ok()).and_then(|t| {
+            t.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|e| e["kind"] == "cache.start")
+                .and_then(|e| e["pid"].as_u64())
+        });
+        let waiting = events()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .is_some_and(|t| t.contains("\"step\":\"wait 2m\""));
+        if let (Some(pid), true) = (pid, waiting) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(pid_alive(redis_pid));
+    child.kill().unwrap(); // SIGKILL: no handler, no teardown
+    child.wait().unwrap();
+    let gone_by = std::time::Instant::now() + Duration::from_secs(5);
+    while pid_alive(redis_pid) {
+        assert!(
+            std::time::Instant::now() < gone_by,
+            "redis-server {redis_pid} outlived the rig"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Everything journaled before the kill is readable.
+    let (header, evs) = rig::timeline::read_jsonl(&events().unwrap()).expect("events.jsonl is intact");
+    assert_eq!(header.format, "rig.events");
+    assert!(evs.iter().any(|e| e.kind.name() == "plan.step"));
+    // And `rig report` says the run is incomplete: exit 3.
+    let dir = events().unwrap().parent().unwrap().to_path_buf();
+    let rep = rig(&["report", dir.to_str().unwrap()]);
+    assert_eq!(rep.status.code(), Some(3));
+}
+
+#[tokio::test]
+async fn the_udp_cloud_survives_garbage_and_still_answers() {
+    use rand::{Rng, RngExt, SeedableRng};
+
+    let timeline = rig::timeline::Timeline::in_memory();
+    let handle = rig::cloud::CloudHandle::new(rig::cloud::Mitigation::Drop, timeline.clone());
+    let keys = [("d".to_string(), rig_proto::Psk([1; 32]))].into_iter().collect();
+    let server = rig::cloud::Server::new(
+        rig::cloud::CloudConfig::new(keys, 1),
+        Arc::new(rig::cache::memory::MemoryCache::new(1)),
+        rig::cloud::durable::DurableKeys::new(),
+        handle,
+        timeline.clone(),
+    );
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = sock.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(rig::cloud::serve(Arc::new(sock), server, async {
+        let _ = rx.await;
+    }));
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    for i in 0..3000 {
+        let len = match i % 3 {
+            0 => rng.random_range(0..8),
+            1 => rng.random_range(8..600),
+            _ => rng.random_range(4000..9000), // oversized
+        };
+        let mut d = vec![0u8; len];
+        rng.fill_bytes(&mut d);
+        if i % 5 == 0 && len > 4 {
+            d[..4].copy_from_slice(&[b'R', b'G', 1, 0x10]);
+        }
+        client.send_to(&d, addr).await.unwrap();
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let hello = rig_proto::Frame::ClientHello(rig_proto::ClientHello {
+        device_id: "d".into(),
+        client_nonce: [7; 16],
+        cookie: None,
+        padding: 0,
+    })
+    .encode();
+    client.send_to(&hello, addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    // Garbage first, then the reply to the hello: the cloud did not stall.
+    let n = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let (n, _) = client.recv_from(&mut buf).await.unwrap();
+            if rig_proto::Frame::decode(&buf[..n]).is_ok() {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the cloud answered after the garbage");
+    assert_eq!(n, 20);
+    tx.send(()).unwrap();
+    task.await.unwrap();
+    // Loopback may drop some of a burst; what arrived was counted, not trusted.
+    let evs = timeline.snapshot();
+    let invalid = evs.iter().filter(|e| e.kind.name() == "cloud.invalid").count();
+    assert!(invalid >= 100, "garbage was counted: {invalid}");
+    assert!(
+        evs.iter()
+            .all(|e| !matches!(e.kind.name(), "cloud.handshake" | "cloud.connected"))
+    );
+}
