@@ -5,6 +5,7 @@
 //! for the contract.
 
 pub mod bench;
+pub mod benchmark;
 pub mod cache;
 pub mod checks;
 pub mod cloud;
@@ -14,6 +15,7 @@ pub mod fixture;
 pub mod plan;
 pub mod report;
 pub mod runner;
+pub mod serve;
 pub mod sim;
 pub mod timeline;
 pub mod units;

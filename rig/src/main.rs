@@ -49,6 +49,76 @@ enum Cmd {
         /// A run folder, e.g. reports/20261123-101500-session-cache-crash
         run_dir: PathBuf,
     },
+    /// The local device cloud on its own.
+    Cloud {
+        #[command(subcommand)]
+        cmd: CloudCmd,
+    },
+    /// Measure the cloud's throughput over UDP loopback (full handshakes and
+    /// session resumes per second).
+    Bench {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Session cache: memory or redis (a redis-server child).
+        #[arg(long, default_value = "memory")]
+        cache: CacheArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum CloudCmd {
+    /// Serve devices of a bench over UDP until Ctrl-C.
+    Serve {
+        /// Bench file whose device keys the cloud accepts (default: the built-in sim bench).
+        #[arg(long)]
+        bench: Option<PathBuf>,
+        /// UDP address to listen on.
+        #[arg(long, default_value = "0.0.0.0:5684")]
+        listen: String,
+        #[arg(long, default_value = "memory")]
+        cache: CacheArg,
+        #[arg(long, default_value = "drop")]
+        mitigation: MitigationArg,
+        /// Folder for events.jsonl, the redis data and the durable key store.
+        #[arg(long, default_value = "reports/cloud")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CacheArg {
+    Memory,
+    Redis,
+}
+
+impl From<CacheArg> for rig::bench::CacheKind {
+    fn from(c: CacheArg) -> Self {
+        match c {
+            CacheArg::Memory => rig::bench::CacheKind::Memory,
+            CacheArg::Redis => rig::bench::CacheKind::Redis,
+        }
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MitigationArg {
+    Drop,
+    Reject,
+    Durable,
+}
+
+impl From<MitigationArg> for rig::cloud::Mitigation {
+    fn from(m: MitigationArg) -> Self {
+        match m {
+            MitigationArg::Drop => rig::cloud::Mitigation::Drop,
+            MitigationArg::Reject => rig::cloud::Mitigation::Reject,
+            MitigationArg::Durable => rig::cloud::Mitigation::Durable,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -92,6 +162,21 @@ fn main() -> ExitCode {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Check(a) => cmd_check(a),
         Cmd::Report { run_dir } => cmd_report(&run_dir),
+        Cmd::Cloud {
+            cmd:
+                CloudCmd::Serve {
+                    bench,
+                    listen,
+                    cache,
+                    mitigation,
+                    out,
+                },
+        } => cmd_cloud_serve(bench.as_ref(), &listen, cache, mitigation, &out),
+        Cmd::Bench {
+            clients,
+            seconds,
+            cache,
+        } => cmd_bench(clients, seconds, cache),
     };
     ExitCode::from(code)
 }
@@ -238,6 +323,75 @@ fn cmd_report(dir: &Path) -> u8 {
             exit::RIG_FAULT
         }
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("rig fault: cannot start the async runtime: {e}");
+            None
+        }
+    }
+}
+
+fn cmd_cloud_serve(
+    bench: Option<&PathBuf>,
+    listen: &str,
+    cache: CacheArg,
+    mitigation: MitigationArg,
+    out: &Path,
+) -> u8 {
+    let bench = match Bench::load_or_builtin(bench) {
+        Ok(b) => b,
+        Err(e) => return bad_input(&e),
+    };
+    let Some(rt) = runtime() else { return exit::RIG_FAULT };
+    let opts = rig::serve::ServeOptions {
+        bench: &bench,
+        listen,
+        cache: cache.into(),
+        mitigation: mitigation.into(),
+        dir: out,
+        seed: 1,
+    };
+    match rt.block_on(rig::serve::run(opts)) {
+        Ok(()) => exit::PASSED,
+        Err(e) => {
+            eprintln!("rig fault: {e:#}");
+            exit::RIG_FAULT
+        }
+    }
+}
+
+fn cmd_bench(clients: usize, seconds: f64, cache: CacheArg) -> u8 {
+    if clients == 0 || !(seconds > 0.0) {
+        eprintln!("error: --clients must be at least 1 and --seconds positive");
+        return exit::BAD_INPUT;
+    }
+    let Some(rt) = runtime() else { return exit::RIG_FAULT };
+    let dir = tempfile_dir();
+    let redis_dir = matches!(cache, CacheArg::Redis).then(|| dir.join("redis"));
+    let res = rt.block_on(rig::benchmark::run(
+        clients,
+        Duration::from_secs_f64(seconds),
+        redis_dir.as_deref(),
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    match res {
+        Ok(f) => {
+            print!("{f}");
+            exit::PASSED
+        }
+        Err(e) => {
+            eprintln!("rig fault: {e:#}");
+            exit::RIG_FAULT
+        }
+    }
+}
+
+fn tempfile_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("rig-bench-{}", std::process::id()))
 }
 
 /// Plain lines for CI logs.

@@ -242,3 +242,58 @@ async fn the_udp_cloud_survives_garbage_and_still_answers() {
             .all(|e| !matches!(e.kind.name(), "cloud.handshake" | "cloud.connected"))
     );
 }
+
+#[test]
+fn rig_cloud_serve_answers_over_udp_and_journals_until_ctrl_c() {
+    let out = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args(["cloud", "serve", "--listen", &listen, "--out"])
+        .arg(out.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let hello = rig_proto::Frame::ClientHello(rig_proto::ClientHello {
+        device_id: "sleepy-01".into(),
+        client_nonce: [1; 16],
+        cookie: None,
+        padding: 120,
+    })
+    .encode();
+    let mut buf = [0u8; 64];
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let n = loop {
+        client.send_to(&hello, &listen).unwrap();
+        if let Ok((n, _)) = client.recv_from(&mut buf) {
+            break n;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cloud never answered");
+    };
+    assert!(matches!(
+        rig_proto::Frame::decode(&buf[..n]),
+        Ok(rig_proto::Frame::HelloVerify(_))
+    ));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let (_, evs) = rig::timeline::read_jsonl(&out.path().join("events.jsonl")).unwrap();
+    assert!(
+        evs.iter()
+            .any(|e| e.kind.name() == "cloud.rx" && e.device.as_deref() == Some("sleepy-01"))
+    );
+}

@@ -1,0 +1,249 @@
+//! `rig bench`: throughput of the cloud over UDP on loopback, so later work
+//! can compare. Measured, printed, never asserted: these machines are shared.
+//!
+//! Clients are plain protocol clients (no firmware model, no sleeping): each
+//! has its own UDP socket and runs full handshakes for the first phase, then
+//! authenticated resumes (ping with the resume flag, wait for the pong) for
+//! the second. The cloud is the real one, with its timeline in memory.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rig_proto::frame::FLAG_RESUME;
+use rig_proto::{
+    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Psk, Record, RecordHeader, SessionId, SessionKeys,
+    Transcript,
+};
+
+use crate::cache::SessionCache;
+use crate::cache::memory::MemoryCache;
+use crate::cache::redis::RedisCache;
+use crate::cloud::durable::DurableKeys;
+use crate::cloud::{CloudConfig, CloudHandle, Mitigation, Server, serve};
+use crate::timeline::Timeline;
+
+/// What one phase achieved.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    pub ops: u64,
+    pub failures: u64,
+    pub per_sec: f64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Figures {
+    pub clients: usize,
+    pub cache: String,
+    pub handshakes: Phase,
+    pub resumes: Phase,
+}
+
+struct Client {
+    sock: tokio::net::UdpSocket,
+    id: String,
+    psk: Psk,
+    session: Option<(SessionId, SessionKeys, u64)>,
+    nonce: u64,
+}
+
+const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Client {
+    async fn exchange(&self, frame: &Frame, cloud: SocketAddr) -> Option<Frame> {
+        self.sock.send_to(&frame.encode(), cloud).await.ok()?;
+        let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM];
+        let (n, _) = tokio::time::timeout(REPLY_TIMEOUT, self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Frame::decode(&buf[..n]).ok()
+    }
+
+    async fn handshake(&mut self, cloud: SocketAddr) -> bool {
+        self.nonce += 1;
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&self.nonce.to_be_bytes());
+        nonce[8..].copy_from_slice(&(self.id.len() as u64).to_be_bytes());
+        let hello = |cookie| {
+            Frame::ClientHello(ClientHello {
+                device_id: self.id.clone(),
+                client_nonce: nonce,
+                cookie,
+                padding: rig_proto::CLIENT_HELLO_PADDING as u16,
+            })
+        };
+        let Some(Frame::HelloVerify(hv)) = self.exchange(&hello(None), cloud).await else {
+            return false;
+        };
+        let Some(Frame::ServerHello(sh)) = self.exchange(&hello(Some(hv.cookie)), cloud).await else {
+            return false;
+        };
+        let keys = SessionKeys::derive(&self.psk, &self.id, &nonce, &sh.server_nonce, sh.session_id);
+        let t = Transcript {
+            client_nonce: nonce,
+            server_nonce: sh.server_nonce,
+            session_id: sh.session_id,
+        };
+        if !t.verify_server_hello(&keys, &sh.cert, &sh.mac) {
+            return false;
+        }
+        let cert = rig_proto::handshake::certificate(rig_proto::CLIENT_CERT_LEN, 1);
+        let fin = Frame::ClientFinished(ClientFinished {
+            session_id: sh.session_id,
+            mac: t.client_finished_mac(&keys, &cert),
+            cert,
+        });
+        let Some(Frame::ServerFinished(sf)) = self.exchange(&fin, cloud).await else {
+            return false;
+        };
+        if !t.verify_server_finished(&keys, &sf.mac) {
+            return false;
+        }
+        self.session = Some((sh.session_id, keys, 0));
+        true
+    }
+
+    async fn resume(&mut self, cloud: SocketAddr) -> bool {
+        let Some((id, keys, counter)) = self.session.as_mut() else {
+            return false;
+        };
+        *counter += 1;
+        let header = RecordHeader {
+            flags: FLAG_RESUME,
+            session_id: *id,
+            counter: *counter,
+        };
+        let ping = Inner {
+            kind: InnerKind::Ping,
+            msg_id: (*counter & 0xffff) as u16,
+            payload: vec![b' '; 40],
+        };
+        let frame = Frame::Record(Record::seal(keys, Direction::ToCloud, header, &ping));
+        let keys = keys.clone();
+        match self.exchange(&frame, cloud).await {
+            Some(Frame::Record(r)) => r
+                .open(&keys, Direction::ToDevice)
+                .is_some_and(|i| i.kind == InnerKind::Pong),
+            _ => false,
+        }
+    }
+}
+
+fn summarize(mut lat: Vec<u64>, failures: u64, took: Duration) -> Phase {
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Phase {
+        ops: lat.len() as u64,
+        failures,
+        per_sec: lat.len() as f64 / took.as_secs_f64(),
+        p50_us: pct(0.5),
+        p99_us: pct(0.99),
+    }
+}
+
+/// Runs both phases for `each` long with `clients` concurrent clients.
+/// `redis_dir`: use a redis-server (started there) instead of the memory cache.
+pub async fn run(clients: usize, each: Duration, redis_dir: Option<&Path>) -> anyhow::Result<Figures> {
+    let timeline = Timeline::in_memory();
+    let (cache, name): (Arc<dyn SessionCache>, &str) = match redis_dir {
+        Some(dir) => (Arc::new(RedisCache::start_in(dir, 1).await?), "redis"),
+        None => (Arc::new(MemoryCache::new(1)), "memory"),
+    };
+    let ids: Vec<String> = (0..clients).map(|i| format!("bench-{i:04}")).collect();
+    let keys: BTreeMap<String, Psk> = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
+    let handle = CloudHandle::new(Mitigation::Drop, timeline.clone());
+    let server = Server::new(CloudConfig::new(keys, 1), cache, DurableKeys::new(), handle, timeline);
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let cloud = sock.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cloud_task = tokio::spawn(serve(Arc::new(sock), server, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut all = Vec::new();
+    for id in ids {
+        all.push(Client {
+            sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
+            psk: Psk::derive_for(&id),
+            id,
+            session: None,
+            nonce: 0,
+        });
+    }
+    let handshakes = phase(&mut all, each, cloud, true).await;
+    let resumes = phase(&mut all, each, cloud, false).await;
+    let _ = stop_tx.send(());
+    let _ = cloud_task.await;
+    Ok(Figures {
+        clients,
+        cache: name.into(),
+        handshakes,
+        resumes,
+    })
+}
+
+async fn phase(clients: &mut Vec<Client>, each: Duration, cloud: SocketAddr, handshake: bool) -> Phase {
+    let started = Instant::now();
+    let deadline = started + each;
+    let tasks: Vec<_> = std::mem::take(clients)
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let (mut lat, mut failures) = (Vec::new(), 0u64);
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ok = if handshake || c.session.is_none() {
+                        c.handshake(cloud).await
+                    } else {
+                        c.resume(cloud).await
+                    };
+                    if ok {
+                        lat.push(t.elapsed().as_micros() as u64);
+                    } else {
+                        failures += 1;
+                    }
+                }
+                (c, lat, failures)
+            })
+        })
+        .collect();
+    let (mut lat, mut failures) = (Vec::new(), 0);
+    for t in tasks {
+        if let Ok((c, l, f)) = t.await {
+            clients.push(c);
+            lat.extend(l);
+            failures += f;
+        }
+    }
+    summarize(lat, failures, started.elapsed())
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "cloud over UDP loopback, {} clients, {} session cache",
+            self.clients, self.cache
+        )?;
+        for (name, p) in [
+            ("full handshakes", &self.handshakes),
+            ("session resumes", &self.resumes),
+        ] {
+            writeln!(
+                f,
+                "  {name:<16} {:>9.0}/s   ({} ok, {} failed; latency p50 {} µs, p99 {} µs)",
+                p.per_sec, p.ops, p.failures, p.p50_us, p.p99_us
+            )?;
+        }
+        Ok(())
+    }
+}
