@@ -382,7 +382,7 @@ impl Bench {
                 "`cache: { kind: redis }` needs `clock: real`: a real redis-server cannot follow a virtual clock",
             ));
         }
-        if !(raw.sim.time_scale > 0.0 && raw.sim.time_scale <= 1.0) {
+        if !(raw.sim.time_scale.is_finite() && raw.sim.time_scale > 0.0 && raw.sim.time_scale <= 1.0) {
             errors.push(Diagnostic::file(
                 path,
                 format!("sim.time_scale must be in (0, 1], found {}", raw.sim.time_scale),

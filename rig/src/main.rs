@@ -365,7 +365,7 @@ fn cmd_cloud_serve(
 }
 
 fn cmd_bench(clients: usize, seconds: f64, cache: CacheArg) -> u8 {
-    if clients == 0 || !(seconds > 0.0) {
+    if clients == 0 || !seconds.is_finite() || seconds <= 0.0 {
         eprintln!("error: --clients must be at least 1 and --seconds positive");
         return exit::BAD_INPUT;
     }
