@@ -42,7 +42,8 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         plans: Vec::new(),
         started: OffsetDateTime::now_utc(),
     };
-    let timeline = Timeline::create(&o.dir.join("events.jsonl"), &header)?;
+    // Everything goes to the journal; memory keeps only what the printer needs.
+    let timeline = Timeline::create(&o.dir.join("events.jsonl"), &header)?.retain_last(10_000);
     timeline.begin_cell(0);
     let cache: Arc<dyn SessionCache> = match o.cache {
         CacheKind::Memory => Arc::new(MemoryCache::new(o.seed)),

@@ -367,7 +367,11 @@ pub struct Header {
 }
 
 struct State {
+    /// Retained events; `events[0]` has seq `base`.
     events: Vec<Event>,
+    base: u64,
+    /// Keep at most about this many events in memory (None: all of them).
+    retain: Option<usize>,
     journal: Option<BufWriter<File>>,
     journal_error: Option<String>,
     cell: u32,
@@ -406,12 +410,22 @@ impl Timeline {
         Ok(Timeline::with_journal(Some(w)))
     }
 
+    /// Keeps only about the last `n` events in memory (0: none); the journal
+    /// still gets every one. For long-running processes (`rig cloud serve`,
+    /// `rig bench`) whose events nothing reads back from memory.
+    pub fn retain_last(self, n: usize) -> Timeline {
+        self.lock().retain = Some(n);
+        self
+    }
+
     fn with_journal(journal: Option<BufWriter<File>>) -> Timeline {
         let (notify, _) = watch::channel(0);
         Timeline {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
                     events: Vec::new(),
+                    base: 0,
+                    retain: None,
                     journal,
                     journal_error: None,
                     cell: 0,
@@ -455,7 +469,7 @@ impl Timeline {
         let wall = OffsetDateTime::now_utc();
         let mut s = self.lock();
         let t_ms = at.saturating_duration_since(s.cell_base).as_millis() as u64;
-        let seq = s.events.len() as u64;
+        let seq = s.base + s.events.len() as u64;
         let ev = Event {
             seq,
             cell: s.cell,
@@ -478,6 +492,14 @@ impl Timeline {
             }
         }
         s.events.push(ev);
+        if let Some(n) = s.retain
+            && s.events.len() > n.max(1) * 2
+        {
+            // Drop the older half at once: amortised O(1) per event.
+            let drop_n = s.events.len() - n;
+            s.events.drain(..drop_n);
+            s.base += drop_n as u64;
+        }
         drop(s);
         self.shared.notify.send_replace(seq + 1);
         seq
@@ -489,7 +511,8 @@ impl Timeline {
 
     /// Number of events so far; the seq the next event will get.
     pub fn len(&self) -> u64 {
-        self.lock().events.len() as u64
+        let s = self.lock();
+        s.base + s.events.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -501,7 +524,7 @@ impl Timeline {
         self.lock().journal_error.clone()
     }
 
-    /// Runs `f` over all events so far without copying them.
+    /// Runs `f` over all (retained) events so far without copying them.
     pub fn read<R>(&self, f: impl FnOnce(&[Event]) -> R) -> R {
         f(&self.lock().events)
     }
@@ -516,15 +539,17 @@ impl Timeline {
     /// `limit` elapses first. `f` sees each event exactly once.
     pub async fn wait(&self, from_seq: u64, limit: Option<Duration>, mut f: impl FnMut(&Event) -> bool) -> bool {
         let mut rx = self.shared.notify.subscribe();
-        let mut next = from_seq as usize;
+        let mut next = from_seq;
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
         loop {
             rx.borrow_and_update();
             let done = {
                 let s = self.lock();
                 let mut done = false;
-                while next < s.events.len() {
-                    let hit = f(&s.events[next]);
+                // Events no longer retained are skipped.
+                next = next.max(s.base);
+                while next < s.base + s.events.len() as u64 {
+                    let hit = f(&s.events[(next - s.base) as usize]);
                     next += 1;
                     if hit {
                         done = true;
@@ -804,6 +829,31 @@ mod tests {
         f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
         let (_, evs) = read_jsonl(&path).unwrap();
         assert_eq!(evs.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_retention_keeps_seq_numbers_and_recent_events() {
+        let tl = Timeline::in_memory().retain_last(10);
+        for _ in 0..100 {
+            tl.emit(None, Source::Runner, EventKind::PowerOn);
+        }
+        assert_eq!(tl.len(), 100);
+        let kept = tl.snapshot();
+        assert!(kept.len() <= 20 && kept.len() >= 10, "{}", kept.len());
+        assert_eq!(kept.last().unwrap().seq, 99);
+        let mut seen = Vec::new();
+        let hit = tl.wait(95, Some(Duration::ZERO), |e| {
+            seen.push(e.seq);
+            e.seq == 99
+        });
+        assert!(hit.await);
+        assert_eq!(seen, [95, 96, 97, 98, 99]);
+        let none = Timeline::in_memory().retain_last(0);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        assert!(none.snapshot().len() <= 2);
+        assert_eq!(none.len(), 3);
     }
 
     #[tokio::test(start_paused = true)]
