@@ -67,6 +67,11 @@ pub enum EventKind {
     #[serde(rename = "cell.start")]
     CellStart {
         plan: String,
+        /// The plan file and its SHA-256, so a sign-off names what ran.
+        #[serde(default)]
+        plan_path: String,
+        #[serde(default)]
+        plan_sha256: String,
         /// The cell's name, e.g. `fixture=sleepy-1.1 mitigation=drop`.
         name: String,
         vars: BTreeMap<String, String>,
@@ -654,6 +659,8 @@ mod tests {
         vec![
             EventKind::CellStart {
                 plan: "p".into(),
+                plan_path: "p.yaml".into(),
+                plan_sha256: "00".into(),
                 name: "c".into(),
                 vars: BTreeMap::from([("a".into(), "b".into())]),
                 expect_failure: true,

@@ -6,6 +6,7 @@
 //! RUN_DIR` call.
 
 pub mod junit;
+pub mod signoff;
 pub mod summary;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,13 @@ pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Resu
     let summary = summarize(header, events);
     write_atomic(&dir.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
     write_atomic(&dir.join("junit.xml"), &junit::render(&summary, events))?;
+    let run = [signoff::Run {
+        header,
+        events,
+        summary: &summary,
+    }];
+    write_atomic(&dir.join("signoff.html"), signoff::html(&run).as_bytes())?;
+    write_atomic(&dir.join("signoff.md"), signoff::markdown(&run).as_bytes())?;
     let console_dir = dir.join("console");
     std::fs::create_dir_all(&console_dir)?;
     for (device, text) in console_logs(&summary, events) {

@@ -68,6 +68,10 @@ pub struct FixtureRow {
 pub struct CellSummary {
     pub index: u32,
     pub plan: String,
+    #[serde(default)]
+    pub plan_path: String,
+    #[serde(default)]
+    pub plan_sha256: String,
     pub name: String,
     pub vars: BTreeMap<String, String>,
     pub expect_failure: bool,
@@ -126,6 +130,8 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
         first_wall.entry(e.cell).or_insert(e.wall);
         if let EventKind::CellStart {
             plan,
+            plan_path,
+            plan_sha256,
             name,
             vars,
             expect_failure,
@@ -136,6 +142,8 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             cells.push(CellSummary {
                 index: e.cell,
                 plan: plan.clone(),
+                plan_path: plan_path.clone(),
+                plan_sha256: plan_sha256.clone(),
                 name: name.clone(),
                 vars: vars.clone(),
                 expect_failure: *expect_failure,

@@ -188,6 +188,8 @@ async fn run_cell(
         Source::Runner,
         EventKind::CellStart {
             plan: plan.name.clone(),
+            plan_path: plan.path.display().to_string(),
+            plan_sha256: plan.sha256.clone(),
             name: cell.name.clone(),
             vars: cell.vars.clone(),
             expect_failure: cell.expect_failure,
