@@ -213,6 +213,7 @@ impl RecoveryTracker {
         let mark = &self.args.mark;
         let facts = RecoveryFacts {
             mark: mark.clone(),
+            mark_t_ms: self.mark_t,
             recovered: self.recovered.is_some(),
             via: self.recovered.map(|(_, v)| v),
             wakes: self.cycles(),

@@ -212,6 +212,9 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RecoveryFacts {
     pub mark: String,
+    /// When the mark was set, in cell milliseconds.
+    #[serde(default)]
+    pub mark_t_ms: u64,
     pub recovered: bool,
     /// How the cloud session came back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -774,6 +777,7 @@ mod tests {
                 message: "m".into(),
                 facts: Some(RecoveryFacts {
                     mark: "crash".into(),
+                    mark_t_ms: 1000,
                     recovered: false,
                     via: None,
                     wakes: 5,

@@ -324,15 +324,7 @@ fn cell_section(v: &CellView) -> Markup {
     let rec = c.recovery();
     let recovery_at: BTreeMap<&str, u64> = rec
         .iter()
-        .filter_map(|(d, f)| {
-            let mark_t = v
-                .marks
-                .iter()
-                .filter(|m| m.kind == "mark" && m.label == format!("mark {}", f.mark))
-                .map(|m| m.t)
-                .last()?;
-            Some((*d, mark_t + f.ms?))
-        })
+        .filter_map(|(d, f)| Some((*d, f.mark_t_ms + f.ms?)))
         .collect();
     html! {
         section.cell {
