@@ -44,10 +44,13 @@ enum Cmd {
     Run(RunArgs),
     /// Validate plans against a bench and fixtures without running them.
     Check(InputArgs),
-    /// Re-render the reports of a run folder from its events.jsonl.
+    /// Re-render the reports of a run folder from its events.jsonl, or merge runs.
+    #[command(args_conflicts_with_subcommands = true)]
     Report {
+        #[command(subcommand)]
+        cmd: Option<ReportCmd>,
         /// A run folder, e.g. reports/20261123-101500-session-cache-crash
-        run_dir: PathBuf,
+        run_dir: Option<PathBuf>,
     },
     /// The local device cloud on its own.
     Cloud {
@@ -66,6 +69,17 @@ enum Cmd {
         /// Session cache: memory or redis (a redis-server child).
         #[arg(long, default_value = "memory")]
         cache: CacheArg,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCmd {
+    /// Combine runs (e.g. from several bench rigs) into one junit.xml and one sign-off.
+    Merge {
+        #[arg(required = true)]
+        run_dirs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -161,7 +175,15 @@ fn main() -> ExitCode {
     let code = match cli.cmd {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Check(a) => cmd_check(a),
-        Cmd::Report { run_dir } => cmd_report(&run_dir),
+        Cmd::Report {
+            cmd: Some(ReportCmd::Merge { run_dirs, out }),
+            ..
+        } => cmd_merge(&run_dirs, &out),
+        Cmd::Report { run_dir: Some(d), .. } => cmd_report(&d),
+        Cmd::Report { .. } => {
+            eprintln!("error: rig report needs a RUN_DIR (or `merge RUN_DIR... --out DIR`)");
+            exit::BAD_INPUT
+        }
         Cmd::Cloud {
             cmd:
                 CloudCmd::Serve {
@@ -320,6 +342,36 @@ fn cmd_report(dir: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("rig fault: cannot write reports in {}: {e}", dir.display());
+            exit::RIG_FAULT
+        }
+    }
+}
+
+fn cmd_merge(dirs: &[PathBuf], out: &Path) -> u8 {
+    let mut runs = Vec::new();
+    for d in dirs {
+        match report::load(d) {
+            Ok(r) => runs.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::BAD_INPUT;
+            }
+        }
+    }
+    match report::merge(&runs, out) {
+        Ok(code) => {
+            for r in &runs {
+                print!("{}", report::verdict_table(&r.summary));
+            }
+            println!("\n{} runs merged into {}", runs.len(), out.display());
+            match code {
+                0 => exit::PASSED,
+                1 => exit::FAILED,
+                _ => exit::RIG_FAULT,
+            }
+        }
+        Err(e) => {
+            eprintln!("rig fault: cannot write {}: {e}", out.display());
             exit::RIG_FAULT
         }
     }

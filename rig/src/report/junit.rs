@@ -15,9 +15,21 @@ use crate::units::fmt_clock;
 const EXCERPT_LINES: usize = 15;
 
 pub fn render(summary: &Summary, events: &[Event]) -> Vec<u8> {
+    render_runs(&[(summary, events)], false)
+}
+
+/// One JUnit file for several runs (`rig report merge`); with `prefix`, each
+/// testsuite is named after its run so cells of different benches stay apart.
+pub fn render_runs(runs: &[(&Summary, &[Event])], prefix: bool) -> Vec<u8> {
     let mut report = ReportBuilder::new();
-    for cell in &summary.cells {
-        report.add_testsuite(suite(summary, cell, events));
+    for (summary, events) in runs {
+        for cell in &summary.cells {
+            let mut ts = suite(summary, cell, events);
+            if prefix {
+                ts.name = format!("{}/{}", summary.run_id, ts.name);
+            }
+            report.add_testsuite(ts);
+        }
     }
     let mut out = Vec::new();
     report

@@ -44,6 +44,58 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// A run folder read back: what `rig report` and `rig report merge` work from.
+pub struct Loaded {
+    pub dir: std::path::PathBuf,
+    pub header: Header,
+    pub events: Vec<Event>,
+    pub summary: Summary,
+}
+
+pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
+    let (header, events) = crate::timeline::read_jsonl(&dir.join("events.jsonl"))?;
+    let summary = summarize(&header, &events);
+    Ok(Loaded {
+        dir: dir.to_owned(),
+        header,
+        events,
+        summary,
+    })
+}
+
+/// Combines runs (from several benches, say) into one `junit.xml`, one
+/// sign-off and a `merged.json` index in `out`. Returns the combined exit code.
+pub fn merge(runs: &[Loaded], out: &Path) -> std::io::Result<i32> {
+    std::fs::create_dir_all(out)?;
+    let pairs: Vec<(&Summary, &[Event])> = runs.iter().map(|r| (&r.summary, r.events.as_slice())).collect();
+    write_atomic(&out.join("junit.xml"), &junit::render_runs(&pairs, true))?;
+    let views: Vec<signoff::Run> = runs
+        .iter()
+        .map(|r| signoff::Run {
+            header: &r.header,
+            events: &r.events,
+            summary: &r.summary,
+        })
+        .collect();
+    write_atomic(&out.join("signoff.html"), signoff::html(&views).as_bytes())?;
+    write_atomic(&out.join("signoff.md"), signoff::markdown(&views).as_bytes())?;
+    let cells: Vec<CellSummary> = runs.iter().flat_map(|r| r.summary.cells.iter().cloned()).collect();
+    let exit_code = summary::exit_code(&cells);
+    let index = serde_json::json!({
+        "format": "rig.merged",
+        "version": 1,
+        "exit_code": exit_code,
+        "runs": runs.iter().map(|r| serde_json::json!({
+            "dir": r.dir.display().to_string(),
+            "run_id": r.summary.run_id,
+            "bench": r.summary.bench,
+            "exit_code": r.summary.exit_code,
+        })).collect::<Vec<_>>(),
+    });
+    write_atomic(&out.join("merged.json"), &serde_json::to_vec_pretty(&index)?)?;
+    Ok(exit_code)
+}
+
 /// One log per device: every console line with its plan time, cell by cell.
 pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, String> {
     let mut logs: BTreeMap<String, String> = BTreeMap::new();
