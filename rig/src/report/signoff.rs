@@ -143,9 +143,11 @@ fn view<'a>(cell: &'a CellSummary, events: &[Event]) -> CellView<'a> {
 
 /// Devices of a cell that failed a check.
 fn failed_devices(cell: &CellSummary) -> Vec<String> {
-    let mut v: Vec<String> = cell.failed_checks().filter_map(|c| c.device.clone()).collect();
-    v.dedup();
-    v
+    let mut seen = std::collections::BTreeSet::new();
+    cell.failed_checks()
+        .filter_map(|c| c.device.clone())
+        .filter(|d| seen.insert(d.clone()))
+        .collect()
 }
 
 fn signoff_passed(runs: &[Run]) -> bool {
@@ -227,7 +229,10 @@ fn verdict_block(runs: &[Run], passed: bool) -> Markup {
                         li {
                             strong { (c.plan) " [" (c.name) "]: " (c.verdict.label()) }
                             @let failed = failed_devices(c);
-                            @if !failed.is_empty() { " — devices " (failed.join(", ")) }
+                            @if !failed.is_empty() {
+                                " — devices " (failed.iter().take(10).cloned().collect::<Vec<_>>().join(", "))
+                                @if failed.len() > 10 { " and " (failed.len() - 10) " more" }
+                            }
                             @if let Some(first) = c.failed_checks().next() { br; (first.text) }
                             @for f in &c.faults { br; (f) }
                             @if c.verdict == CellVerdict::UnexpectedlyPassed { br; "This negative control passed: the rig can no longer detect the bug it exists to catch." }
@@ -320,7 +325,8 @@ fn cell_section(v: &CellView) -> Markup {
     let c = v.cell;
     let failed = failed_devices(c);
     let mut drawn: Vec<&String> = failed.iter().take(MAX_FAILED_DRAWN).collect();
-    drawn.extend(v.tracks.keys().filter(|d| !failed.contains(d)).take(SAMPLE));
+    let failed_set: std::collections::BTreeSet<&String> = failed.iter().collect();
+    drawn.extend(v.tracks.keys().filter(|d| !failed_set.contains(d)).take(SAMPLE));
     let rec = c.recovery();
     let recovery_at: BTreeMap<&str, u64> = rec
         .iter()

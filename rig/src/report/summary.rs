@@ -126,6 +126,7 @@ pub struct Summary {
 pub fn summarize(header: &Header, events: &[Event]) -> Summary {
     let mut cells: Vec<CellSummary> = Vec::new();
     let mut first_wall: BTreeMap<u32, OffsetDateTime> = BTreeMap::new();
+    let mut seen: std::collections::HashSet<(u32, String)> = std::collections::HashSet::new();
     for e in events {
         first_wall.entry(e.cell).or_insert(e.wall);
         if let EventKind::CellStart {
@@ -166,8 +167,9 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
         if let Some(w) = first_wall.get(&e.cell) {
             c.wall_ms = (e.wall - *w).whole_milliseconds().max(0) as u64;
         }
+        // A set beside the list: a fleet has thousands of devices.
         if let Some(d) = &e.device
-            && !c.devices.contains(d)
+            && seen.insert((e.cell, d.clone()))
         {
             c.devices.push(d.clone());
         }
