@@ -247,7 +247,7 @@ fn verdict_block(runs: &[Run], passed: bool) -> Markup {
 fn tested_table(runs: &[Run]) -> Markup {
     html! {
         table {
-            tr { th { "run" } th { "plan (sha256)" } th { "bench" } th { "rig" } th { "seed" } th { "fixtures (sha256)" } th { "mitigations" } th { "started" } th { "duration (plan / wall)" } }
+            tr { th { "run" } th { "plan (sha256)" } th { "bench" } th { "rig" } th { "seed" } th { "fixtures (sha256)" } th { "mitigations" } th { "started / ended (UTC)" } th { "duration (plan / wall)" } }
             @for r in runs {
                 @let s = r.summary;
                 @let plans: Vec<String> = dedup(s.cells.iter().map(|c| format!("{} ({}) {}", c.plan, c.plan_path, short(&c.plan_sha256))));
@@ -263,12 +263,17 @@ fn tested_table(runs: &[Run]) -> Markup {
                     td.num { (s.seed) }
                     td { @for f in &fixtures { (f) br; } }
                     td { (if mitigations.is_empty() { "bench default".to_string() } else { mitigations.join(", ") }) }
-                    td { (s.started.format(&time::format_description::well_known::Rfc3339).unwrap_or_default().split('.').next().unwrap_or("")) "Z" }
+                    td { (utc(s.started)) br; (r.events.last().map_or("–".into(), |e| utc(e.wall))) }
                     td { (fmt_duration(std::time::Duration::from_millis(plan_ms))) " / " (fmt_duration(std::time::Duration::from_millis(wall_ms))) }
                 }
             }
         }
     }
+}
+
+fn utc(t: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.to_offset(time::UtcOffset::UTC).format(f).unwrap_or_default()
 }
 
 fn short(hash: &str) -> String {
