@@ -110,10 +110,61 @@ pub enum PowerCfg {
         port: String,
         channel: u8,
     },
-    Command {
-        on: String,
-        off: String,
-    },
+    Command(CommandPowerCfg),
+}
+
+/// `on`/`off` command templates. Parsed by hand because YAML 1.1 reads a
+/// bare `on:` or `off:` key as a boolean.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandPowerCfg {
+    pub on: String,
+    pub off: String,
+}
+
+impl<'de> Deserialize<'de> for CommandPowerCfg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Key(String);
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct KV;
+                impl serde::de::Visitor<'_> for KV {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("`on` or `off`")
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
+                        Ok(Key(v.to_owned()))
+                    }
+                    fn visit_bool<E>(self, v: bool) -> Result<Key, E> {
+                        Ok(Key(if v { "on" } else { "off" }.to_owned()))
+                    }
+                }
+                d.deserialize_any(KV)
+            }
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CommandPowerCfg;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`on:` and `off:` command templates")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CommandPowerCfg, A::Error> {
+                let (mut on, mut off) = (None, None);
+                while let Some(Key(k)) = map.next_key::<Key>()? {
+                    match k.as_str() {
+                        "on" => on = Some(map.next_value::<String>()?),
+                        "off" => off = Some(map.next_value::<String>()?),
+                        other => return Err(serde::de::Error::unknown_field(other, &["on", "off"])),
+                    }
+                }
+                Ok(CommandPowerCfg {
+                    on: on.ok_or_else(|| serde::de::Error::missing_field("on"))?,
+                    off: off.ok_or_else(|| serde::de::Error::missing_field("off"))?,
+                })
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -209,6 +260,9 @@ struct BenchRaw {
     cloud: CloudCfg,
     #[serde(default)]
     safe_state: PowerState,
+    /// Take the bench lock even if every device is simulated.
+    #[serde(default)]
+    lock: bool,
     devices: Spanned<Vec<DeviceRaw>>,
 }
 
@@ -236,6 +290,8 @@ pub struct Bench {
     pub cloud: CloudCfg,
     pub safe_state: PowerState,
     pub devices: Vec<Device>,
+    /// Whether runs must hold the bench lock (any hardware, or `lock: true`).
+    pub lock: bool,
 }
 
 impl Bench {
@@ -398,6 +454,7 @@ impl Bench {
             sim: raw.sim,
             cloud: raw.cloud,
             safe_state: raw.safe_state,
+            lock: raw.lock || !all_sim,
             devices,
         })
     }

@@ -57,6 +57,24 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CloudCmd,
     },
+    /// What hardware this machine can see, and what a bench file needs that is missing.
+    Doctor {
+        #[arg(long)]
+        bench: Option<PathBuf>,
+    },
+    /// Switch a bench device's power by hand: rig power DEVICE on|off|cycle.
+    Power {
+        device: String,
+        action: PowerArg,
+        #[arg(long)]
+        bench: PathBuf,
+        /// Off time of a cycle.
+        #[arg(long, default_value = "2s", value_parser = parse_dur)]
+        off_for: Duration,
+        /// Wait this long for the bench lock instead of failing.
+        #[arg(long, value_parser = parse_dur)]
+        wait_lock: Option<Duration>,
+    },
     /// Measure the cloud's throughput over UDP loopback (full handshakes and
     /// session resumes per second).
     Bench {
@@ -101,6 +119,17 @@ enum CloudCmd {
         #[arg(long, default_value = "reports/cloud")]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PowerArg {
+    On,
+    Off,
+    Cycle,
+}
+
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    rig::units::Dur::parse(s).map(|d| d.0)
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -161,10 +190,15 @@ struct RunArgs {
     /// Where run folders are created.
     #[arg(long, default_value = "reports")]
     out: PathBuf,
+    /// Wait this long for the bench lock instead of failing when another run holds it.
+    #[arg(long, value_parser = parse_dur)]
+    wait_lock: Option<Duration>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A panic must not leave a relay in whatever state it was.
+    rig::drivers::power::safe::install_panic_hook();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RIG_LOG")
@@ -199,6 +233,14 @@ fn main() -> ExitCode {
             seconds,
             cache,
         } => cmd_bench(clients, seconds, cache),
+        Cmd::Doctor { bench } => cmd_doctor(bench.as_ref()),
+        Cmd::Power {
+            device,
+            action,
+            bench,
+            off_for,
+            wait_lock,
+        } => cmd_power(&device, action, &bench, off_for, wait_lock),
     };
     ExitCode::from(code)
 }
@@ -284,6 +326,15 @@ fn cmd_run(args: RunArgs) -> u8 {
         bench.devices.len(),
         bench.clock
     );
+    let _lock = if bench.lock {
+        let plans: Vec<String> = args.input.plans.iter().map(|p| p.display().to_string()).collect();
+        match take_lock(&bench.name, &plans.join(" "), args.wait_lock) {
+            Ok(l) => Some(l),
+            Err(code) => return code,
+        }
+    } else {
+        None
+    };
     let progress: Box<dyn Progress> = if std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() {
         Box::new(BarProgress::new())
     } else {
@@ -342,6 +393,106 @@ fn cmd_report(dir: &Path) -> u8 {
         }
         Err(e) => {
             eprintln!("rig fault: cannot write reports in {}: {e}", dir.display());
+            exit::RIG_FAULT
+        }
+    }
+}
+
+fn take_lock(bench: &str, what: &str, wait: Option<Duration>) -> Result<rig::lock::BenchLock, u8> {
+    let me = rig::lock::Holder::me(what);
+    match rig::lock::acquire(&rig::lock::lock_dir(), bench, &me, wait) {
+        Ok(l) => {
+            if let Some(dead) = &l.took_over {
+                eprintln!(
+                    "warning: bench `{bench}` was left locked by a run that ended without releasing it ({dead}); taking over, the safe power state is restored first"
+                );
+            }
+            Ok(l)
+        }
+        Err(e) => {
+            eprintln!("rig fault: {e}");
+            Err(exit::RIG_FAULT)
+        }
+    }
+}
+
+fn cmd_doctor(bench: Option<&PathBuf>) -> u8 {
+    print!("{}", rig::doctor::render("this machine:", &rig::doctor::machine()));
+    let Some(path) = bench else { return exit::PASSED };
+    let b = match Bench::load(path) {
+        Ok(b) => b,
+        Err(e) => return bad_input(&e),
+    };
+    let findings = rig::doctor::bench(&b);
+    print!(
+        "{}",
+        rig::doctor::render(&format!("bench `{}` ({}):", b.name, path.display()), &findings)
+    );
+    let missing = findings.iter().filter(|f| !f.ok).count();
+    if missing == 0 {
+        println!("everything bench `{}` needs is here", b.name);
+        exit::PASSED
+    } else {
+        println!(
+            "{missing} resource{} of bench `{}` missing",
+            if missing == 1 { "" } else { "s" },
+            b.name
+        );
+        exit::RIG_FAULT
+    }
+}
+
+fn cmd_power(device: &str, action: PowerArg, bench: &Path, off_for: Duration, wait_lock: Option<Duration>) -> u8 {
+    let b = match Bench::load(bench) {
+        Ok(b) => b,
+        Err(e) => return bad_input(&e),
+    };
+    let Some(d) = b.devices.iter().find(|d| d.id == device) else {
+        eprintln!(
+            "error: no device `{device}` on bench `{}` (devices: {})",
+            b.name,
+            b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return exit::BAD_INPUT;
+    };
+    if d.is_sim {
+        eprintln!("error: `{device}` is a simulated board; it exists only inside `rig run`");
+        return exit::BAD_INPUT;
+    }
+    let _lock = match take_lock(&b.name, &format!("rig power {device}"), wait_lock) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else { return exit::RIG_FAULT };
+    let res = rt.block_on(async {
+        let power = rig::runner::world::build_power(d, &b)?;
+        let r = match action {
+            PowerArg::On => power.set(true).await,
+            PowerArg::Off => power.set(false).await,
+            PowerArg::Cycle => match power.set(false).await {
+                Ok(()) => {
+                    tokio::time::sleep(off_for).await;
+                    power.set(true).await
+                }
+                Err(e) => Err(e),
+            },
+        };
+        r.map(|_| power.describe()).map_err(|e| e.to_string())
+    });
+    match res {
+        Ok(what) => {
+            println!(
+                "{device}: power {} ({what})",
+                match action {
+                    PowerArg::On => "on",
+                    PowerArg::Off => "off",
+                    PowerArg::Cycle => "cycled",
+                }
+            );
+            exit::PASSED
+        }
+        Err(e) => {
+            eprintln!("rig fault: {device}: {e}");
             exit::RIG_FAULT
         }
     }

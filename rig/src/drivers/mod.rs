@@ -8,6 +8,8 @@
 //! commands) is observed the same way.
 
 pub mod console;
+pub mod flash;
+pub mod power;
 pub mod serial;
 
 use async_trait::async_trait;

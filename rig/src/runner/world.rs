@@ -123,6 +123,82 @@ impl Network {
     }
 }
 
+/// The power driver of a hardware device (also used by `rig power`).
+pub fn build_power(d: &crate::bench::Device, bench: &Bench) -> Result<Box<dyn crate::drivers::Power>, String> {
+    use crate::drivers::power::{command::CommandPower, gpio::GpioPower, serial_relay::SerialRelayPower};
+    let err = |s: String| s;
+    let safe_on = bench.safe_state == PowerState::On;
+    let power: Box<dyn crate::drivers::Power> = match &d.power {
+        PowerCfg::Gpio {
+            pin,
+            active_low,
+            settle,
+        } => Box::new(
+            GpioPower::open(*pin, *active_low, settle.map_or(Duration::ZERO, |s| s.0), safe_on)
+                .map_err(|e| e.to_string())?,
+        ),
+        PowerCfg::SerialRelay { port, channel } => {
+            Box::new(SerialRelayPower::new(port.into(), *channel, safe_on).map_err(|e| e.to_string())?)
+        }
+        PowerCfg::Command(c) => Box::new(CommandPower::new(
+            &d.id,
+            &c.on,
+            &c.off,
+            crate::drivers::power::command::DEFAULT_TIMEOUT,
+        )),
+        PowerCfg::Sim => {
+            return Err(err(format!(
+                "board `{}` is hardware; it cannot use simulated power",
+                d.board
+            )));
+        }
+    };
+    Ok(power)
+}
+
+/// Builds a real bench device's drivers from its bench entry.
+fn hardware_device(d: &crate::bench::Device, bench: &Bench, timeline: &Timeline) -> Result<DeviceHandle, WorldError> {
+    use crate::drivers::flash::{CommandFlasher, Unavailable};
+    let err = |what: String| WorldError::Device {
+        device: d.id.clone(),
+        what,
+    };
+    let power = build_power(d, bench).map_err(err)?;
+    let flasher: Box<dyn crate::drivers::Flasher> = match &d.flash {
+        FlashCfg::Command { command } => Box::new(CommandFlasher::new(&d.id, command)),
+        FlashCfg::ProbeRs { probe, chip } => Box::new(Unavailable {
+            what: format!("probe-rs ({chip} via probe {probe})"),
+        }),
+        FlashCfg::Sim => {
+            return Err(err(format!(
+                "board `{}` is hardware; it cannot use a simulated flasher",
+                d.board
+            )));
+        }
+    };
+    let port = d
+        .console
+        .port
+        .clone()
+        .ok_or_else(|| err("a hardware console needs `port:`".into()))?;
+    let patterns: console::PatternSlot = Arc::new(Mutex::new(None));
+    let console = console::watch(
+        d.id.clone(),
+        Box::new(SerialConsole::open(Path::new(&port), d.console.baud.unwrap_or(115_200))),
+        timeline.clone(),
+        patterns.clone(),
+    );
+    Ok(DeviceHandle::new(
+        d.id.clone(),
+        power,
+        flasher,
+        None,
+        console,
+        patterns,
+        timeline.clone(),
+    ))
+}
+
 impl World {
     /// Must run inside the cell's runtime (tasks are spawned on it). `dir`
     /// holds the cell's files: the Redis server's data and snapshots, and the
@@ -176,18 +252,8 @@ impl World {
                 what,
             };
             if !d.is_sim {
-                // Real drivers (rppal relays, serialport consoles, probe-rs)
-                // plug in here behind the same traits.
-                let kind = match &d.power {
-                    PowerCfg::Sim => "sim",
-                    PowerCfg::Gpio { .. } => "gpio",
-                    PowerCfg::SerialRelay { .. } => "serial-relay",
-                    PowerCfg::Command { .. } => "command",
-                };
-                return Err(unsupported(format!(
-                    "board `{}` with power kind `{kind}` needs hardware drivers that are not in this build yet",
-                    d.board
-                )));
+                devices.push(hardware_device(d, bench, timeline)?);
+                continue;
             }
             if d.power != PowerCfg::Sim || d.flash != FlashCfg::Sim || d.console.kind != ConsoleKind::Sim {
                 return Err(unsupported(

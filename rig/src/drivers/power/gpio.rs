@@ -1,0 +1,180 @@
+//! Relay channels on Raspberry Pi GPIO through `rppal`.
+//!
+//! The relay's state is always explicit: the pin is switched to output
+//! *at* the safe level (no glitch through the other level), rppal's
+//! reset-on-drop is disabled (releasing the pin would float it and can click
+//! a relay), and a safe-state action is registered for exit and panic paths.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::safe::{self, Registration};
+use crate::drivers::{DriverError, Power};
+
+/// The seam under the driver: one output line.
+pub trait RelayPin: Send {
+    fn write(&mut self, high: bool) -> Result<(), DriverError>;
+}
+
+/// A BCM GPIO line driven through rppal.
+pub struct RppalPin(rppal::gpio::OutputPin);
+
+impl RelayPin for RppalPin {
+    fn write(&mut self, high: bool) -> Result<(), DriverError> {
+        if high {
+            self.0.set_high();
+        } else {
+            self.0.set_low();
+        }
+        Ok(())
+    }
+}
+
+/// Opens BCM pin `bcm` as an output already at `initial_high`.
+pub fn open_rppal(bcm: u8, initial_high: bool) -> Result<RppalPin, DriverError> {
+    let gpio = rppal::gpio::Gpio::new().map_err(|e| {
+        let hint = match &e {
+            rppal::gpio::Error::UnknownModel => {
+                " (this is not a Raspberry Pi; GPIO relays need the bench's Pi)".to_string()
+            }
+            rppal::gpio::Error::PermissionDenied(p) => {
+                format!(" (no permission on {p}: add the user to the `gpio` group)")
+            }
+            _ => String::new(),
+        };
+        DriverError::Io(format!("GPIO is not available: {e}{hint}"))
+    })?;
+    let pin = gpio
+        .get(bcm)
+        .map_err(|e| DriverError::Io(format!("GPIO {bcm}: {e} (is another process using it?)")))?;
+    let mut out = if initial_high {
+        pin.into_output_high()
+    } else {
+        pin.into_output_low()
+    };
+    out.set_reset_on_drop(false);
+    Ok(RppalPin(out))
+}
+
+/// One relay channel.
+pub struct GpioPower {
+    pin: Arc<Mutex<Box<dyn RelayPin>>>,
+    bcm: u8,
+    active_low: bool,
+    settle: Duration,
+    _safe: Registration,
+}
+
+/// The pin level that switches the supply `on`.
+pub fn level(on: bool, active_low: bool) -> bool {
+    on != active_low
+}
+
+impl GpioPower {
+    /// Wraps `pin` (already at the safe level) and registers the safe state.
+    pub fn new(pin: Box<dyn RelayPin>, bcm: u8, active_low: bool, settle: Duration, safe_on: bool) -> GpioPower {
+        let pin = Arc::new(Mutex::new(pin));
+        let p = pin.clone();
+        let registration = safe::register(move || {
+            if let Ok(mut pin) = p.try_lock() {
+                let _ = pin.write(level(safe_on, active_low));
+            }
+        });
+        GpioPower {
+            pin,
+            bcm,
+            active_low,
+            settle,
+            _safe: registration,
+        }
+    }
+
+    /// Opens the real pin at its safe level.
+    pub fn open(bcm: u8, active_low: bool, settle: Duration, safe_on: bool) -> Result<GpioPower, DriverError> {
+        let pin = open_rppal(bcm, level(safe_on, active_low))?;
+        Ok(GpioPower::new(Box::new(pin), bcm, active_low, settle, safe_on))
+    }
+}
+
+#[async_trait]
+impl Power for GpioPower {
+    async fn set(&self, on: bool) -> Result<(), DriverError> {
+        self.pin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(level(on, self.active_low))?;
+        if !self.settle.is_zero() {
+            tokio::time::sleep(self.settle).await;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "relay on GPIO {} ({})",
+            self.bcm,
+            if self.active_low { "active low" } else { "active high" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every level written.
+    #[derive(Clone, Default)]
+    pub struct FakePin(pub Arc<Mutex<Vec<bool>>>);
+
+    impl RelayPin for FakePin {
+        fn write(&mut self, high: bool) -> Result<(), DriverError> {
+            self.0.lock().unwrap().push(high);
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn active_high_and_active_low_drive_opposite_levels() {
+        let hi = FakePin::default();
+        let p = GpioPower::new(Box::new(hi.clone()), 17, false, Duration::ZERO, false);
+        p.set(true).await.unwrap();
+        p.set(false).await.unwrap();
+        assert_eq!(*hi.0.lock().unwrap(), [true, false]);
+
+        let lo = FakePin::default();
+        let p = GpioPower::new(Box::new(lo.clone()), 27, true, Duration::ZERO, false);
+        p.set(true).await.unwrap();
+        p.set(false).await.unwrap();
+        assert_eq!(*lo.0.lock().unwrap(), [false, true], "active low: on is a low level");
+        assert_eq!(p.describe(), "relay on GPIO 27 (active low)");
+    }
+
+    #[test]
+    fn a_panic_restores_the_safe_state_before_unwinding() {
+        safe::install_panic_hook();
+        let pin = FakePin::default();
+        let p = GpioPower::new(Box::new(pin.clone()), 22, true, Duration::ZERO, false);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(p.set(true)).unwrap();
+        assert_eq!(*pin.0.lock().unwrap(), [false]);
+        let r = std::panic::catch_unwind(|| panic!("driver bug mid-plan"));
+        assert!(r.is_err());
+        // The hook drove the channel to its safe state (off = high for active low).
+        assert_eq!(pin.0.lock().unwrap().last(), Some(&true));
+        drop(p);
+        // Once the driver is gone its action is deregistered.
+        let before = pin.0.lock().unwrap().len();
+        safe::restore_all();
+        assert_eq!(pin.0.lock().unwrap().len(), before);
+    }
+
+    #[test]
+    fn off_a_pi_the_error_says_so() {
+        match open_rppal(17, false) {
+            Ok(_) => {} // running on a Pi: nothing to check
+            Err(e) => assert!(e.to_string().contains("GPIO is not available"), "{e}"),
+        }
+    }
+}

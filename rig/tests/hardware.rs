@@ -1,0 +1,184 @@
+//! Bench hardware through its seams on this machine (no Pi here): the bench
+//! lock, `rig doctor`, `rig power` with a command driver, and clear exit-3
+//! errors for hardware that is not present.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn rig_env(args: &[&str], lock_dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args(args)
+        .current_dir(repo())
+        .env("CI", "1")
+        .env("RIG_LOCK_DIR", lock_dir)
+        .output()
+        .unwrap()
+}
+
+const LOCKED_SIM: &str = "name: locked-sim\nlock: true\ndevices:\n  - { id: sleepy-01, board: sim, tags: [sleepy] }\n";
+
+#[test]
+fn a_second_run_on_a_locked_bench_exits_3_naming_the_holder_or_waits() {
+    let locks = tempfile::tempdir().unwrap();
+    let (_b, bench) = temp_file("bench.yaml", LOCKED_SIM);
+    let out = tempfile::tempdir().unwrap();
+    let plan = plan("recovery-smoke.yaml");
+    let args = |wait: Option<&str>| {
+        let mut a = vec![
+            "run",
+            plan.to_str().unwrap(),
+            "--bench",
+            bench.to_str().unwrap(),
+            "--seed",
+            "1",
+            "--out",
+        ];
+        a.push(out.path().to_str().unwrap());
+        if let Some(w) = wait {
+            a.extend(["--wait-lock", w]);
+        }
+        a.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let holder = rig::lock::Holder {
+        pid: 4242,
+        host: "ci-runner-7".into(),
+        plan: "nightly-soak.yaml".into(),
+        started: "2026-11-23T20:00:00Z".into(),
+    };
+    let lock = rig::lock::acquire(locks.path(), "locked-sim", &holder, None).unwrap();
+    let a = args(None);
+    let o = rig_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), locks.path());
+    assert_eq!(o.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("bench `locked-sim` is in use by pid 4242 on ci-runner-7 running nightly-soak.yaml"),
+        "{err}"
+    );
+    // With --wait-lock it waits for the holder to finish.
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        drop(lock);
+    });
+    let a = args(Some("30s"));
+    let o = rig_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), locks.path());
+    t.join().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn a_stale_lock_is_taken_over_with_a_warning() {
+    let locks = tempfile::tempdir().unwrap();
+    std::fs::write(
+        locks.path().join("locked-sim.lock"),
+        r#"{"pid":999999,"host":"pi","plan":"crashed.yaml","started":"2026-11-22T00:00:00Z"}"#,
+    )
+    .unwrap();
+    let (_b, bench) = temp_file("bench.yaml", LOCKED_SIM);
+    let out = tempfile::tempdir().unwrap();
+    let o = rig_env(
+        &[
+            "run",
+            plan("recovery-smoke.yaml").to_str().unwrap(),
+            "--bench",
+            bench.to_str().unwrap(),
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        locks.path(),
+    );
+    assert_eq!(o.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("left locked by a run that ended without releasing it (pid 999999"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(locks.path().join("locked-sim.lock")).unwrap(),
+        "",
+        "released cleanly"
+    );
+}
+
+#[test]
+fn doctor_lists_this_machine_and_what_a_pi_bench_misses() {
+    let locks = tempfile::tempdir().unwrap();
+    let o = rig_env(&["doctor"], locks.path());
+    assert_eq!(o.status.code(), Some(0));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("GPIO") && out.contains("redis-server"), "{out}");
+    let o = rig_env(&["doctor", "--bench", "bench/pi-example.yaml"], locks.path());
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stdout));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("MISS boron-01: console /dev/serial/by-id/"), "{out}");
+}
+
+#[test]
+fn a_gpio_bench_off_a_pi_is_a_clear_exit_3() {
+    let locks = tempfile::tempdir().unwrap();
+    let (_d, plan) = temp_file("p.yaml", "name: p\nsetup:\n  - power: on\n");
+    let out = tempfile::tempdir().unwrap();
+    let o = rig_env(
+        &[
+            "run",
+            plan.to_str().unwrap(),
+            "--bench",
+            "bench/pi-example.yaml",
+            "--fixtures",
+            "firmware-fixtures",
+            "--out",
+            out.path().to_str().unwrap(),
+        ],
+        locks.path(),
+    );
+    assert_eq!(o.status.code(), Some(3), "{}", String::from_utf8_lossy(&o.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        all.contains("GPIO is not available") && all.contains("not a Raspberry Pi"),
+        "{all}"
+    );
+}
+
+#[test]
+fn rig_power_drives_a_command_relay_and_refuses_simulated_boards() {
+    let locks = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let bench = dir.path().join("bench.yaml");
+    std::fs::write(
+        &bench,
+        format!(
+            "name: hub\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: command, on: 'echo on {{device}} >> {0}', off: 'echo off {{device}} >> {0}' }}\n    console: {{ port: /dev/null }}\n    flash: {{ kind: command, command: 'true {{image}}' }}\n    key: '{1}'\n",
+            log.display(),
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let o = rig_env(
+        &[
+            "power",
+            "board-1",
+            "cycle",
+            "--off-for",
+            "10ms",
+            "--bench",
+            bench.to_str().unwrap(),
+        ],
+        locks.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "off board-1\non board-1\n");
+    let o = rig_env(
+        &["power", "nope", "on", "--bench", bench.to_str().unwrap()],
+        locks.path(),
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = rig_env(&["power", "sleepy-01", "on", "--bench", "bench/sim.yaml"], locks.path());
+    assert_eq!(o.status.code(), Some(2));
+}
