@@ -196,6 +196,37 @@ pub enum FlashCfg {
     Command { command: String },
 }
 
+/// How a device is soft-reset (its core restarted, retained RAM kept).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ResetCfg {
+    /// Pulse a GPIO line wired to the board's reset pin.
+    Gpio {
+        pin: u8,
+        #[serde(default = "yes")]
+        active_low: bool,
+        #[serde(default = "default_pulse")]
+        pulse: Dur,
+    },
+    /// Type a command on the board's console.
+    Console {
+        #[serde(default = "default_reset_command")]
+        command: String,
+    },
+    /// Core reset through the debug probe.
+    ProbeRs,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_pulse() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+fn default_reset_command() -> String {
+    "reset".into()
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceRaw {
@@ -209,6 +240,8 @@ struct DeviceRaw {
     console: Option<ConsoleCfg>,
     #[serde(default)]
     flash: Option<FlashCfg>,
+    #[serde(default)]
+    reset: Option<ResetCfg>,
     #[serde(default)]
     key: Option<Spanned<String>>,
 }
@@ -275,6 +308,7 @@ pub struct Device {
     pub power: PowerCfg,
     pub console: ConsoleCfg,
     pub flash: FlashCfg,
+    pub reset: Option<ResetCfg>,
     pub key: Psk,
     pub is_sim: bool,
 }
@@ -409,6 +443,7 @@ impl Bench {
                 power,
                 console,
                 flash,
+                reset: d.reset,
                 key,
                 is_sim,
             });

@@ -37,6 +37,11 @@ pub struct ConsoleHandle {
 }
 
 impl ConsoleHandle {
+    /// A cloneable way to write to the console (e.g. for a console reset).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Vec<u8>> {
+        self.tx.clone()
+    }
+
     /// Sends bytes to the board (a line needs its own `\n`).
     pub fn send(&self, data: Vec<u8>) -> Result<(), DriverError> {
         self.tx

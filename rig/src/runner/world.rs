@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::device::DeviceHandle;
-use crate::bench::{Bench, CacheKind, Clock, ConsoleKind, FlashCfg, PowerCfg, PowerState, SimConsoleKind};
+use crate::bench::{Bench, CacheKind, Clock, ConsoleKind, FlashCfg, PowerCfg, PowerState, ResetCfg, SimConsoleKind};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
 use crate::cache::{Cache, SessionCache};
@@ -188,11 +188,22 @@ fn hardware_device(d: &crate::bench::Device, bench: &Bench, timeline: &Timeline)
         timeline.clone(),
         patterns.clone(),
     );
+    let reset: Option<Box<dyn crate::drivers::Reset>> = match &d.reset {
+        None => None,
+        Some(ResetCfg::Gpio { pin, active_low, pulse }) => Some(Box::new(
+            crate::drivers::reset::GpioReset::open(*pin, *active_low, pulse.0).map_err(|e| err(e.to_string()))?,
+        )),
+        Some(ResetCfg::Console { command }) => Some(Box::new(crate::drivers::reset::ConsoleReset::new(
+            console.sender(),
+            command,
+        ))),
+        Some(ResetCfg::ProbeRs) => Some(Box::new(crate::drivers::reset::Unavailable("probe-rs".into()))),
+    };
     Ok(DeviceHandle::new(
         d.id.clone(),
         power,
         flasher,
-        None,
+        reset,
         console,
         patterns,
         timeline.clone(),

@@ -1,0 +1,142 @@
+//! Soft reset drivers: restart a board's core without removing power, so
+//! retained RAM (and the session in it) survives, as the incident requires.
+//!
+//! - [`GpioReset`]: a pulse on a GPIO line wired to the board's reset pin.
+//! - [`ConsoleReset`]: a command typed on the board's console.
+//! A probe-rs core reset plugs in behind the same trait.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use super::power::gpio::{RelayPin, open_rppal};
+use super::power::safe::{self, Registration};
+use super::{DriverError, Reset};
+
+pub struct GpioReset {
+    pin: Arc<Mutex<Box<dyn RelayPin>>>,
+    active_low: bool,
+    pulse: Duration,
+    _safe: Registration,
+}
+
+impl GpioReset {
+    /// Wraps a pin already at its released level.
+    pub fn new(pin: Box<dyn RelayPin>, active_low: bool, pulse: Duration) -> GpioReset {
+        let pin = Arc::new(Mutex::new(pin));
+        let p = pin.clone();
+        // A panic mid-pulse must not leave the board held in reset.
+        let registration = safe::register(move || {
+            if let Ok(mut pin) = p.try_lock() {
+                let _ = pin.write(active_low);
+            }
+        });
+        GpioReset {
+            pin,
+            active_low,
+            pulse,
+            _safe: registration,
+        }
+    }
+
+    pub fn open(bcm: u8, active_low: bool, pulse: Duration) -> Result<GpioReset, DriverError> {
+        Ok(GpioReset::new(
+            Box::new(open_rppal(bcm, active_low)?),
+            active_low,
+            pulse,
+        ))
+    }
+
+    fn write(&self, asserted: bool) -> Result<(), DriverError> {
+        self.pin
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write(asserted != self.active_low)
+    }
+}
+
+#[async_trait]
+impl Reset for GpioReset {
+    async fn soft_reset(&self) -> Result<(), DriverError> {
+        self.write(true)?;
+        tokio::time::sleep(self.pulse).await;
+        self.write(false)
+    }
+}
+
+pub struct ConsoleReset {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    command: String,
+}
+
+impl ConsoleReset {
+    pub fn new(tx: mpsc::UnboundedSender<Vec<u8>>, command: &str) -> ConsoleReset {
+        ConsoleReset {
+            tx,
+            command: command.to_owned(),
+        }
+    }
+}
+
+#[async_trait]
+impl Reset for ConsoleReset {
+    async fn soft_reset(&self) -> Result<(), DriverError> {
+        self.tx
+            .send(format!("{}\n", self.command).into_bytes())
+            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+    }
+}
+
+/// A reset this build cannot provide; fails when used, naming what is missing.
+pub struct Unavailable(pub String);
+
+#[async_trait]
+impl Reset for Unavailable {
+    async fn soft_reset(&self) -> Result<(), DriverError> {
+        Err(DriverError::Unsupported {
+            driver: self.0.clone(),
+            what: "soft reset in this build (configure `reset: { kind: gpio }` or `{ kind: console }`)".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct FakePin(Arc<Mutex<Vec<bool>>>);
+    impl RelayPin for FakePin {
+        fn write(&mut self, high: bool) -> Result<(), DriverError> {
+            self.0.lock().unwrap().push(high);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_pulse_asserts_then_releases_for_the_pulse_width() {
+        let pin = FakePin::default();
+        let r = GpioReset::new(Box::new(pin.clone()), true, Duration::from_millis(150));
+        let t0 = tokio::time::Instant::now();
+        r.soft_reset().await.unwrap();
+        assert_eq!(t0.elapsed(), Duration::from_millis(150));
+        assert_eq!(
+            *pin.0.lock().unwrap(),
+            [false, true],
+            "active low: pulled low, then released high"
+        );
+        let pin = FakePin::default();
+        let r = GpioReset::new(Box::new(pin.clone()), false, Duration::from_millis(1));
+        r.soft_reset().await.unwrap();
+        assert_eq!(*pin.0.lock().unwrap(), [true, false]);
+    }
+
+    #[tokio::test]
+    async fn a_console_reset_types_its_command() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        ConsoleReset::new(tx, "system reset").soft_reset().await.unwrap();
+        assert_eq!(rx.recv().await.unwrap(), b"system reset\n");
+    }
+}
