@@ -3,6 +3,7 @@
 //!
 //! - [`GpioReset`]: a pulse on a GPIO line wired to the board's reset pin.
 //! - [`ConsoleReset`]: a command typed on the board's console.
+//!
 //! A probe-rs core reset plugs in behind the same trait.
 
 use std::sync::{Arc, Mutex};
