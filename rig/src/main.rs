@@ -75,6 +75,39 @@ enum Cmd {
         #[arg(long, value_parser = parse_dur)]
         wait_lock: Option<Duration>,
     },
+    /// Flash a fixture onto a bench device by hand.
+    Flash {
+        device: String,
+        fixture: String,
+        #[arg(long)]
+        bench: PathBuf,
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+        #[arg(long, value_parser = parse_dur)]
+        wait_lock: Option<Duration>,
+    },
+    /// Soft-reset a bench device (its core restarts, power stays on).
+    Reset {
+        device: String,
+        #[arg(long)]
+        bench: PathBuf,
+        #[arg(long, value_parser = parse_dur)]
+        wait_lock: Option<Duration>,
+    },
+    /// Stream a bench device's console; optionally send a line first.
+    Console {
+        device: String,
+        #[arg(long)]
+        bench: PathBuf,
+        /// A line to send once the console is open.
+        #[arg(long)]
+        send: Option<String>,
+        /// Stop after this long (default: until Ctrl-C).
+        #[arg(long = "for", value_parser = parse_dur)]
+        duration: Option<Duration>,
+        #[arg(long, value_parser = parse_dur)]
+        wait_lock: Option<Duration>,
+    },
     /// Measure the cloud's throughput over UDP loopback (full handshakes and
     /// session resumes per second).
     Bench {
@@ -234,6 +267,61 @@ fn main() -> ExitCode {
             cache,
         } => cmd_bench(clients, seconds, cache),
         Cmd::Doctor { bench } => cmd_doctor(bench.as_ref()),
+        Cmd::Flash {
+            device,
+            fixture,
+            bench,
+            fixtures,
+            wait_lock,
+        } => with_device(&bench, &device, wait_lock, "flash", |dev, _| async move {
+            let dir = fixtures
+                .or_else(|| fixture::find_dir(Path::new(".")))
+                .ok_or("no firmware-fixtures/ here; use --fixtures DIR")?;
+            let all = Fixtures::load(&dir).map_err(|e| diag::render(&e))?;
+            let fx = all
+                .get(&fixture)
+                .ok_or_else(|| format!("unknown fixture `{fixture}` (available: {})", all.names()))?;
+            dev.flash(&fx).await.map_err(|e| e.to_string())?;
+            Ok(format!(
+                "flashed {} {} (sha256 {}) with {}",
+                fx.name,
+                fx.version,
+                fx.sha256,
+                dev.describe_flasher()
+            ))
+        }),
+        Cmd::Reset {
+            device,
+            bench,
+            wait_lock,
+        } => with_device(&bench, &device, wait_lock, "reset", |dev, _| async move {
+            dev.soft_reset().await.map_err(|e| e.to_string())?;
+            Ok("soft reset".to_string())
+        }),
+        Cmd::Console {
+            device,
+            bench,
+            send,
+            duration,
+            wait_lock,
+        } => with_device(&bench, &device, wait_lock, "console", |dev, tl| async move {
+            if let Some(line) = send {
+                dev.console_send_confirmed(&line).await.map_err(|e| e.to_string())?;
+            }
+            let printer = tl.wait(0, duration, |e| {
+                if let rig::timeline::EventKind::ConsoleLine { line, .. } = &e.kind {
+                    println!("{line}");
+                } else if let rig::timeline::EventKind::ConsoleGap { ms } = &e.kind {
+                    println!("--- console link gap of {ms} ms ---");
+                }
+                false
+            });
+            tokio::select! {
+                _ = printer => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            Ok("console closed".to_string())
+        }),
         Cmd::Power {
             device,
             action,
@@ -412,6 +500,50 @@ fn take_lock(bench: &str, what: &str, wait: Option<Duration>) -> Result<rig::loc
         Err(e) => {
             eprintln!("rig fault: {e}");
             Err(exit::RIG_FAULT)
+        }
+    }
+}
+
+/// Builds one hardware device of a bench (under the bench lock) and runs `f`.
+fn with_device<F, Fut>(bench: &Path, device: &str, wait_lock: Option<Duration>, what: &str, f: F) -> u8
+where
+    F: FnOnce(rig::runner::device::DeviceHandle, rig::timeline::Timeline) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let b = match Bench::load(bench) {
+        Ok(b) => b,
+        Err(e) => return bad_input(&e),
+    };
+    let Some(d) = b.devices.iter().find(|d| d.id == device) else {
+        eprintln!(
+            "error: no device `{device}` on bench `{}` (devices: {})",
+            b.name,
+            b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        return exit::BAD_INPUT;
+    };
+    if d.is_sim {
+        eprintln!("error: `{device}` is a simulated board; it exists only inside `rig run`");
+        return exit::BAD_INPUT;
+    }
+    let _lock = match take_lock(&b.name, &format!("rig {what} {device}"), wait_lock) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else { return exit::RIG_FAULT };
+    let res = rt.block_on(async {
+        let tl = rig::timeline::Timeline::in_memory();
+        let dev = rig::runner::world::hardware_device(d, &b, &tl).map_err(|e| e.to_string())?;
+        f(dev, tl).await
+    });
+    match res {
+        Ok(msg) => {
+            eprintln!("{device}: {msg}");
+            exit::PASSED
+        }
+        Err(e) => {
+            eprintln!("rig fault: {device}: {e}");
+            exit::RIG_FAULT
         }
     }
 }

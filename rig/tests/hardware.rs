@@ -182,3 +182,75 @@ fn rig_power_drives_a_command_relay_and_refuses_simulated_boards() {
     let o = rig_env(&["power", "sleepy-01", "on", "--bench", "bench/sim.yaml"], locks.path());
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// A hardware board stood in for by a pty: its console is real serial I/O.
+#[test]
+fn hands_on_console_reset_and_flash_on_a_pty_board() {
+    use serialport::{SerialPort, TTYPort};
+    use std::io::{Read, Write};
+
+    let locks = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut board, slave) = TTYPort::pair().unwrap();
+    board.set_timeout(Duration::from_secs(10)).unwrap();
+    let flashed = dir.path().join("flashed");
+    let bench = dir.path().join("bench.yaml");
+    std::fs::write(
+        &bench,
+        format!(
+            "name: pty-bench\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: command, on: 'true', off: 'true' }}\n    console: {{ port: {port} }}\n    flash: {{ kind: command, command: 'cp {{image}} {out}' }}\n    reset: {{ kind: console, command: 'system reset' }}\n    key: '{key}'\n",
+            port = slave.name().unwrap(),
+            out = flashed.display(),
+            key = "cd".repeat(32)
+        ),
+    )
+    .unwrap();
+    // A fixture with a real image for the command flasher.
+    let fx = dir.path().join("fixtures/board-fw");
+    std::fs::create_dir_all(&fx).unwrap();
+    std::fs::write(fx.join("fw.bin"), b"\x7fELF-ish firmware image").unwrap();
+    std::fs::write(
+        fx.join("fixture.yaml"),
+        "name: board-fw\nversion: 3.0.0\nboards: [boron]\nimage: fw.bin\nconsole: { boot: 'boot', wake: 'wake', sleep: 'sleep' }\n",
+    )
+    .unwrap();
+
+    let b = bench.to_str().unwrap();
+    let o = rig_env(
+        &[
+            "flash",
+            "board-1",
+            "board-fw",
+            "--bench",
+            b,
+            "--fixtures",
+            dir.path().join("fixtures").to_str().unwrap(),
+        ],
+        locks.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&flashed).unwrap(), b"\x7fELF-ish firmware image");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("flashed board-fw 3.0.0 (sha256 "));
+
+    let o = rig_env(&["reset", "board-1", "--bench", b], locks.path());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut got = [0u8; 13];
+    board.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"system reset\n");
+
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args(["console", "board-1", "--bench", b, "--send", "status", "--for", "3s"])
+        .env("RIG_LOCK_DIR", locks.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut got = [0u8; 7];
+    board.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"status\n");
+    board.write_all(b"0000001234 [app] INFO: session 0123 ok\r\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0000001234 [app] INFO: session 0123 ok"));
+    drop(slave);
+}

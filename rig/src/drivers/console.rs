@@ -30,23 +30,45 @@ pub struct Patterns {
 /// Which patterns apply now; the runner swaps them when it flashes a fixture.
 pub type PatternSlot = Arc<Mutex<Option<Arc<Patterns>>>>;
 
+type Ack = tokio::sync::oneshot::Sender<Result<(), DriverError>>;
+
+/// A cloneable way to write to a watched console.
+#[derive(Clone)]
+pub struct ConsoleSender(mpsc::UnboundedSender<(Vec<u8>, Option<Ack>)>);
+
+impl ConsoleSender {
+    /// Queues bytes for the board (a line needs its own `\n`).
+    pub fn send(&self, data: Vec<u8>) -> Result<(), DriverError> {
+        self.0
+            .send((data, None))
+            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+    }
+
+    /// Sends bytes and waits until the driver has written them.
+    pub async fn send_confirmed(&self, data: Vec<u8>) -> Result<(), DriverError> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        self.0
+            .send((data, Some(ack)))
+            .map_err(|_| DriverError::Io("console reader has stopped".into()))?;
+        done.await
+            .map_err(|_| DriverError::Io("console reader has stopped".into()))?
+    }
+}
+
 /// The runner's side of a watched console.
 pub struct ConsoleHandle {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: ConsoleSender,
     task: JoinHandle<()>,
 }
 
 impl ConsoleHandle {
-    /// A cloneable way to write to the console (e.g. for a console reset).
-    pub fn sender(&self) -> mpsc::UnboundedSender<Vec<u8>> {
+    pub fn sender(&self) -> ConsoleSender {
         self.tx.clone()
     }
 
-    /// Sends bytes to the board (a line needs its own `\n`).
+    /// Queues bytes for the board (a line needs its own `\n`).
     pub fn send(&self, data: Vec<u8>) -> Result<(), DriverError> {
-        self.tx
-            .send(data)
-            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+        self.tx.send(data)
     }
 }
 
@@ -102,7 +124,7 @@ pub fn watch(
     timeline: Timeline,
     patterns: PatternSlot,
 ) -> ConsoleHandle {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Option<Ack>)>();
     let task = tokio::spawn(async move {
         let mut lines = LineAssembler::default();
         let mut buf = vec![0u8; 1024];
@@ -111,9 +133,13 @@ pub fn watch(
             tokio::select! {
                 biased;
                 cmd = rx.recv() => match cmd {
-                    Some(data) => {
-                        if let Err(e) = console.write(&data).await {
+                    Some((data, ack)) => {
+                        let r = console.write(&data).await;
+                        if let Err(e) = &r {
                             tracing::warn!("{device}: console write failed: {e}");
+                        }
+                        if let Some(ack) = ack {
+                            let _ = ack.send(r);
                         }
                     }
                     None => return,
@@ -145,7 +171,10 @@ pub fn watch(
             }
         }
     });
-    ConsoleHandle { tx, task }
+    ConsoleHandle {
+        tx: ConsoleSender(tx),
+        task,
+    }
 }
 
 fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool, at: Instant) {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::mpsc;
 
+use super::console::ConsoleSender;
 use super::power::gpio::{RelayPin, open_rppal};
 use super::power::safe::{self, Registration};
 use super::{DriverError, Reset};
@@ -68,12 +68,12 @@ impl Reset for GpioReset {
 }
 
 pub struct ConsoleReset {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: ConsoleSender,
     command: String,
 }
 
 impl ConsoleReset {
-    pub fn new(tx: mpsc::UnboundedSender<Vec<u8>>, command: &str) -> ConsoleReset {
+    pub fn new(tx: ConsoleSender, command: &str) -> ConsoleReset {
         ConsoleReset {
             tx,
             command: command.to_owned(),
@@ -84,9 +84,8 @@ impl ConsoleReset {
 #[async_trait]
 impl Reset for ConsoleReset {
     async fn soft_reset(&self) -> Result<(), DriverError> {
-        self.tx
-            .send(format!("{}\n", self.command).into_bytes())
-            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+        // Confirmed: a reset is done when the command reached the board.
+        self.tx.send_confirmed(format!("{}\n", self.command).into_bytes()).await
     }
 }
 
@@ -134,10 +133,35 @@ mod tests {
         assert_eq!(*pin.0.lock().unwrap(), [true, false]);
     }
 
+    struct Recorder(Arc<Mutex<Vec<u8>>>);
+    #[async_trait]
+    impl crate::drivers::Console for Recorder {
+        async fn read(&mut self, _: &mut [u8]) -> Result<usize, DriverError> {
+            std::future::pending().await
+        }
+        async fn write(&mut self, data: &[u8]) -> Result<(), DriverError> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(())
+        }
+    }
+
     #[tokio::test]
-    async fn a_console_reset_types_its_command() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        ConsoleReset::new(tx, "system reset").soft_reset().await.unwrap();
-        assert_eq!(rx.recv().await.unwrap(), b"system reset\n");
+    async fn a_console_reset_types_its_command_and_waits_for_the_write() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let h = crate::drivers::console::watch(
+            "d".into(),
+            Box::new(Recorder(written.clone())),
+            crate::timeline::Timeline::in_memory(),
+            Arc::new(Mutex::new(None)),
+        );
+        ConsoleReset::new(h.sender(), "system reset")
+            .soft_reset()
+            .await
+            .unwrap();
+        assert_eq!(
+            *written.lock().unwrap(),
+            b"system reset\n",
+            "written before soft_reset returned"
+        );
     }
 }

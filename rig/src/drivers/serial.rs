@@ -30,9 +30,11 @@ enum Chunk {
 }
 
 /// A serial console reopened by path whenever it comes back.
+type PendingWrite = (Vec<u8>, tokio::sync::oneshot::Sender<std::io::Result<()>>);
+
 pub struct SerialConsole {
     rx: mpsc::UnboundedReceiver<Chunk>,
-    tx_write: std_mpsc::Sender<Vec<u8>>,
+    tx_write: std_mpsc::Sender<PendingWrite>,
     pending: Vec<u8>,
     path: PathBuf,
 }
@@ -41,7 +43,7 @@ impl SerialConsole {
     /// Starts watching `path`. The port need not exist yet.
     pub fn open(path: &Path, baud: u32) -> SerialConsole {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (tx_write, rx_write) = std_mpsc::channel::<Vec<u8>>();
+        let (tx_write, rx_write) = std_mpsc::channel::<PendingWrite>();
         let p = path.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("console {}", path.display()))
@@ -64,7 +66,7 @@ impl SerialConsole {
 
 /// The port thread: open, read, write, and on failure start over. Ends when
 /// the `SerialConsole` is dropped.
-fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_mpsc::Receiver<Vec<u8>>) {
+fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_mpsc::Receiver<PendingWrite>) {
     let mut reported_gone = false;
     let mut buf = [0u8; 1024];
     loop {
@@ -93,10 +95,9 @@ fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_
         let _ = port.set_exclusive(false);
         loop {
             match writes.try_recv() {
-                Ok(data) => {
-                    if let Err(e) = port.write_all(&data) {
-                        tracing::warn!("console {}: write failed: {e}", path.display());
-                    }
+                Ok((data, ack)) => {
+                    let r = port.write_all(&data).and_then(|_| port.flush());
+                    let _ = ack.send(r);
                 }
                 Err(std_mpsc::TryRecvError::Disconnected) => return,
                 Err(std_mpsc::TryRecvError::Empty) => {}
@@ -146,10 +147,27 @@ impl Console for SerialConsole {
         Ok(n)
     }
 
+    /// Completes when the bytes are written; fails if the port stays absent.
     async fn write(&mut self, data: &[u8]) -> Result<(), DriverError> {
+        let (ack, done) = tokio::sync::oneshot::channel();
         self.tx_write
-            .send(data.to_vec())
-            .map_err(|_| DriverError::Io(format!("console thread for {} ended", self.path.display())))
+            .send((data.to_vec(), ack))
+            .map_err(|_| DriverError::Io(format!("console thread for {} ended", self.path.display())))?;
+        match tokio::time::timeout(Duration::from_secs(5), done).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(DriverError::Io(format!(
+                "console {}: write failed: {e}",
+                self.path.display()
+            ))),
+            Ok(Err(_)) => Err(DriverError::Io(format!(
+                "console thread for {} ended",
+                self.path.display()
+            ))),
+            Err(_) => Err(DriverError::Io(format!(
+                "console {} is not open (board unplugged or unpowered?)",
+                self.path.display()
+            ))),
+        }
     }
 }
 

@@ -125,6 +125,15 @@ impl DeviceHandle {
         self.console.send(data)
     }
 
+    /// Sends a line and waits until the console driver has written it.
+    pub async fn console_send_confirmed(&self, text: &str) -> Result<(), DriverError> {
+        let mut data = text.as_bytes().to_vec();
+        if !data.ends_with(b"\n") {
+            data.push(b'\n');
+        }
+        self.console.sender().send_confirmed(data).await
+    }
+
     pub fn describe_power(&self) -> String {
         self.power.describe()
     }

@@ -157,7 +157,11 @@ pub fn build_power(d: &crate::bench::Device, bench: &Bench) -> Result<Box<dyn cr
 }
 
 /// Builds a real bench device's drivers from its bench entry.
-fn hardware_device(d: &crate::bench::Device, bench: &Bench, timeline: &Timeline) -> Result<DeviceHandle, WorldError> {
+pub fn hardware_device(
+    d: &crate::bench::Device,
+    bench: &Bench,
+    timeline: &Timeline,
+) -> Result<DeviceHandle, WorldError> {
     use crate::drivers::flash::{CommandFlasher, Unavailable};
     let err = |what: String| WorldError::Device {
         device: d.id.clone(),
