@@ -108,6 +108,15 @@ enum Cmd {
         #[arg(long, value_parser = parse_dur)]
         wait_lock: Option<Duration>,
     },
+    /// Break the session cache of a running `rig cloud serve`:
+    /// kill | start | flush | snapshot NAME | restore empty|NAME | evict FRACTION | pause DURATION
+    Cache {
+        #[arg(required = true, num_args = 1..=2)]
+        command: Vec<String>,
+        /// The serving cloud's --out folder.
+        #[arg(long, default_value = "reports/cloud")]
+        cloud: PathBuf,
+    },
     /// Measure the cloud's throughput over UDP loopback (full handshakes and
     /// session resumes per second).
     Bench {
@@ -267,6 +276,7 @@ fn main() -> ExitCode {
             cache,
         } => cmd_bench(clients, seconds, cache),
         Cmd::Doctor { bench } => cmd_doctor(bench.as_ref()),
+        Cmd::Cache { command, cloud } => cmd_cache(&command.join(" "), &cloud),
         Cmd::Flash {
             device,
             fixture,
@@ -543,6 +553,44 @@ where
         }
         Err(e) => {
             eprintln!("rig fault: {device}: {e}");
+            exit::RIG_FAULT
+        }
+    }
+}
+
+fn cmd_cache(line: &str, cloud: &Path) -> u8 {
+    use std::io::{BufRead, BufReader, Write};
+    let sock = rig::serve::admin_socket(cloud);
+    let mut stream = match std::os::unix::net::UnixStream::connect(&sock) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "rig fault: no cloud serving at {} ({e}); start one with `rig cloud serve --out {}`",
+                sock.display(),
+                cloud.display()
+            );
+            return exit::RIG_FAULT;
+        }
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut reply = String::new();
+    let sent = stream.write_all(format!("{line}\n").as_bytes());
+    let got = BufReader::new(&stream).read_line(&mut reply);
+    match (sent, got) {
+        (Ok(()), Ok(_)) if reply.trim() == "ok" => {
+            println!("cache {line}: ok");
+            exit::PASSED
+        }
+        (Ok(()), Ok(_)) if reply.contains("unknown cache command") => {
+            eprintln!("{}", reply.trim());
+            exit::BAD_INPUT
+        }
+        (Ok(()), Ok(_)) => {
+            eprintln!("rig fault: cache {line}: {}", reply.trim());
+            exit::RIG_FAULT
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("rig fault: cache {line}: {e}");
             exit::RIG_FAULT
         }
     }

@@ -280,6 +280,30 @@ fn rig_cloud_serve_answers_over_udp_and_journals_until_ctrl_c() {
         rig_proto::Frame::decode(&buf[..n]),
         Ok(rig_proto::Frame::HelloVerify(_))
     ));
+    // Hands-on cache commands reach the serving cloud.
+    let cloud_dir = out.path().to_str().unwrap();
+    for cmd in [
+        &["snapshot", "s1"][..],
+        &["kill"],
+        &["restore", "s1"],
+        &["evict", "0.5"],
+    ] {
+        let mut args = vec!["cache"];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["--cloud", cloud_dir]);
+        let o = rig(&args);
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(rig(&["cache", "explode", "--cloud", cloud_dir]).status.code(), Some(2));
+    assert_eq!(
+        rig(&["cache", "restore", "nope", "--cloud", cloud_dir]).status.code(),
+        Some(3)
+    );
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -296,4 +320,10 @@ fn rig_cloud_serve_answers_over_udp_and_journals_until_ctrl_c() {
         evs.iter()
             .any(|e| e.kind.name() == "cloud.rx" && e.device.as_deref() == Some("sleepy-01"))
     );
+    let kinds: Vec<&str> = evs
+        .iter()
+        .map(|e| e.kind.name())
+        .filter(|k| k.starts_with("cache."))
+        .collect();
+    assert_eq!(kinds, ["cache.snapshot", "cache.kill", "cache.restore", "cache.evict"]);
 }
