@@ -514,38 +514,26 @@ fn take_lock(bench: &str, what: &str, wait: Option<Duration>) -> Result<rig::loc
     }
 }
 
-/// Builds one hardware device of a bench (under the bench lock) and runs `f`.
-fn with_device<F, Fut>(bench: &Path, device: &str, wait_lock: Option<Duration>, what: &str, f: F) -> u8
-where
-    F: FnOnce(rig::runner::device::DeviceHandle, rig::timeline::Timeline) -> Fut,
-    Fut: std::future::Future<Output = Result<String, String>>,
-{
-    let b = match Bench::load(bench) {
-        Ok(b) => b,
-        Err(e) => return bad_input(&e),
-    };
-    let Some(d) = b.devices.iter().find(|d| d.id == device) else {
+/// Loads `bench` and finds hardware device `device` in it, or says why not.
+fn hardware_bench_device(bench: &Path, device: &str) -> Result<(Bench, usize), u8> {
+    let b = Bench::load(bench).map_err(|e| bad_input(&e))?;
+    let Some(i) = b.devices.iter().position(|d| d.id == device) else {
         eprintln!(
             "error: no device `{device}` on bench `{}` (devices: {})",
             b.name,
             b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
         );
-        return exit::BAD_INPUT;
+        return Err(exit::BAD_INPUT);
     };
-    if d.is_sim {
+    if b.devices[i].is_sim {
         eprintln!("error: `{device}` is a simulated board; it exists only inside `rig run`");
-        return exit::BAD_INPUT;
+        return Err(exit::BAD_INPUT);
     }
-    let _lock = match take_lock(&b.name, &format!("rig {what} {device}"), wait_lock) {
-        Ok(l) => l,
-        Err(code) => return code,
-    };
-    let Some(rt) = runtime() else { return exit::RIG_FAULT };
-    let res = rt.block_on(async {
-        let tl = rig::timeline::Timeline::in_memory();
-        let dev = rig::runner::world::hardware_device(d, &b, &tl).map_err(|e| e.to_string())?;
-        f(dev, tl).await
-    });
+    Ok((b, i))
+}
+
+/// Prints the outcome of a hands-on command and maps it to an exit code.
+fn hands_on_result(device: &str, res: Result<String, String>) -> u8 {
     match res {
         Ok(msg) => {
             eprintln!("{device}: {msg}");
@@ -556,6 +544,29 @@ where
             exit::RIG_FAULT
         }
     }
+}
+
+/// Builds one hardware device of a bench (under the bench lock) and runs `f`.
+fn with_device<F, Fut>(bench: &Path, device: &str, wait_lock: Option<Duration>, what: &str, f: F) -> u8
+where
+    F: FnOnce(rig::runner::device::DeviceHandle, rig::timeline::Timeline) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let (b, i) = match hardware_bench_device(bench, device) {
+        Ok(x) => x,
+        Err(code) => return code,
+    };
+    let _lock = match take_lock(&b.name, &format!("rig {what} {device}"), wait_lock) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some(rt) = runtime() else { return exit::RIG_FAULT };
+    let res = rt.block_on(async {
+        let tl = rig::timeline::Timeline::in_memory();
+        let dev = rig::runner::world::hardware_device(&b.devices[i], &b, &tl).map_err(|e| e.to_string())?;
+        f(dev, tl).await
+    });
+    hands_on_result(device, res)
 }
 
 fn cmd_cache(line: &str, cloud: &Path) -> u8 {
@@ -623,29 +634,18 @@ fn cmd_doctor(bench: Option<&PathBuf>) -> u8 {
 }
 
 fn cmd_power(device: &str, action: PowerArg, bench: &Path, off_for: Duration, wait_lock: Option<Duration>) -> u8 {
-    let b = match Bench::load(bench) {
-        Ok(b) => b,
-        Err(e) => return bad_input(&e),
+    // Only the power driver: switching a relay must not need the console.
+    let (b, i) = match hardware_bench_device(bench, device) {
+        Ok(x) => x,
+        Err(code) => return code,
     };
-    let Some(d) = b.devices.iter().find(|d| d.id == device) else {
-        eprintln!(
-            "error: no device `{device}` on bench `{}` (devices: {})",
-            b.name,
-            b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
-        );
-        return exit::BAD_INPUT;
-    };
-    if d.is_sim {
-        eprintln!("error: `{device}` is a simulated board; it exists only inside `rig run`");
-        return exit::BAD_INPUT;
-    }
     let _lock = match take_lock(&b.name, &format!("rig power {device}"), wait_lock) {
         Ok(l) => l,
         Err(code) => return code,
     };
     let Some(rt) = runtime() else { return exit::RIG_FAULT };
     let res = rt.block_on(async {
-        let power = rig::runner::world::build_power(d, &b)?;
+        let power = rig::runner::world::build_power(&b.devices[i], &b)?;
         let r = match action {
             PowerArg::On => power.set(true).await,
             PowerArg::Off => power.set(false).await,
@@ -657,27 +657,16 @@ fn cmd_power(device: &str, action: PowerArg, bench: &Path, off_for: Duration, wa
                 Err(e) => Err(e),
             },
         };
-        r.map(|_| power.describe()).map_err(|e| e.to_string())
+        let done = match action {
+            PowerArg::On => "on",
+            PowerArg::Off => "off",
+            PowerArg::Cycle => "cycled",
+        };
+        r.map(|_| format!("power {done} ({})", power.describe()))
+            .map_err(|e| e.to_string())
     });
-    match res {
-        Ok(what) => {
-            println!(
-                "{device}: power {} ({what})",
-                match action {
-                    PowerArg::On => "on",
-                    PowerArg::Off => "off",
-                    PowerArg::Cycle => "cycled",
-                }
-            );
-            exit::PASSED
-        }
-        Err(e) => {
-            eprintln!("rig fault: {device}: {e}");
-            exit::RIG_FAULT
-        }
-    }
+    hands_on_result(device, res)
 }
-
 fn cmd_merge(dirs: &[PathBuf], out: &Path) -> u8 {
     let mut runs = Vec::new();
     for d in dirs {
