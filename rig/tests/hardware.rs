@@ -254,3 +254,62 @@ fn hands_on_console_reset_and_flash_on_a_pty_board() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("0000001234 [app] INFO: session 0123 ok"));
     drop(slave);
 }
+
+/// Ctrl-C in the middle of a plan: teardown and the safe state switch a real
+/// driver (a command relay here) off before the rig exits.
+#[test]
+fn sigint_mid_run_switches_hardware_back_to_the_safe_state() {
+    let locks = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let bench = dir.path().join("bench.yaml");
+    std::fs::write(
+        &bench,
+        format!(
+            "name: relay-bench\nsafe_state: off\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: command, on: 'echo on >> {0}', off: 'echo off >> {0}' }}\n    console: {{ port: {1}/no-console }}\n    flash: {{ kind: command, command: 'true' }}\n    key: '{2}'\n",
+            log.display(),
+            dir.path().display(),
+            "ef".repeat(32)
+        ),
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, "name: long\nsetup:\n  - power: on\nsteps:\n  - wait: 60s\n").unwrap();
+    let out = dir.path().join("out");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--bench",
+            bench.to_str().unwrap(),
+            "--fixtures",
+        ])
+        .arg(repo().join("firmware-fixtures"))
+        .arg("--out")
+        .arg(&out)
+        .env("CI", "1")
+        .env("RIG_LOCK_DIR", locks.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&log).unwrap_or_default() != "off\non\n" {
+        assert!(std::time::Instant::now() < deadline, "the run never powered the board");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    // Safe state at start, on by the plan, off again after the interrupt.
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "off\non\noff\n");
+}
