@@ -88,11 +88,21 @@ pub fn machine() -> Vec<Finding> {
             detail: e,
         },
     });
-    out.push(Finding {
-        ok: false,
-        what: "debug probes".into(),
-        detail: "probe-rs support is not in this build; flash with a `command` flasher (e.g. probe-rs's CLI)".into(),
-    });
+    let probes = crate::drivers::probe::list();
+    if probes.is_empty() {
+        out.push(Finding {
+            ok: true,
+            what: "debug probes".into(),
+            detail: "none attached".into(),
+        });
+    }
+    for p in probes {
+        out.push(Finding {
+            ok: true,
+            what: "debug probe".into(),
+            detail: p,
+        });
+    }
     for (program, why) in [
         ("redis-server", "the redis session cache (Debian package redis-server)"),
         ("chromium", "the sign-off browser test (Debian package chromium)"),
@@ -163,11 +173,14 @@ pub fn bench(b: &Bench) -> Vec<Finding> {
             );
         }
         match &d.flash {
-            FlashCfg::ProbeRs { probe, chip } => check(
-                false,
-                format!("{}: probe-rs probe {probe} ({chip})", d.id),
-                "probe-rs support is not in this build".into(),
-            ),
+            FlashCfg::ProbeRs { probe, chip } => {
+                let r = crate::drivers::probe::open_probe(probe);
+                check(
+                    r.is_ok(),
+                    format!("{}: probe-rs probe {probe} ({chip})", d.id),
+                    r.err().map_or_else(|| "attached".into(), |e| e.to_string()),
+                )
+            }
             FlashCfg::Command { command } => {
                 let prog = command.split_whitespace().next().unwrap_or("");
                 let found = on_path(prog);

@@ -1,5 +1,5 @@
-//! Flash drivers for hardware: a command template (dfu-util, vendor CLIs).
-//! probe-rs flashing plugs in behind the same trait.
+//! The command flash driver (dfu-util, vendor CLIs); probe-rs flashing is
+//! in [`super::probe`].
 
 use std::time::Duration;
 
@@ -51,24 +51,5 @@ impl Flasher for CommandFlasher {
 
     fn describe(&self) -> String {
         format!("command `{}`", self.template)
-    }
-}
-
-/// A flasher this build cannot provide; fails when used, naming what is missing.
-pub struct Unavailable {
-    pub what: String,
-}
-
-#[async_trait]
-impl Flasher for Unavailable {
-    async fn flash(&self, _: &Fixture) -> Result<FlashReport, DriverError> {
-        Err(DriverError::Unsupported {
-            driver: self.what.clone(),
-            what: "flashing in this build (use a `command` flasher such as probe-rs's CLI meanwhile)".into(),
-        })
-    }
-
-    fn describe(&self) -> String {
-        self.what.clone()
     }
 }

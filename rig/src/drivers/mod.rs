@@ -10,6 +10,7 @@
 pub mod console;
 pub mod flash;
 pub mod power;
+pub mod probe;
 pub mod reset;
 pub mod serial;
 

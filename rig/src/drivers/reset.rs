@@ -4,7 +4,7 @@
 //! - [`GpioReset`]: a pulse on a GPIO line wired to the board's reset pin.
 //! - [`ConsoleReset`]: a command typed on the board's console.
 //!
-//! A probe-rs core reset plugs in behind the same trait.
+//! A core reset through the debug probe is in [`super::probe`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -86,19 +86,6 @@ impl Reset for ConsoleReset {
     async fn soft_reset(&self) -> Result<(), DriverError> {
         // Confirmed: a reset is done when the command reached the board.
         self.tx.send_confirmed(format!("{}\n", self.command).into_bytes()).await
-    }
-}
-
-/// A reset this build cannot provide; fails when used, naming what is missing.
-pub struct Unavailable(pub String);
-
-#[async_trait]
-impl Reset for Unavailable {
-    async fn soft_reset(&self) -> Result<(), DriverError> {
-        Err(DriverError::Unsupported {
-            driver: self.0.clone(),
-            what: "soft reset in this build (configure `reset: { kind: gpio }` or `{ kind: console }`)".into(),
-        })
     }
 }
 

@@ -162,7 +162,7 @@ pub fn hardware_device(
     bench: &Bench,
     timeline: &Timeline,
 ) -> Result<DeviceHandle, WorldError> {
-    use crate::drivers::flash::{CommandFlasher, Unavailable};
+    use crate::drivers::flash::CommandFlasher;
     let err = |what: String| WorldError::Device {
         device: d.id.clone(),
         what,
@@ -170,9 +170,9 @@ pub fn hardware_device(
     let power = build_power(d, bench).map_err(err)?;
     let flasher: Box<dyn crate::drivers::Flasher> = match &d.flash {
         FlashCfg::Command { command } => Box::new(CommandFlasher::new(&d.id, command)),
-        FlashCfg::ProbeRs { probe, chip } => Box::new(Unavailable {
-            what: format!("probe-rs ({chip} via probe {probe})"),
-        }),
+        FlashCfg::ProbeRs { probe, chip } => {
+            Box::new(crate::drivers::probe::ProbeRsFlasher::new(probe, chip).map_err(|e| err(e.to_string()))?)
+        }
         FlashCfg::Sim => {
             return Err(err(format!(
                 "board `{}` is hardware; it cannot use a simulated flasher",
@@ -201,7 +201,18 @@ pub fn hardware_device(
             console.sender(),
             command,
         ))),
-        Some(ResetCfg::ProbeRs) => Some(Box::new(crate::drivers::reset::Unavailable("probe-rs".into()))),
+        Some(ResetCfg::ProbeRs) => match &d.flash {
+            FlashCfg::ProbeRs { probe, chip } => Some(Box::new(crate::drivers::probe::ProbeRsReset {
+                probe: probe.clone(),
+                chip: chip.clone(),
+            })),
+            _ => {
+                return Err(err(
+                    "`reset: { kind: probe-rs }` needs `flash: { kind: probe-rs, ... }` to name the probe and chip"
+                        .into(),
+                ));
+            }
+        },
     };
     Ok(DeviceHandle::new(
         d.id.clone(),

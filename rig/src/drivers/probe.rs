@@ -1,0 +1,226 @@
+//! Flashing over SWD with the probe-rs library (not its CLI).
+//!
+//! A probe is chosen by a `VID:PID[:SERIAL]` selector, the chip by name, the
+//! image format by the file's extension (`.elf`/none: ELF, `.hex`: Intel
+//! HEX, `.bin`: raw binary at the start of flash). The write is verified
+//! and the core reset to run the new image. probe-rs is blocking, so all of
+//! it runs on a blocking thread; its progress events become a percentage
+//! (an indicatif bar on a terminal, lines in CI).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use probe_rs::flashing::{
+    BinLoader, BinOptions, DownloadOptions, ElfLoader, ElfOptions, FlashProgress, HexLoader, ProgressEvent,
+};
+use probe_rs::probe::list::Lister;
+use probe_rs::probe::{DebugProbeSelector, Probe};
+use probe_rs::{Permissions, Session};
+
+use super::{DriverError, FlashReport, Flasher, Reset};
+use crate::fixture::Fixture;
+
+/// Parses a `VID:PID[:SERIAL]` probe selector with a message that says what is expected.
+pub fn selector(s: &str) -> Result<DebugProbeSelector, DriverError> {
+    s.parse::<DebugProbeSelector>().map_err(|e| {
+        DriverError::Io(format!(
+            "probe selector `{s}`: {e} (expected VID:PID or VID:PID:SERIAL, e.g. 0d28:0204:ABC123)"
+        ))
+    })
+}
+
+/// Opens the selected probe, naming what is attached when it is not there.
+pub fn open_probe(sel: &str) -> Result<Probe, DriverError> {
+    let parsed = selector(sel)?;
+    let lister = Lister::new();
+    lister.open(parsed).map_err(|e| {
+        let attached: Vec<String> = lister.list_all().iter().map(|p| format!("{p}")).collect();
+        let seen = if attached.is_empty() {
+            "no probes are attached".to_string()
+        } else {
+            format!("attached: {}", attached.join("; "))
+        };
+        DriverError::Io(format!("debug probe {sel}: {e} ({seen})"))
+    })
+}
+
+/// Attaches to `chip` through `probe`.
+pub fn attach(probe: Probe, chip: &str) -> Result<Session, DriverError> {
+    probe.attach(chip, Permissions::default()).map_err(|e| {
+        DriverError::Io(format!(
+            "cannot attach to chip `{chip}`: {e} (chip names as `probe-rs chip list` prints them)"
+        ))
+    })
+}
+
+/// Writes `image` through `session`, reporting percent done.
+pub fn download(
+    session: &mut Session,
+    image: &Path,
+    verify: bool,
+    mut progress: impl FnMut(u8),
+) -> Result<(), DriverError> {
+    if !image.is_file() {
+        return Err(DriverError::Io(format!("image {} is missing", image.display())));
+    }
+    let (mut total, mut done) = (0u64, 0u64);
+    let mut options = DownloadOptions::default();
+    options.verify = verify;
+    options.progress = FlashProgress::new(move |e| match e {
+        ProgressEvent::AddProgressBar { total: Some(t), .. } => total += t,
+        ProgressEvent::Progress { size, .. } => {
+            done += size;
+            if let Some(pct) = (done * 100).checked_div(total) {
+                progress(pct.min(100) as u8);
+            }
+        }
+        _ => {}
+    });
+    let ext = image
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let r = match ext.as_str() {
+        "hex" | "ihex" => probe_rs::flashing::download_file_with_options(session, image, HexLoader, options),
+        "bin" => {
+            probe_rs::flashing::download_file_with_options(session, image, BinLoader(BinOptions::default()), options)
+        }
+        _ => probe_rs::flashing::download_file_with_options(session, image, ElfLoader(ElfOptions::default()), options),
+    };
+    r.map_err(|e| DriverError::Io(format!("flashing {}: {e}", image.display())))
+}
+
+/// A board flashed and reset through its own debug probe.
+pub struct ProbeRsFlasher {
+    probe: String,
+    chip: String,
+    /// Latest percentage, for the progress display.
+    pub progress: Arc<Mutex<u8>>,
+}
+
+impl ProbeRsFlasher {
+    pub fn new(probe: &str, chip: &str) -> Result<ProbeRsFlasher, DriverError> {
+        selector(probe)?;
+        Ok(ProbeRsFlasher {
+            probe: probe.to_owned(),
+            chip: chip.to_owned(),
+            progress: Arc::new(Mutex::new(0)),
+        })
+    }
+}
+
+fn flash_blocking(probe: &str, chip: &str, image: &Path, progress: Arc<Mutex<u8>>) -> Result<(), DriverError> {
+    let mut session = attach(open_probe(probe)?, chip)?;
+    let show = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last = 0u8;
+    download(&mut session, image, true, |pct| {
+        *progress.lock().unwrap_or_else(|p| p.into_inner()) = pct;
+        if pct >= last + 10 || (pct == 100 && last != 100) {
+            last = pct;
+            if !show {
+                eprintln!("  flash {probe}: {pct}%");
+            }
+        }
+    })?;
+    let mut core = session
+        .core(0)
+        .map_err(|e| DriverError::Io(format!("core 0 of {chip}: {e}")))?;
+    core.reset()
+        .map_err(|e| DriverError::Io(format!("reset of {chip} after flashing: {e}")))
+}
+
+#[async_trait]
+impl Flasher for ProbeRsFlasher {
+    async fn flash(&self, fixture: &Fixture) -> Result<FlashReport, DriverError> {
+        let image = fixture
+            .image
+            .clone()
+            .ok_or_else(|| DriverError::Io(format!("fixture {} has no `image:` to flash", fixture.name)))?;
+        let (probe, chip, progress) = (self.probe.clone(), self.chip.clone(), self.progress.clone());
+        tokio::task::spawn_blocking(move || flash_blocking(&probe, &chip, &image, progress))
+            .await
+            .map_err(|e| DriverError::Io(format!("flash task failed: {e}")))??;
+        Ok(FlashReport { bytes: fixture.size })
+    }
+
+    fn describe(&self) -> String {
+        format!("probe-rs {} via probe {}", self.chip, self.probe)
+    }
+}
+
+/// A core reset through the debug probe (retained RAM survives).
+pub struct ProbeRsReset {
+    pub probe: String,
+    pub chip: String,
+}
+
+#[async_trait]
+impl Reset for ProbeRsReset {
+    async fn soft_reset(&self) -> Result<(), DriverError> {
+        let (probe, chip) = (self.probe.clone(), self.chip.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut session = attach(open_probe(&probe)?, &chip)?;
+            let mut core = session
+                .core(0)
+                .map_err(|e| DriverError::Io(format!("core 0 of {chip}: {e}")))?;
+            core.reset()
+                .map_err(|e| DriverError::Io(format!("reset of {chip}: {e}")))
+        })
+        .await
+        .map_err(|e| DriverError::Io(format!("reset task failed: {e}")))?
+    }
+}
+
+/// Debug probes attached to this machine, for `rig doctor`.
+pub fn list() -> Vec<String> {
+    Lister::new().list_all().iter().map(|p| format!("{p}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use probe_rs::probe::fake_probe::FakeProbe;
+
+    use super::*;
+
+    #[test]
+    fn selectors_parse_or_say_what_is_expected() {
+        assert!(selector("0d28:0204:ABC123").is_ok());
+        assert!(selector("0d28:0204").is_ok());
+        let e = selector("not-a-probe").unwrap_err().to_string();
+        assert!(e.contains("expected VID:PID"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_probe_is_named_with_what_is_attached() {
+        let e = open_probe("1234:5678:NOPE").unwrap_err().to_string();
+        assert!(e.contains("debug probe 1234:5678:NOPE"), "{e}");
+        assert!(e.contains("attached"), "{e}");
+    }
+
+    #[test]
+    fn attach_through_a_fake_probe_works_and_an_unknown_chip_is_named() {
+        let probe = FakeProbe::with_mocked_core().into_probe();
+        let e = attach(probe, "no-such-chip-9000")
+            .err()
+            .expect("unknown chip")
+            .to_string();
+        assert!(e.contains("cannot attach to chip `no-such-chip-9000`"), "{e}");
+        // A real target's attach sequence runs against the mocked core.
+        // (Targets with vendor-specific access ports, like the nRF52, ask
+        // the fake probe for registers it does not model.)
+        let probe = FakeProbe::with_mocked_core().into_probe();
+        let session = attach(probe, "STM32F407VGTx").expect("attach through the fake probe");
+        assert_eq!(session.target().name, "STM32F407VGTx");
+    }
+
+    #[test]
+    fn a_missing_image_is_reported_before_touching_the_target() {
+        let probe = FakeProbe::with_mocked_core().into_probe();
+        let mut session = attach(probe, "STM32F407VGTx").expect("attach through the fake probe");
+        let e = download(&mut session, Path::new("/no/such/firmware.elf"), true, |_| {}).unwrap_err();
+        assert!(e.to_string().contains("image /no/such/firmware.elf is missing"), "{e}");
+        assert!(ProbeRsFlasher::new("garbage", "nRF52840_xxAA").is_err());
+    }
+}
