@@ -202,10 +202,10 @@ mod tests {
     #[test]
     fn attach_through_a_fake_probe_works_and_an_unknown_chip_is_named() {
         let probe = FakeProbe::with_mocked_core().into_probe();
-        let e = attach(probe, "no-such-chip-9000")
-            .err()
-            .expect("unknown chip")
-            .to_string();
+        let Err(e) = attach(probe, "no-such-chip-9000") else {
+            panic!("an unknown chip must not attach");
+        };
+        let e = e.to_string();
         assert!(e.contains("cannot attach to chip `no-such-chip-9000`"), "{e}");
         // A real target's attach sequence runs against the mocked core.
         // (Targets with vendor-specific access ports, like the nRF52, ask
