@@ -59,6 +59,17 @@ pub fn download(
     session: &mut Session,
     image: &Path,
     verify: bool,
+    progress: impl FnMut(u8),
+) -> Result<(), DriverError> {
+    download_with(session, image, verify, false, progress)
+}
+
+/// [`download`], optionally as a dry run (everything but the writes).
+pub fn download_with(
+    session: &mut Session,
+    image: &Path,
+    verify: bool,
+    dry_run: bool,
     mut progress: impl FnMut(u8),
 ) -> Result<(), DriverError> {
     if !image.is_file() {
@@ -67,6 +78,7 @@ pub fn download(
     let (mut total, mut done) = (0u64, 0u64);
     let mut options = DownloadOptions::default();
     options.verify = verify;
+    options.dry_run = dry_run;
     options.progress = FlashProgress::new(move |e| match e {
         ProgressEvent::AddProgressBar { total: Some(t), .. } => total += t,
         ProgressEvent::Progress { size, .. } => {
@@ -85,11 +97,31 @@ pub fn download(
     let r = match ext.as_str() {
         "hex" | "ihex" => probe_rs::flashing::download_file_with_options(session, image, HexLoader, options),
         "bin" => {
-            probe_rs::flashing::download_file_with_options(session, image, BinLoader(BinOptions::default()), options)
+            // A raw binary carries no address: it goes to the start of flash.
+            let base = session.target().memory_map.iter().find_map(|r| match r {
+                probe_rs::config::MemoryRegion::Nvm(n) if !n.is_alias => Some(n.range.start),
+                _ => None,
+            });
+            let bin = BinOptions {
+                base_address: base,
+                skip: 0,
+            };
+            probe_rs::flashing::download_file_with_options(session, image, BinLoader(bin), options)
         }
         _ => probe_rs::flashing::download_file_with_options(session, image, ElfLoader(ElfOptions::default()), options),
     };
-    r.map_err(|e| DriverError::Io(format!("flashing {}: {e}", image.display())))
+    r.map_err(|e| DriverError::Io(format!("flashing {}: {}", image.display(), chain(&e))))
+}
+
+/// An error with its causes: probe-rs's top-level messages are generic.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s += &format!(": {c}");
+        cur = c.source();
+    }
+    s
 }
 
 /// A board flashed and reset through its own debug probe.
@@ -222,5 +254,17 @@ mod tests {
         let e = download(&mut session, Path::new("/no/such/firmware.elf"), true, |_| {}).unwrap_err();
         assert!(e.to_string().contains("image /no/such/firmware.elf is missing"), "{e}");
         assert!(ProbeRsFlasher::new("garbage", "nRF52840_xxAA").is_err());
+    }
+
+    #[test]
+    fn a_dry_run_flash_through_the_fake_probe_loads_the_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("fw.bin");
+        std::fs::write(&image, vec![0xA5u8; 4096]).unwrap();
+        let probe = FakeProbe::with_mocked_core().into_probe();
+        let mut session = attach(probe, "STM32F407VGTx").expect("attach through the fake probe");
+        let r = download_with(&mut session, &image, false, true, |_| {});
+        eprintln!("dry run: {r:?}");
+        r.expect("dry run of a 4 KiB image");
     }
 }
