@@ -313,3 +313,69 @@ fn sigint_mid_run_switches_hardware_back_to_the_safe_state() {
     // Safe state at start, on by the plan, off again after the interrupt.
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "off\non\noff\n");
 }
+
+/// The signal path through the GPIO seam: a fake pin (a file per line under
+/// RIG_FAKE_GPIO_DIR) records every level the GPIO driver drives.
+#[test]
+fn sigint_mid_run_drives_an_active_low_gpio_relay_back_to_off() {
+    let locks = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gpio = dir.path().join("gpio");
+    std::fs::create_dir_all(&gpio).unwrap();
+    let bench = dir.path().join("bench.yaml");
+    std::fs::write(
+        &bench,
+        format!(
+            "name: gpio-bench\nsafe_state: off\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: gpio, pin: 17, active_low: true }}\n    console: {{ port: {0}/no-console }}\n    flash: {{ kind: command, command: 'true' }}\n    key: '{1}'\n",
+            dir.path().display(),
+            "ef".repeat(32)
+        ),
+    )
+    .unwrap();
+    let plan = dir.path().join("plan.yaml");
+    std::fs::write(&plan, "name: long\nsetup:\n  - power: on\nsteps:\n  - wait: 60s\n").unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--bench",
+            bench.to_str().unwrap(),
+            "--fixtures",
+        ])
+        .arg(repo().join("firmware-fixtures"))
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .env("CI", "1")
+        .env("RIG_LOCK_DIR", locks.path())
+        .env("RIG_FAKE_GPIO_DIR", &gpio)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pin = gpio.join("gpio17");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // Opened at the safe level (off = high for active low), then the safe
+    // state asserted again, then switched on (low) by the plan.
+    while !std::fs::read_to_string(&pin).unwrap_or_default().ends_with("0\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the plan never switched the relay on"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let result = child.wait_with_output().unwrap();
+    assert_eq!(
+        result.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let levels = std::fs::read_to_string(&pin).unwrap();
+    assert!(levels.starts_with("1\n"), "opened at the safe level: {levels:?}");
+    assert!(levels.ends_with("0\n1\n"), "on, then back off after SIGINT: {levels:?}");
+}

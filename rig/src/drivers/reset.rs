@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::console::ConsoleSender;
-use super::power::gpio::{RelayPin, open_rppal};
+use super::power::gpio::{RelayPin, open_pin};
 use super::power::safe::{self, Registration};
 use super::{DriverError, Reset};
 
@@ -43,11 +43,7 @@ impl GpioReset {
     }
 
     pub fn open(bcm: u8, active_low: bool, pulse: Duration) -> Result<GpioReset, DriverError> {
-        Ok(GpioReset::new(
-            Box::new(open_rppal(bcm, active_low)?),
-            active_low,
-            pulse,
-        ))
+        Ok(GpioReset::new(open_pin(bcm, active_low)?, active_low, pulse))
     }
 
     fn write(&self, asserted: bool) -> Result<(), DriverError> {

@@ -32,6 +32,34 @@ impl RelayPin for RppalPin {
     }
 }
 
+/// A GPIO line simulated by a file: each level written is appended as a
+/// line (`1`/`0`). Selected by `RIG_FAKE_GPIO_DIR` (one file per BCM pin),
+/// for bench bring-up and tests on machines without GPIO.
+pub struct FilePin(std::path::PathBuf);
+
+impl RelayPin for FilePin {
+    fn write(&mut self, high: bool) -> Result<(), DriverError> {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.0)
+            .and_then(|mut f| f.write_all(if high { b"1\n" } else { b"0\n" }))
+            .map_err(|e| DriverError::Io(format!("fake GPIO {}: {e}", self.0.display())))
+    }
+}
+
+/// Opens BCM pin `bcm` as an output already at `initial_high`: a real pin,
+/// or a [`FilePin`] under `$RIG_FAKE_GPIO_DIR`.
+pub fn open_pin(bcm: u8, initial_high: bool) -> Result<Box<dyn RelayPin>, DriverError> {
+    if let Some(dir) = std::env::var_os("RIG_FAKE_GPIO_DIR") {
+        let mut pin = FilePin(std::path::Path::new(&dir).join(format!("gpio{bcm}")));
+        pin.write(initial_high)?;
+        return Ok(Box::new(pin));
+    }
+    Ok(Box::new(open_rppal(bcm, initial_high)?))
+}
+
 /// Opens BCM pin `bcm` as an output already at `initial_high`.
 pub fn open_rppal(bcm: u8, initial_high: bool) -> Result<RppalPin, DriverError> {
     let gpio = rppal::gpio::Gpio::new().map_err(|e| {
@@ -93,8 +121,8 @@ impl GpioPower {
 
     /// Opens the real pin at its safe level.
     pub fn open(bcm: u8, active_low: bool, settle: Duration, safe_on: bool) -> Result<GpioPower, DriverError> {
-        let pin = open_rppal(bcm, level(safe_on, active_low))?;
-        Ok(GpioPower::new(Box::new(pin), bcm, active_low, settle, safe_on))
+        let pin = open_pin(bcm, level(safe_on, active_low))?;
+        Ok(GpioPower::new(pin, bcm, active_low, settle, safe_on))
     }
 }
 
