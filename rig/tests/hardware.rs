@@ -255,111 +255,53 @@ fn hands_on_console_reset_and_flash_on_a_pty_board() {
     drop(slave);
 }
 
-/// Ctrl-C in the middle of a plan: teardown and the safe state switch a real
-/// driver (a command relay here) off before the rig exits.
-#[test]
-fn sigint_mid_run_switches_hardware_back_to_the_safe_state() {
+/// Runs a plan that powers `board-1` on and then waits a minute on a
+/// one-device hardware bench whose `power:` section is `power`; once
+/// `powered_on()` says the plan switched it on, sends SIGINT and returns the
+/// exit code. `env` adds variables (e.g. the fake GPIO folder).
+fn interrupt_a_powered_run(
+    dir: &std::path::Path,
+    power: &str,
+    env: &[(&str, &std::path::Path)],
+    powered_on: impl Fn() -> bool,
+) -> Option<i32> {
     let locks = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("relay.log");
-    let bench = dir.path().join("bench.yaml");
+    let bench = dir.join("bench.yaml");
     std::fs::write(
         &bench,
         format!(
-            "name: relay-bench\nsafe_state: off\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: command, on: 'echo on >> {0}', off: 'echo off >> {0}' }}\n    console: {{ port: {1}/no-console }}\n    flash: {{ kind: command, command: 'true' }}\n    key: '{2}'\n",
-            log.display(),
-            dir.path().display(),
+            "name: hw-bench\nsafe_state: off\ndevices:\n  - id: board-1\n    board: boron\n    power: {power}\n    console: {{ port: {0}/no-console }}\n    flash: {{ kind: command, command: 'true' }}\n    key: '{1}'\n",
+            dir.display(),
             "ef".repeat(32)
         ),
     )
     .unwrap();
-    let plan = dir.path().join("plan.yaml");
+    let plan = dir.join("plan.yaml");
     std::fs::write(&plan, "name: long\nsetup:\n  - power: on\nsteps:\n  - wait: 60s\n").unwrap();
-    let out = dir.path().join("out");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
-        .args([
-            "run",
-            plan.to_str().unwrap(),
-            "--bench",
-            bench.to_str().unwrap(),
-            "--fixtures",
-        ])
-        .arg(repo().join("firmware-fixtures"))
-        .arg("--out")
-        .arg(&out)
-        .env("CI", "1")
-        .env("RIG_LOCK_DIR", locks.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&log).unwrap_or_default() != "off\non\n" {
-        assert!(std::time::Instant::now() < deadline, "the run never powered the board");
-        std::thread::sleep(Duration::from_millis(50));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_rig"));
+    cmd.args([
+        "run",
+        plan.to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+        "--fixtures",
+    ])
+    .arg(repo().join("firmware-fixtures"))
+    .arg("--out")
+    .arg(dir.join("out"))
+    .env("CI", "1")
+    .env("RIG_LOCK_DIR", locks.path())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
     }
-    std::thread::sleep(Duration::from_millis(200));
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let result = child.wait_with_output().unwrap();
-    assert_eq!(
-        result.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
-    // Safe state at start, on by the plan, off again after the interrupt.
-    assert_eq!(std::fs::read_to_string(&log).unwrap(), "off\non\noff\n");
-}
-
-/// The signal path through the GPIO seam: a fake pin (a file per line under
-/// RIG_FAKE_GPIO_DIR) records every level the GPIO driver drives.
-#[test]
-fn sigint_mid_run_drives_an_active_low_gpio_relay_back_to_off() {
-    let locks = tempfile::tempdir().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let gpio = dir.path().join("gpio");
-    std::fs::create_dir_all(&gpio).unwrap();
-    let bench = dir.path().join("bench.yaml");
-    std::fs::write(
-        &bench,
-        format!(
-            "name: gpio-bench\nsafe_state: off\ndevices:\n  - id: board-1\n    board: boron\n    power: {{ kind: gpio, pin: 17, active_low: true }}\n    console: {{ port: {0}/no-console }}\n    flash: {{ kind: command, command: 'true' }}\n    key: '{1}'\n",
-            dir.path().display(),
-            "ef".repeat(32)
-        ),
-    )
-    .unwrap();
-    let plan = dir.path().join("plan.yaml");
-    std::fs::write(&plan, "name: long\nsetup:\n  - power: on\nsteps:\n  - wait: 60s\n").unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
-        .args([
-            "run",
-            plan.to_str().unwrap(),
-            "--bench",
-            bench.to_str().unwrap(),
-            "--fixtures",
-        ])
-        .arg(repo().join("firmware-fixtures"))
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .env("CI", "1")
-        .env("RIG_LOCK_DIR", locks.path())
-        .env("RIG_FAKE_GPIO_DIR", &gpio)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pin = gpio.join("gpio17");
+    let child = cmd.spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    // Opened at the safe level (off = high for active low), then the safe
-    // state asserted again, then switched on (low) by the plan.
-    while !std::fs::read_to_string(&pin).unwrap_or_default().ends_with("0\n") {
+    while !powered_on() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the plan never switched the relay on"
+            "the plan never switched the board on"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -369,12 +311,45 @@ fn sigint_mid_run_drives_an_active_low_gpio_relay_back_to_off() {
         .status()
         .unwrap();
     let result = child.wait_with_output().unwrap();
-    assert_eq!(
-        result.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
+    eprintln!("{}", String::from_utf8_lossy(&result.stderr));
+    result.status.code()
+}
+
+/// Ctrl-C in the middle of a plan: teardown and the safe state switch a real
+/// driver (a command relay here) off before the rig exits.
+#[test]
+fn sigint_mid_run_switches_hardware_back_to_the_safe_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("relay.log");
+    let power = format!(
+        "{{ kind: command, on: 'echo on >> {0}', off: 'echo off >> {0}' }}",
+        log.display()
     );
+    let code = interrupt_a_powered_run(dir.path(), &power, &[], || {
+        std::fs::read_to_string(&log).unwrap_or_default() == "off\non\n"
+    });
+    assert_eq!(code, Some(3));
+    // Safe state at start, on by the plan, off again after the interrupt.
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "off\non\noff\n");
+}
+
+/// The signal path through the GPIO seam: a fake pin (a file per line under
+/// RIG_FAKE_GPIO_DIR) records every level the GPIO driver drives.
+#[test]
+fn sigint_mid_run_drives_an_active_low_gpio_relay_back_to_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpio = dir.path().join("gpio");
+    std::fs::create_dir_all(&gpio).unwrap();
+    let pin = gpio.join("gpio17");
+    // Opened at the safe level (off = high for active low), then the safe
+    // state asserted again, then switched on (low) by the plan.
+    let code = interrupt_a_powered_run(
+        dir.path(),
+        "{ kind: gpio, pin: 17, active_low: true }",
+        &[("RIG_FAKE_GPIO_DIR", gpio.as_path())],
+        || std::fs::read_to_string(&pin).unwrap_or_default().ends_with("0\n"),
+    );
+    assert_eq!(code, Some(3));
     let levels = std::fs::read_to_string(&pin).unwrap();
     assert!(levels.starts_with("1\n"), "opened at the safe level: {levels:?}");
     assert!(levels.ends_with("0\n1\n"), "on, then back off after SIGINT: {levels:?}");
