@@ -18,6 +18,7 @@ pub mod plan;
 pub mod report;
 pub mod runner;
 pub mod serve;
+pub mod signals;
 pub mod sim;
 pub mod timeline;
 pub mod units;

@@ -315,6 +315,7 @@ fn main() -> ExitCode {
             duration,
             wait_lock,
         } => with_device(&bench, &device, wait_lock, "console", |dev, tl| async move {
+            let mut interrupt = rig::signals::Interrupt::new();
             if let Some(line) = send {
                 dev.console_send_confirmed(&line).await.map_err(|e| e.to_string())?;
             }
@@ -328,7 +329,7 @@ fn main() -> ExitCode {
             });
             tokio::select! {
                 _ = printer => {}
-                _ = tokio::signal::ctrl_c() => {}
+                _ = interrupt.recv() => {}
             }
             Ok("console closed".to_string())
         }),

@@ -79,6 +79,7 @@ async fn admin_loop(listener: tokio::net::UnixListener, cache: Cache) {
 
 /// Serves until Ctrl-C or SIGTERM.
 pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
+    let mut interrupt = crate::signals::Interrupt::new();
     std::fs::create_dir_all(o.dir).with_context(|| format!("cannot create {}", o.dir.display()))?;
     let header = Header {
         format: FORMAT.into(),
@@ -149,7 +150,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let listener =
         tokio::net::UnixListener::bind(&admin).with_context(|| format!("cannot bind {}", admin.display()))?;
     let admin_task = tokio::spawn(admin_loop(listener, Cache::new(cache_handle, timeline.clone())));
-    let _ = tokio::signal::ctrl_c().await;
+    interrupt.recv().await;
     admin_task.abort();
     let _ = std::fs::remove_file(&admin);
     let _ = tx.send(());

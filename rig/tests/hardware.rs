@@ -238,8 +238,10 @@ fn hands_on_console_reset_and_flash_on_a_pty_board() {
     board.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"system reset\n");
 
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
-        .args(["console", "board-1", "--bench", b, "--send", "status", "--for", "3s"])
+    // No time window: the console runs until the line it must print has
+    // been printed, then Ctrl-C ends it (exit 0).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args(["console", "board-1", "--bench", b, "--send", "status"])
         .env("RIG_LOCK_DIR", locks.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -249,16 +251,23 @@ fn hands_on_console_reset_and_flash_on_a_pty_board() {
     board.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"status\n");
     board.write_all(b"0000001234 [app] INFO: session 0123 ok\r\n").unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line, "0000001234 [app] INFO: session 0123 ok\n");
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("0000001234 [app] INFO: session 0123 ok"));
     drop(slave);
 }
 
 /// Runs a plan that powers `board-1` on and then waits a minute on a
-/// one-device hardware bench whose `power:` section is `power`; once
-/// `powered_on()` says the plan switched it on, sends SIGINT and returns the
-/// exit code. `env` adds variables (e.g. the fake GPIO folder).
+/// one-device hardware bench whose `power:` section is `power`; once the run
+/// is inside that wait and `powered_on()` says the relay is on, sends SIGINT
+/// and returns the exit code. `env` adds variables (e.g. the fake GPIO folder).
 fn interrupt_a_powered_run(
     dir: &std::path::Path,
     power: &str,
@@ -297,15 +306,22 @@ fn interrupt_a_powered_run(
         cmd.env(k, v);
     }
     let child = cmd.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !powered_on() {
+    let out = dir.join("out");
+    let in_wait = || {
+        std::fs::read_dir(&out)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| std::fs::read_to_string(e.ok()?.path().join("events.jsonl")).ok())
+            .is_some_and(|t| t.contains("\"step\":\"wait 1m\""))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(in_wait() && powered_on()) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the plan never switched the board on"
+            "the plan never switched the board on and reached its wait"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    std::thread::sleep(Duration::from_millis(200));
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

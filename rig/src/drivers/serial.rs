@@ -190,6 +190,16 @@ mod tests {
         (master, slave)
     }
 
+    /// Bytes waiting in a tty's input queue (FIONREAD).
+    fn unread(port: &TTYPort) -> i32 {
+        use std::os::fd::AsRawFd;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the pointer we pass.
+        let rc = unsafe { libc::ioctl(port.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+        n
+    }
+
     async fn wait_for_line(tl: &Timeline, text: &str) {
         let found = tl
             .wait(
@@ -217,12 +227,29 @@ mod tests {
         m1.write_all(b"before\r\n").unwrap();
         wait_for_line(&tl, "before").await;
 
-        // Power goes mid-line: the pty and its path vanish.
+        // Power goes mid-line: the pty and its path vanish. First wait until
+        // the driver has read the half line (nothing left in the slave's
+        // input queue), or the hangup could discard it unread.
         m1.write_all(b"cut mid-li").unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while unread(&s1) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the driver never read the half line"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::remove_file(&link).unwrap();
         drop(m1);
         drop(s1);
-        std::fs::remove_file(&link).unwrap();
+        // Once the half line is out as a partial line, the driver has noticed
+        // the link is gone and the gap is running: hold it for 400 ms.
+        let found = tl
+            .wait(0, Some(Duration::from_secs(10)), |e| {
+                matches!(&e.kind, EventKind::ConsoleLine { partial: true, .. })
+            })
+            .await;
+        assert!(found, "the half line was never emitted as partial");
         tokio::time::sleep(Duration::from_millis(400)).await;
 
         // Power is back: a new pty (another /dev/pts/N) behind the same path.
@@ -253,7 +280,7 @@ mod tests {
                 _ => None,
             })
             .expect("a console.gap event");
-        assert!(gap.1 >= 350, "the gap lasted as long as the pty was gone: {} ms", gap.1);
+        assert!(gap.1 >= 400, "the gap lasted as long as the pty was gone: {} ms", gap.1);
         let first_after = evs
             .iter()
             .find(|e| matches!(&e.kind, EventKind::ConsoleLine { line, .. } if line == "after 0"))

@@ -61,6 +61,10 @@ impl DeviceHandle {
         if already {
             return Ok(());
         }
+        // Unknown until the switch completes: a switch cut short (Ctrl-C
+        // while a relay command runs) must be driven again by teardown and
+        // the safe state, not skipped as already done.
+        *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.power.set(on).await?;
         *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
         self.emit(Source::Power, if on { EventKind::PowerOn } else { EventKind::PowerOff });

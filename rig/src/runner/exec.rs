@@ -294,6 +294,29 @@ impl<'a> Exec<'a> {
     async fn wait_for(&mut self, n: usize, desc: &str, m: Matcher, timeout: Option<Duration>) -> Result<(), Stop> {
         let from = self.timeline.len();
         let (limit, plan_bound) = self.limit(timeout);
+        if m.is_deviceless() {
+            // A bench-wide event (cache.resume, plan.mark...): seen once, not per device.
+            let started = self.timeline.now_ms();
+            let mut hit = None;
+            self.timeline
+                .wait(from, Some(limit), |e| {
+                    if e.device.is_none() && m.matches(e) {
+                        hit = Some(e.t_ms);
+                    }
+                    hit.is_some()
+                })
+                .await;
+            let r = match hit {
+                Some(t) => Ok(format!(
+                    "{} after {}",
+                    m.describe(),
+                    fmt_duration(Duration::from_millis(t - started))
+                )),
+                None => Err(format!("bench: no {} within {}", m.describe(), fmt_duration(limit))),
+            };
+            let ok = self.record(n, desc, None, r, None);
+            return verdict(ok, plan_bound);
+        }
         let mut pending: BTreeSet<String> = self.devices.iter().cloned().collect();
         let mut hits: BTreeMap<String, u64> = BTreeMap::new();
         let started = self.timeline.now_ms();
@@ -508,6 +531,10 @@ impl Matcher {
             (Matcher::Console(re), EventKind::ConsoleLine { line, .. }) => re.is_match(line),
             (Matcher::Console(_), _) => false,
         }
+    }
+
+    fn is_deviceless(&self) -> bool {
+        matches!(self, Matcher::Kind(k) if checks::is_deviceless(k))
     }
 
     fn describe(&self) -> String {

@@ -147,28 +147,6 @@ fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow
     anyhow::bail!("cannot find a free run folder name in {}", out.display())
 }
 
-/// Resolves when the user asks the rig to stop (Ctrl-C or SIGTERM).
-async fn interrupted() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                biased;
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
 fn fault(timeline: &Timeline, message: String) {
     tracing::error!("{message}");
     timeline.emit(None, Source::Runner, EventKind::RigFault { step: None, message });
@@ -182,6 +160,8 @@ async fn run_cell(
     timeline: &Timeline,
     dir: &Path,
 ) -> CellOutcome {
+    // Before anything can take time: a signal from here on is seen.
+    let mut interrupt = crate::signals::Interrupt::new();
     timeline.begin_cell(index);
     timeline.emit(
         None,
@@ -230,7 +210,7 @@ async fn run_cell(
         };
         tokio::select! {
             biased;
-            _ = interrupted() => None,
+            _ = interrupt.recv() => None,
             r = run => Some(r),
         }
     };
@@ -252,7 +232,7 @@ async fn run_cell(
         let run = exec.run_phase(&cell.spec.teardown, "teardown");
         tokio::select! {
             biased;
-            _ = interrupted() => None,
+            _ = interrupt.recv() => None,
             r = run => Some(r),
         }
     };
