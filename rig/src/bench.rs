@@ -283,20 +283,60 @@ impl Default for SimCfg {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SimRaw {
+    #[serde(default)]
+    time_scale: Option<Spanned<f64>>,
+    #[serde(default)]
+    console: Option<Spanned<SimConsoleKind>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheRaw {
+    #[serde(default)]
+    kind: Option<Spanned<CacheKind>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloudRaw {
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    cache: Option<CacheRaw>,
+    #[serde(default)]
+    latency: Option<Dur>,
+    #[serde(default)]
+    mitigation: Option<Mitigation>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BenchRaw {
-    name: String,
+    name: Spanned<String>,
     #[serde(default)]
-    clock: Option<Clock>,
+    clock: Option<Spanned<Clock>>,
     #[serde(default)]
-    sim: SimCfg,
+    sim: Option<SimRaw>,
     #[serde(default)]
-    cloud: CloudCfg,
+    cloud: Option<CloudRaw>,
     #[serde(default)]
     safe_state: PowerState,
     /// Take the bench lock even if every device is simulated.
     #[serde(default)]
     lock: bool,
     devices: Spanned<Vec<DeviceRaw>>,
+}
+
+/// A name that becomes part of a path (run folders, lock files): letters,
+/// digits, `-`, `_` and `.`, not starting with a dot.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A validated bench device.
@@ -334,8 +374,7 @@ impl Bench {
     }
 
     pub fn load(path: &Path) -> Result<Bench, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| vec![Diagnostic::file(path, format!("cannot read bench file: {e}"))])?;
+        let text = crate::diag::read_text(path, "bench file").map_err(|e| vec![e])?;
         Bench::parse(path, &text)
     }
 
@@ -348,54 +387,50 @@ impl Bench {
 
     pub fn parse(path: &Path, text: &str) -> Result<Bench, Vec<Diagnostic>> {
         let raw: BenchRaw = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(path, text, &e)])?;
+        let at = |loc: &serde_saphyr::Location, msg: String| Diagnostic::at_loc(path, text, loc, msg);
         let mut errors = Vec::new();
+        if !is_safe_name(&raw.name.value) {
+            errors.push(at(
+                &raw.name.referenced,
+                format!(
+                    "bench name `{}` must be letters, digits, `-`, `_` or `.` (it names lock files and reports)",
+                    raw.name.value
+                ),
+            ));
+        }
         let mut seen = BTreeSet::new();
         let mut devices = Vec::new();
+        // Where each device is declared, for messages about two of them.
+        let mut lines: Vec<serde_saphyr::Location> = Vec::new();
         if raw.devices.value.is_empty() {
-            errors.push(Diagnostic::at_loc(
-                path,
-                text,
-                &raw.devices.referenced,
-                "a bench needs at least one device",
-            ));
+            errors.push(at(&raw.devices.referenced, "a bench needs at least one device".into()));
         }
         for d in raw.devices.value {
             let id = d.id.value.clone();
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                errors.push(Diagnostic::at_loc(
-                    path,
-                    text,
+                errors.push(at(
                     &d.id.referenced,
                     format!("device id `{id}` must be non-empty letters, digits, `-` or `_`"),
                 ));
             }
             if !seen.insert(id.clone()) {
-                errors.push(Diagnostic::at_loc(
-                    path,
-                    text,
-                    &d.id.referenced,
-                    format!("duplicate device id `{id}`"),
-                ));
+                errors.push(at(&d.id.referenced, format!("duplicate device id `{id}`")));
             }
             let is_sim = d.board == "sim";
             let key = match &d.key {
                 Some(k) => match Psk::from_hex(&k.value) {
                     Some(psk) => psk,
                     None => {
-                        errors.push(Diagnostic::at_loc(
-                            path,
-                            text,
+                        errors.push(at(
                             &k.referenced,
-                            "expected the device key as 64 hex digits (32 bytes)",
+                            "expected the device key as 64 hex digits (32 bytes)".into(),
                         ));
                         continue;
                     }
                 },
                 None if is_sim => Psk::derive_for(&id),
                 None => {
-                    errors.push(Diagnostic::at_loc(
-                        path,
-                        text,
+                    errors.push(at(
                         &d.id.referenced,
                         format!("device `{id}` needs `key:` (64 hex digits), the pre-shared key the cloud authenticates it with"),
                     ));
@@ -404,9 +439,7 @@ impl Bench {
             };
             let sim_default = |what: &str, errors: &mut Vec<Diagnostic>| {
                 if !is_sim {
-                    errors.push(Diagnostic::at_loc(
-                        path,
-                        text,
+                    errors.push(at(
                         &d.id.referenced,
                         format!("device `{id}` (board `{}`) needs a `{what}:` section", d.board),
                     ));
@@ -429,13 +462,12 @@ impl Bench {
                 FlashCfg::Sim
             });
             if console.kind == ConsoleKind::Serial && console.port.is_none() {
-                errors.push(Diagnostic::at_loc(
-                    path,
-                    text,
+                errors.push(at(
                     &d.id.referenced,
                     format!("device `{id}`: a serial console needs `port:` (a /dev/serial/by-id/... path is stable across re-plugging)"),
                 ));
             }
+            lines.push(d.id.referenced);
             devices.push(Device {
                 id,
                 board: d.board,
@@ -444,55 +476,153 @@ impl Bench {
                 console,
                 flash,
                 reset: d.reset,
-                key,
+                key: key.clone(),
                 is_sim,
             });
         }
+        errors.extend(reject_shared_resources(&devices, &lines, path, text));
         let all_sim = devices.iter().all(|d| d.is_sim);
-        let clock = match raw.clock {
-            Some(Clock::Virtual) if !all_sim => {
-                errors.push(Diagnostic::file(
-                    path,
-                    "`clock: virtual` needs every device to be simulated (board: sim); real hardware runs on the real clock",
+        let clock = match &raw.clock {
+            Some(c) if c.value == Clock::Virtual && !all_sim => {
+                errors.push(at(
+                    &c.referenced,
+                    "`clock: virtual` needs every device to be simulated (board: sim); real hardware runs on the real clock".into(),
                 ));
                 Clock::Real
             }
-            Some(c) => c,
+            Some(c) => c.value,
             None if all_sim => Clock::Virtual,
             None => Clock::Real,
         };
-        if clock == Clock::Virtual && raw.sim.console == SimConsoleKind::Pty {
-            errors.push(Diagnostic::file(
-                path,
-                "`sim: { console: pty }` needs `clock: real`: pseudo-terminals are read in real time",
+        let sim_raw = raw.sim.unwrap_or(SimRaw {
+            time_scale: None,
+            console: None,
+        });
+        let sim = SimCfg {
+            time_scale: sim_raw.time_scale.as_ref().map_or(1.0, |t| t.value),
+            console: sim_raw.console.as_ref().map_or(SimConsoleKind::Channel, |c| c.value),
+        };
+        if let Some(c) = &sim_raw.console
+            && clock == Clock::Virtual
+            && c.value == SimConsoleKind::Pty
+        {
+            errors.push(at(
+                &c.referenced,
+                "`sim: { console: pty }` needs `clock: real`: pseudo-terminals are read in real time".into(),
             ));
         }
-        if clock == Clock::Virtual && raw.cloud.cache.kind == CacheKind::Redis {
-            errors.push(Diagnostic::file(
-                path,
-                "`cache: { kind: redis }` needs `clock: real`: a real redis-server cannot follow a virtual clock",
+        if let Some(t) = &sim_raw.time_scale
+            && !(t.value.is_finite() && t.value > 0.0 && t.value <= 1.0)
+        {
+            errors.push(at(
+                &t.referenced,
+                format!("sim.time_scale must be in (0, 1], found {}", t.value),
             ));
         }
-        if !(raw.sim.time_scale.is_finite() && raw.sim.time_scale > 0.0 && raw.sim.time_scale <= 1.0) {
-            errors.push(Diagnostic::file(
-                path,
-                format!("sim.time_scale must be in (0, 1], found {}", raw.sim.time_scale),
+        let cloud_raw = raw.cloud.unwrap_or(CloudRaw {
+            listen: None,
+            cache: None,
+            latency: None,
+            mitigation: None,
+        });
+        let cache_kind = cloud_raw.cache.as_ref().and_then(|c| c.kind.clone());
+        if let Some(k) = &cache_kind
+            && clock == Clock::Virtual
+            && k.value == CacheKind::Redis
+        {
+            errors.push(at(
+                &k.referenced,
+                "`cache: { kind: redis }` needs `clock: real`: a real redis-server cannot follow a virtual clock"
+                    .into(),
             ));
         }
+        let cloud = CloudCfg {
+            listen: cloud_raw.listen,
+            cache: CacheCfg {
+                kind: cache_kind.map_or(CacheKind::Memory, |k| k.value),
+            },
+            latency: cloud_raw.latency.unwrap_or_else(default_latency),
+            mitigation: cloud_raw.mitigation.unwrap_or_default(),
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
         Ok(Bench {
-            name: raw.name,
+            name: raw.name.value,
             source: path.display().to_string(),
             clock,
-            sim: raw.sim,
-            cloud: raw.cloud,
+            sim,
+            cloud,
             safe_state: raw.safe_state,
             lock: raw.lock || !all_sim,
             devices,
         })
     }
+}
+
+/// Two devices must not share a relay channel, a reset line, a console port
+/// or a key: the rig would switch, read or authenticate the wrong board.
+fn reject_shared_resources(
+    devices: &[Device],
+    lines: &[serde_saphyr::Location],
+    path: &Path,
+    text: &str,
+) -> Vec<Diagnostic> {
+    let mut claims: std::collections::BTreeMap<String, (usize, &'static str)> = std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let mut mine: Vec<(String, &'static str)> = Vec::new();
+        match &d.power {
+            PowerCfg::Gpio { pin, .. } => mine.push((format!("GPIO {pin}"), "power relay")),
+            PowerCfg::SerialRelay { port, channel } => mine.push((
+                format!("channel {channel} of relay module {}", port_id(port)),
+                "power relay",
+            )),
+            PowerCfg::Command(_) | PowerCfg::Sim => {}
+        }
+        if let Some(ResetCfg::Gpio { pin, .. }) = &d.reset {
+            mine.push((format!("GPIO {pin}"), "reset line"));
+        }
+        if let Some(port) = &d.console.port {
+            mine.push((format!("serial port {}", port_id(port)), "console"));
+        }
+        if !d.is_sim {
+            mine.push((format!("key {}…", &hex(&d.key.0)[..8]), "key"));
+        }
+        for (res, role) in mine {
+            match claims.get(&res) {
+                Some((j, other_role)) if *j != i => {
+                    let other = &devices[*j];
+                    errors.push(Diagnostic::at_loc(
+                        path,
+                        text,
+                        &lines[i],
+                        format!(
+                            "device `{}` uses {res} as its {role}, but device `{}` (line {}) already uses it as its {other_role}",
+                            d.id,
+                            other.id,
+                            lines[*j].line()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    claims.insert(res, (i, role));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// A port as the kernel sees it: two paths to one device (a by-id link and
+/// its /dev/ttyACM0) are the same port.
+fn port_id(port: &str) -> String {
+    std::fs::canonicalize(port).map_or_else(|_| port.to_owned(), |p| p.display().to_string())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -73,10 +73,155 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Largest plan, bench or fixture file the rig reads: far above any real
+/// one, far below what could exhaust memory (`rig check /dev/zero`).
+pub const MAX_INPUT_BYTES: u64 = 1024 * 1024;
+
+/// Reads an input file as UTF-8 text. Bytes that are not UTF-8, a file too
+/// large to be a plan, or something that is not a regular file are
+/// diagnostics with the position of the problem.
+pub fn read_text(path: &Path, what: &str) -> Result<String, Diagnostic> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path).map_err(|e| Diagnostic::file(path, format!("cannot read {what}: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Diagnostic::file(path, format!("cannot read {what}: {e}")))?;
+    if !meta.is_file() {
+        return Err(Diagnostic::file(
+            path,
+            format!("cannot read {what}: not a regular file"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    // Bounded even if the file grows while it is read.
+    file.take(MAX_INPUT_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Diagnostic::file(path, format!("cannot read {what}: {e}")))?;
+    if bytes.len() as u64 > MAX_INPUT_BYTES {
+        return Err(Diagnostic::file(
+            path,
+            format!(
+                "{what} is larger than {} KiB; that is not a plan, bench or fixture file",
+                MAX_INPUT_BYTES / 1024
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let col = String::from_utf8_lossy(&good[line_start..]).chars().count() + 1;
+        let lossy = String::from_utf8_lossy(e.as_bytes()).into_owned();
+        let bad = e.as_bytes()[good.len()];
+        Diagnostic::at(
+            path,
+            &lossy,
+            line,
+            col,
+            format!("expected UTF-8 text, found the byte 0x{bad:02x}"),
+        )
+    })
+}
+
+/// Where a flow collection (`{` or `[`) is opened and never closed, or closed
+/// by the wrong bracket: the YAML parser only notices lines later.
+pub fn unclosed_flow(text: &str) -> Option<(usize, usize, String)> {
+    let mut stack: Vec<(char, usize, usize)> = Vec::new();
+    let mut block_indent: Option<usize> = None;
+    for (li, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start().len();
+        if let Some(bi) = block_indent {
+            if line.trim().is_empty() || indent > bi {
+                continue;
+            }
+            block_indent = None;
+        }
+        let chars: Vec<char> = line.chars().collect();
+        let mut i = 0;
+        let mut quote: Option<char> = None;
+        while i < chars.len() {
+            let c = chars[i];
+            match quote {
+                Some('"') if c == '\\' => i += 1,
+                Some('\'') if c == '\'' && chars.get(i + 1) == Some(&'\'') => i += 1,
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                None => match c {
+                    '"' | '\'' if i == 0 || matches!(chars[i - 1], ' ' | '{' | '[' | ',' | ':' | '-') => {
+                        quote = Some(c)
+                    }
+                    '#' if i == 0 || chars[i - 1] == ' ' => break,
+                    '{' | '[' => stack.push((c, li + 1, i + 1)),
+                    '}' | ']' => {
+                        let want = if c == '}' { '{' } else { '[' };
+                        match stack.pop() {
+                            Some((open, _, _)) if open == want => {}
+                            Some((open, l, col)) => {
+                                return Some((
+                                    l,
+                                    col,
+                                    format!("`{open}` opened here is closed by `{c}` at line {}", li + 1),
+                                ));
+                            }
+                            None => {}
+                        }
+                    }
+                    _ => {}
+                },
+            }
+            i += 1;
+        }
+        // A block scalar (`key: |`) holds text, not YAML, on its deeper lines.
+        let t = line.trim_end();
+        if stack.is_empty() && (t.ends_with('|') || t.ends_with('>') || t.ends_with("|-") || t.ends_with(">-")) {
+            block_indent = Some(indent);
+        }
+    }
+    stack
+        .pop()
+        .map(|(open, l, col)| (l, col, format!("`{open}` opened here is never closed")))
+}
+
+/// Longest regex pattern accepted in a plan or fixture.
+pub const MAX_REGEX_LEN: usize = 1000;
+/// Compiled size limit for those regexes (the `regex` crate's default is 10 MiB).
+pub const MAX_REGEX_COMPILED: usize = 1024 * 1024;
+
+/// Compiles a user-supplied regex with bounded size, so a short pattern
+/// like `(a{1000}){1000}` cannot take the rig's memory.
+pub fn regex(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.len() > MAX_REGEX_LEN {
+        return Err(format!(
+            "the pattern is {} characters long; at most {MAX_REGEX_LEN} are accepted",
+            pattern.len()
+        ));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_REGEX_COMPILED)
+        .dfa_size_limit(MAX_REGEX_COMPILED)
+        .build()
+        .map_err(|e| match e {
+            regex::Error::CompiledTooBig(limit) => {
+                format!(
+                    "it compiles to more than {} KiB (limit {} KiB)",
+                    limit / 1024,
+                    limit / 1024
+                )
+            }
+            other => other.to_string(),
+        })
+}
+
 /// Converts a serde-saphyr error into a diagnostic on `path`.
 pub fn yaml_error(path: &Path, text: &str, e: &serde_saphyr::Error) -> Diagnostic {
     let message = clean_message(&e.without_snippet().to_string());
-    match e.location() {
+    let loc = e.location();
+    if let Some((line, col, what)) = unclosed_flow(text)
+        && loc.as_ref().is_none_or(|l| l.line() as usize >= line)
+    {
+        return Diagnostic::at(path, text, line, col, format!("{what} ({message})"));
+    }
+    match loc {
         Some(loc) if loc.line() > 0 => {
             let mut d = Diagnostic::at_loc(path, text, &loc, message);
             d.message = explain_scalar(&d.message, d.source_line.as_deref(), d.col);

@@ -209,3 +209,28 @@ pub fn render(title: &str, findings: &[Finding]) -> String {
     }
     s
 }
+
+/// `rig doctor [--bench FILE]`: exit 3 when a bench resource is missing.
+pub fn command(bench_file: Option<&Path>) -> Result<crate::report::Overall, crate::cli::CliError> {
+    print!("{}", render("this machine:", &machine()));
+    let Some(path) = bench_file else {
+        return Ok(crate::report::Overall::Passed);
+    };
+    let b = Bench::load(path)?;
+    let findings = bench(&b);
+    print!(
+        "{}",
+        render(&format!("bench `{}` ({}):", b.name, path.display()), &findings)
+    );
+    let missing = findings.iter().filter(|f| !f.ok).count();
+    if missing == 0 {
+        println!("everything bench `{}` needs is here", b.name);
+        Ok(crate::report::Overall::Passed)
+    } else {
+        Err(crate::cli::CliError::Fault(format!(
+            "{missing} resource{} of bench `{}` missing",
+            if missing == 1 { "" } else { "s" },
+            b.name
+        )))
+    }
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use crate::diag::{Diagnostic, yaml_error};
@@ -113,15 +114,15 @@ fn default_publish_bytes() -> u16 {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConsoleRaw {
-    boot: String,
-    wake: String,
-    sleep: String,
+    boot: Spanned<String>,
+    wake: Spanned<String>,
+    sleep: Spanned<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FixtureRaw {
-    name: String,
+    name: Spanned<String>,
     version: String,
     #[serde(default)]
     description: String,
@@ -206,7 +207,7 @@ impl Fixtures {
 }
 
 fn load_one(path: &Path) -> Result<Fixture, Vec<Diagnostic>> {
-    let text = std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, format!("cannot read: {e}"))])?;
+    let text = crate::diag::read_text(path, "fixture").map_err(|e| vec![e])?;
     let raw: FixtureRaw = serde_saphyr::from_str(&text).map_err(|e| vec![yaml_error(path, &text, &e)])?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let folder = dir
@@ -214,18 +215,25 @@ fn load_one(path: &Path) -> Result<Fixture, Vec<Diagnostic>> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut errors = Vec::new();
-    if raw.name != folder {
-        errors.push(Diagnostic::file(
+    if raw.name.value != folder {
+        errors.push(Diagnostic::at_loc(
             path,
-            format!("fixture name `{}` must match its folder name `{folder}`", raw.name),
+            &text,
+            &raw.name.referenced,
+            format!(
+                "fixture name `{}` must match its folder name `{folder}`",
+                raw.name.value
+            ),
         ));
     }
-    let re = |what: &str, pat: &str, errors: &mut Vec<Diagnostic>| match regex::Regex::new(pat) {
+    let re = |what: &str, pat: &Spanned<String>, errors: &mut Vec<Diagnostic>| match crate::diag::regex(&pat.value) {
         Ok(r) => Some(r),
         Err(e) => {
-            errors.push(Diagnostic::file(
+            errors.push(Diagnostic::at_loc(
                 path,
-                format!("console.{what} is not a valid regex: {e}"),
+                &text,
+                &pat.referenced,
+                format!("console.{what} is not a usable regex: {e}"),
             ));
             None
         }
@@ -258,7 +266,7 @@ fn load_one(path: &Path) -> Result<Fixture, Vec<Diagnostic>> {
     let digest = hasher.finalize();
     let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
     Ok(Fixture {
-        name: raw.name,
+        name: raw.name.value,
         version: raw.version,
         description: raw.description,
         boards: raw.boards,

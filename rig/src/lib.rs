@@ -8,6 +8,7 @@ pub mod bench;
 pub mod benchmark;
 pub mod cache;
 pub mod checks;
+pub mod cli;
 pub mod cloud;
 pub mod diag;
 pub mod doctor;

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::bench::{Bench, CacheKind};
 use crate::cache::memory::MemoryCache;
 use crate::cache::redis::RedisCache;
-use crate::cache::{Cache, RestoreFrom, SessionCache};
+use crate::cache::{Cache, CacheCommand, SessionCache};
 use crate::cloud::durable::DurableKeys;
 use crate::cloud::{CloudConfig, CloudHandle, Mitigation, Server, serve};
 use crate::timeline::{EventKind, FORMAT, FORMAT_VERSION, Header, Timeline};
@@ -31,53 +31,69 @@ pub fn admin_socket(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Runs one cache command line (`kill`, `start`, `flush`, `snapshot NAME`,
-/// `restore empty|NAME`, `evict FRACTION`, `pause DURATION`).
-pub async fn cache_command(cache: &Cache, line: &str) -> Result<(), String> {
-    let mut words = line.split_whitespace();
-    let op = words.next().unwrap_or("");
-    let arg = words.next();
-    let r = match (op, arg) {
-        ("kill", None) => cache.kill().await,
-        ("start", None) => cache.start().await,
-        ("flush", None) => cache.flush().await,
-        ("snapshot", Some(n)) => cache.snapshot(n).await,
-        ("restore", Some("empty")) => cache.restore(&RestoreFrom::Empty).await,
-        ("restore", Some(n)) => cache.restore(&RestoreFrom::Snapshot(n.to_owned())).await,
-        ("evict", Some(f)) => match f.parse::<f64>() {
-            Ok(f) if (0.0..=1.0).contains(&f) => cache.evict(f).await,
-            _ => return Err(format!("evict takes a fraction between 0 and 1, not `{f}`")),
+/// `restore empty|NAME`, `evict FRACTION`, `pause DURATION`) and gives the
+/// reply line: `ok`, `usage: ...` for a line that does not parse, or
+/// `error: ...` when the cache failed.
+pub async fn cache_command(cache: &Cache, line: &str) -> String {
+    match line.parse::<CacheCommand>() {
+        Err(e) => format!("usage: {e}"),
+        Ok(cmd) => match cache.run(&cmd).await {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("error: {e}"),
         },
-        ("pause", Some(d)) => match crate::units::Dur::parse(d) {
-            Ok(d) => cache.pause(d.0).await,
-            Err(e) => return Err(e),
-        },
-        _ => {
-            return Err(format!(
-                "unknown cache command `{line}` (kill, start, flush, snapshot NAME, restore empty|NAME, evict FRACTION, pause DURATION)"
-            ));
-        }
-    };
-    r.map_err(|e| e.to_string())
-}
-
-async fn admin_loop(listener: tokio::net::UnixListener, cache: Cache) {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    while let Ok((stream, _)) = listener.accept().await {
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let reply = match cache_command(&cache, &line).await {
-                Ok(()) => "ok\n".to_string(),
-                Err(e) => format!("error: {e}\n"),
-            };
-            if write.write_all(reply.as_bytes()).await.is_err() {
-                break;
-            }
-        }
     }
 }
 
-/// Serves until Ctrl-C or SIGTERM.
+/// Longest line the admin socket reads; longer input ends the connection.
+pub const MAX_ADMIN_LINE: usize = 4096;
+
+/// Serves admin connections, each on its own task, so an idle client
+/// cannot hold up another's `rig cache flush`. `shutdown` stops the cloud.
+async fn admin_loop(listener: tokio::net::UnixListener, cache: Cache, stop: tokio::sync::mpsc::Sender<()>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _ = admin_connection(stream, &cache, &stop).await;
+        });
+    }
+}
+
+async fn admin_connection(
+    stream: tokio::net::UnixStream,
+    cache: &Cache,
+    stop: &tokio::sync::mpsc::Sender<()>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        // Bounded: a line longer than this is refused, never buffered whole.
+        let n = (&mut reader)
+            .take(MAX_ADMIN_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let msg = format!("usage: a command line is at most {MAX_ADMIN_LINE} bytes\n");
+            write.write_all(msg.as_bytes()).await?;
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim();
+        let reply = if text == "shutdown" {
+            let _ = stop.try_send(());
+            "ok".to_string()
+        } else {
+            cache_command(cache, text).await
+        };
+        write.write_all(format!("{reply}\n").as_bytes()).await?;
+    }
+}
+
+/// Serves until Ctrl-C, SIGTERM or `shutdown` on the admin socket.
 pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let mut interrupt = crate::signals::Interrupt::new();
     std::fs::create_dir_all(o.dir).with_context(|| format!("cannot create {}", o.dir.display()))?;
@@ -102,6 +118,14 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         CacheKind::Memory => Arc::new(MemoryCache::new(o.seed)),
         CacheKind::Redis => Arc::new(RedisCache::start_in(&o.dir.join("redis"), o.seed).await?),
     };
+    timeline.emit(
+        None,
+        crate::timeline::Source::Cache,
+        EventKind::CacheStart {
+            backend: cache.backend().into(),
+            pid: cache.pid(),
+        },
+    );
     let cache_handle = cache.clone();
     let durable = DurableKeys::with_file(&o.dir.join("durable-keys.jsonl"))?;
     let keys = o.bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
@@ -149,8 +173,16 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&admin);
     let listener =
         tokio::net::UnixListener::bind(&admin).with_context(|| format!("cannot bind {}", admin.display()))?;
-    let admin_task = tokio::spawn(admin_loop(listener, Cache::new(cache_handle, timeline.clone())));
-    interrupt.recv().await;
+    let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let admin_task = tokio::spawn(admin_loop(
+        listener,
+        Cache::new(cache_handle, timeline.clone()),
+        stop_tx,
+    ));
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = stop_rx.recv() => {}
+    }
     admin_task.abort();
     let _ = std::fs::remove_file(&admin);
     let _ = tx.send(());

@@ -493,10 +493,12 @@ impl Timeline {
                 .and_then(|_| w.write_all(b"\n"))
                 .and_then(|_| w.flush());
             if let Err(e) = res {
-                // Keep running (the in-memory timeline still decides the
-                // verdict) but remember, so the run ends as a rig fault.
-                tracing::error!("cannot write events.jsonl: {e}");
-                s.journal_error.get_or_insert_with(|| e.to_string());
+                // Stop journaling at the first failure (a full disk would
+                // otherwise fail, and be reported, once per event) and let
+                // the runner stop the run: a verdict that is not on disk is
+                // no verdict.
+                s.journal = None;
+                s.journal_error = Some(e.to_string());
             }
         }
         s.events.push(ev);
@@ -530,6 +532,20 @@ impl Timeline {
     /// A journal write error, if one happened.
     pub fn journal_error(&self) -> Option<String> {
         self.lock().journal_error.clone()
+    }
+
+    /// Resolves once writing the journal has failed (at once if it already has).
+    pub async fn journal_failed(&self) -> String {
+        let mut rx = self.shared.notify.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(e) = self.journal_error() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Runs `f` over all (retained) events so far without copying them.

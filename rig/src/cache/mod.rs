@@ -91,6 +91,74 @@ impl std::fmt::Display for RestoreFrom {
     }
 }
 
+/// One administrative operation on the session cache: what a plan's
+/// `cache:` step and a `rig cache ...` line both say.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheCommand {
+    Kill,
+    Start,
+    Flush,
+    Snapshot(String),
+    Restore(RestoreFrom),
+    Evict(f64),
+    Pause(Duration),
+}
+
+/// A cache command line that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0} (cache commands: kill, start, flush, snapshot NAME, restore empty|NAME, evict FRACTION, pause DURATION)")]
+pub struct BadCacheCommand(pub String);
+
+impl std::str::FromStr for CacheCommand {
+    type Err = BadCacheCommand;
+
+    /// `kill`, `start`, `flush`, `snapshot NAME`, `restore empty|NAME`,
+    /// `evict FRACTION`, `pause DURATION`.
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let bad = |m: String| Err(BadCacheCommand(m));
+        match words.as_slice() {
+            ["kill"] => Ok(CacheCommand::Kill),
+            ["start"] => Ok(CacheCommand::Start),
+            ["flush"] => Ok(CacheCommand::Flush),
+            ["snapshot", name] if crate::bench::is_safe_name(name) => Ok(CacheCommand::Snapshot((*name).to_owned())),
+            ["snapshot", name] => bad(format!(
+                "snapshot name `{name}` must be letters, digits, `-`, `_` or `.`"
+            )),
+            ["restore", "empty"] => Ok(CacheCommand::Restore(RestoreFrom::Empty)),
+            ["restore", name] if crate::bench::is_safe_name(name) => {
+                Ok(CacheCommand::Restore(RestoreFrom::Snapshot((*name).to_owned())))
+            }
+            ["restore", name] => bad(format!(
+                "snapshot name `{name}` must be letters, digits, `-`, `_` or `.`"
+            )),
+            ["evict", f] => match f.parse::<f64>() {
+                Ok(x) if (0.0..=1.0).contains(&x) => Ok(CacheCommand::Evict(x)),
+                _ => bad(format!("evict takes a fraction between 0 and 1, not `{f}`")),
+            },
+            ["pause", d] => match crate::units::Dur::parse(d) {
+                Ok(d) => Ok(CacheCommand::Pause(d.0)),
+                Err(e) => bad(e),
+            },
+            _ => bad(format!("unknown cache command `{}`", line.trim())),
+        }
+    }
+}
+
+impl std::fmt::Display for CacheCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheCommand::Kill => f.write_str("kill"),
+            CacheCommand::Start => f.write_str("start"),
+            CacheCommand::Flush => f.write_str("flush"),
+            CacheCommand::Snapshot(n) => write!(f, "snapshot {n}"),
+            CacheCommand::Restore(r) => write!(f, "restore {r}"),
+            CacheCommand::Evict(x) => write!(f, "evict {}%", x * 100.0),
+            CacheCommand::Pause(d) => write!(f, "pause {}", crate::units::fmt_duration(*d)),
+        }
+    }
+}
+
 /// A session removed by `evict`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
@@ -149,6 +217,19 @@ impl Cache {
 
     fn emit(&self, kind: EventKind) {
         self.timeline.emit(None, Source::Cache, kind);
+    }
+
+    /// Runs one administrative command.
+    pub async fn run(&self, cmd: &CacheCommand) -> Result<(), CacheError> {
+        match cmd {
+            CacheCommand::Kill => self.kill().await,
+            CacheCommand::Start => self.start().await,
+            CacheCommand::Flush => self.flush().await,
+            CacheCommand::Snapshot(n) => self.snapshot(n).await,
+            CacheCommand::Restore(from) => self.restore(from).await,
+            CacheCommand::Evict(f) => self.evict(*f).await,
+            CacheCommand::Pause(d) => self.pause(*d).await,
+        }
     }
 
     pub async fn kill(&self) -> Result<(), CacheError> {

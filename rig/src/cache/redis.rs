@@ -75,6 +75,11 @@ impl RedisCache {
     pub async fn start_in(dir: &Path, seed: u64) -> Result<RedisCache, CacheError> {
         std::fs::create_dir_all(dir.join("snapshots"))
             .map_err(|e| CacheError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+        // redis-server changes into `--dir` before it opens `--logfile`: a
+        // relative folder (the default `--out reports`) would be looked up
+        // twice and the log could not be opened.
+        let dir = &std::path::absolute(dir)
+            .map_err(|e| CacheError::Backend(format!("cannot resolve {}: {e}", dir.display())))?;
         let port = free_port().map_err(|e| CacheError::Backend(format!("no free loopback port: {e}")))?;
         let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
             .map_err(|e| CacheError::Backend(e.to_string()))?;
@@ -118,6 +123,23 @@ impl RedisCache {
             })
             .collect();
         self.inner.dir.join("snapshots").join(format!("{safe}.rdb"))
+    }
+
+    /// Names of the snapshots taken so far, for error messages.
+    fn snapshot_names(&self) -> String {
+        let mut names: Vec<String> = std::fs::read_dir(self.inner.dir.join("snapshots"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rdb").map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if names.is_empty() {
+            "none".into()
+        } else {
+            names.join(", ")
+        }
     }
 
     /// The server's pid while it runs.
@@ -328,14 +350,17 @@ impl SessionCache for RedisCache {
     }
 
     async fn restore(&self, from: &RestoreFrom) -> Result<u64, CacheError> {
+        // A restore that cannot happen must not take the cache down first.
+        if let RestoreFrom::Snapshot(name) = from
+            && !self.snapshot_path(name).exists()
+        {
+            return Err(CacheError::NoSnapshot(name.clone(), self.snapshot_names()));
+        }
         self.kill_now();
         match from {
             RestoreFrom::Empty => self.spawn(false).await?,
             RestoreFrom::Snapshot(name) => {
                 let snap = self.snapshot_path(name);
-                if !snap.exists() {
-                    return Err(CacheError::NoSnapshot(name.clone(), "see cache.snapshot events".into()));
-                }
                 std::fs::copy(&snap, self.dump())
                     .map_err(|e| CacheError::Backend(format!("cannot restore snapshot `{name}`: {e}")))?;
                 self.spawn(true).await?;

@@ -65,18 +65,23 @@ impl DurableKeys {
 
     /// Writes through to the file before returning, so a session the cloud
     /// acknowledged is durable.
-    pub fn put(&self, rec: &SessionRecord) {
+    /// The store keeps the record in memory whatever happens; a failed write
+    /// is returned once and the file is not written again (a full disk would
+    /// fail every time).
+    pub fn put(&self, rec: &SessionRecord) -> std::io::Result<()> {
         let mut inner = self.lock();
+        inner.index.insert(rec.session_id, rec.clone());
         if let Some(f) = inner.file.as_mut() {
             let res = serde_json::to_writer(&mut *f, rec)
                 .map_err(std::io::Error::from)
                 .and_then(|_| f.write_all(b"\n"))
                 .and_then(|_| f.flush());
-            if let Err(e) = res {
-                tracing::error!("durable key store write failed: {e}");
+            if res.is_err() {
+                inner.file = None;
             }
+            return res;
         }
-        inner.index.insert(rec.session_id, rec.clone());
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -100,9 +105,9 @@ mod tests {
         let keys = SessionKeys::derive(&Psk([1; 32]), "d", &[1; 16], &[2; 16], 5);
         let mut rec = SessionRecord::new(5, "d", &keys);
         let store = DurableKeys::with_file(&path).unwrap();
-        store.put(&rec);
+        store.put(&rec).unwrap();
         rec.rx_counter = 9;
-        store.put(&rec);
+        store.put(&rec).unwrap();
         drop(store);
         let reopened = DurableKeys::with_file(&path).unwrap();
         assert_eq!(reopened.get(5), Some(rec));

@@ -237,7 +237,10 @@ impl Server {
         }
         self.peers.insert(peer, p.device_id.clone());
         let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
-        self.durable.put(&rec);
+        if let Err(e) = self.durable.put(&rec) {
+            out.events
+                .push(cache_error("durable.put", &CacheError::Backend(e.to_string())));
+        }
         if let Err(e) = self.cache_put(&rec).await {
             out.events.push(cache_error("put", &e));
         }
@@ -341,7 +344,10 @@ impl Server {
             out.replies
                 .push(Frame::Record(Record::seal(&keys, Direction::ToDevice, header, &reply)));
         }
-        self.durable.put(&rec);
+        if let Err(e) = self.durable.put(&rec) {
+            out.events
+                .push(cache_error("durable.put", &CacheError::Backend(e.to_string())));
+        }
         if let Err(e) = self.cache_put(&rec).await {
             out.events.push(cache_error("put", &e));
         }

@@ -11,6 +11,8 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
@@ -37,6 +39,7 @@ pub struct SerialConsole {
     tx_write: std_mpsc::Sender<PendingWrite>,
     pending: Vec<u8>,
     path: PathBuf,
+    received: Arc<AtomicU64>,
 }
 
 impl SerialConsole {
@@ -45,9 +48,11 @@ impl SerialConsole {
         let (tx, rx) = mpsc::unbounded_channel();
         let (tx_write, rx_write) = std_mpsc::channel::<PendingWrite>();
         let p = path.to_owned();
+        let received = Arc::new(AtomicU64::new(0));
+        let counter = received.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("console {}", path.display()))
-            .spawn(move || pump(&p, baud, &tx, &rx_write));
+            .spawn(move || pump(&p, baud, &tx, &rx_write, &counter));
         if let Err(e) = spawned {
             tracing::error!("cannot start the console thread for {}: {e}", path.display());
         }
@@ -56,17 +61,30 @@ impl SerialConsole {
             tx_write,
             pending: Vec::new(),
             path: path.to_owned(),
+            received,
         }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Bytes read from the port so far (over every link), counted by the
+    /// port thread as it reads them.
+    pub fn received(&self) -> Arc<AtomicU64> {
+        self.received.clone()
+    }
 }
 
 /// The port thread: open, read, write, and on failure start over. Ends when
 /// the `SerialConsole` is dropped.
-fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_mpsc::Receiver<PendingWrite>) {
+fn pump(
+    path: &Path,
+    baud: u32,
+    tx: &mpsc::UnboundedSender<Chunk>,
+    writes: &std_mpsc::Receiver<PendingWrite>,
+    received: &AtomicU64,
+) {
     let mut reported_gone = false;
     let mut buf = [0u8; 1024];
     loop {
@@ -106,6 +124,7 @@ fn pump(path: &Path, baud: u32, tx: &mpsc::UnboundedSender<Chunk>, writes: &std_
                 Ok(0) => {}
                 Ok(n) => {
                     reported_gone = false;
+                    received.fetch_add(n as u64, Ordering::Relaxed);
                     if tx.send(Chunk::Data(buf[..n].to_vec())).is_err() {
                         return;
                     }
@@ -190,16 +209,6 @@ mod tests {
         (master, slave)
     }
 
-    /// Bytes waiting in a tty's input queue (FIONREAD).
-    fn unread(port: &TTYPort) -> i32 {
-        use std::os::fd::AsRawFd;
-        let mut n: libc::c_int = 0;
-        // SAFETY: FIONREAD writes one int to the pointer we pass.
-        let rc = unsafe { libc::ioctl(port.as_raw_fd(), libc::FIONREAD, &mut n) };
-        assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
-        n
-    }
-
     async fn wait_for_line(tl: &Timeline, text: &str) {
         let found = tl
             .wait(
@@ -218,21 +227,19 @@ mod tests {
         let (mut m1, s1) = plug(&link);
         let tl = Timeline::in_memory();
         let slot: PatternSlot = Arc::new(Mutex::new(None));
-        let _h = watch(
-            "dev".into(),
-            Box::new(SerialConsole::open(&link, 115_200)),
-            tl.clone(),
-            slot,
-        );
+        let console = SerialConsole::open(&link, 115_200);
+        let received = console.received();
+        let _h = watch("dev".into(), Box::new(console), tl.clone(), slot);
         m1.write_all(b"before\r\n").unwrap();
         wait_for_line(&tl, "before").await;
 
         // Power goes mid-line: the pty and its path vanish. First wait until
-        // the driver has read the half line (nothing left in the slave's
-        // input queue), or the hangup could discard it unread.
+        // the driver has read the half line, or the hangup could discard it
+        // unread.
+        let before = received.load(Ordering::Relaxed);
         m1.write_all(b"cut mid-li").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while unread(&s1) > 0 {
+        while received.load(Ordering::Relaxed) < before + 10 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the driver never read the half line"

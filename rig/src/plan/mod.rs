@@ -34,6 +34,9 @@ pub use step::Step;
 /// Plans without `timeout:` stop after this much plan time.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// Teardown gets this much time even after the plan's timeout.
+pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(10 * 60);
+
 /// A YAML scalar of any type, kept as its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scalar(pub String);
@@ -182,8 +185,7 @@ pub fn load(
     fixtures: &Fixtures,
     sets: &[(String, String)],
 ) -> Result<Plan, Vec<Diagnostic>> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| vec![Diagnostic::file(path, format!("cannot read plan: {e}"))])?;
+    let text = crate::diag::read_text(path, "plan").map_err(|e| vec![e])?;
     parse(path, &text, bench, fixtures, sets)
 }
 
@@ -199,6 +201,16 @@ pub fn parse(
     let blanked = vars::blank(text);
     let header: Header = serde_saphyr::from_str(&blanked).map_err(|e| vec![yaml_error(path, text, &e)])?;
     let mut errors = Vec::new();
+    // The name becomes the run folder's name: no `/`, no `..`.
+    if !crate::bench::is_safe_name(&header.name.value) {
+        errors.push(ctx.at(
+            &header.name.referenced,
+            format!(
+                "plan name `{}` must be letters, digits, `-`, `_` or `.` and not start with a dot (it names the run folder)",
+                header.name.value
+            ),
+        ));
+    }
 
     // Pass 1: variables and the matrix.
     let mut base = BTreeMap::new();
@@ -399,11 +411,24 @@ fn parse_cell(
     if let Some(f) = &spec.fixture {
         reject_unknown_fixture(&f.value, &f.referenced, fixtures, &devices, bench, &at, &mut errors);
     }
-    let mut marks = Vec::new();
-    for steps in [&spec.setup, &spec.steps, &spec.teardown] {
-        check_steps(steps, &mut marks, fixtures, &devices, bench, &at, &mut errors);
-    }
     let timeout = spec.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |t| t.value.0);
+    let mut seen = Seen {
+        marks: Vec::new(),
+        snapshots: Vec::new(),
+        elapsed: Duration::ZERO,
+        budget: timeout,
+        budget_name: format!("plan's timeout of {}", crate::units::fmt_duration(timeout)),
+        over: false,
+    };
+    for steps in [&spec.setup, &spec.steps] {
+        check_steps(steps, &mut seen, fixtures, &devices, bench, &at, &mut errors);
+    }
+    // Teardown has its own budget, whatever is left of the plan's.
+    seen.elapsed = Duration::ZERO;
+    seen.budget = TEARDOWN_BUDGET;
+    seen.budget_name = format!("teardown's budget of {}", crate::units::fmt_duration(TEARDOWN_BUDGET));
+    seen.over = false;
+    check_steps(&spec.teardown, &mut seen, fixtures, &devices, bench, &at, &mut errors);
     if errors.is_empty() {
         Ok((spec, devices, timeout))
     } else {
@@ -495,9 +520,47 @@ fn reject_unknown_fixture(
     }
 }
 
+/// What the steps before the current one have set up, and how much plan
+/// time they take at least.
+struct Seen {
+    marks: Vec<String>,
+    snapshots: Vec<String>,
+    /// Plan time the steps so far take at least (waits, power-cycle off times).
+    elapsed: Duration,
+    /// The phase's budget: the plan's timeout, or teardown's own.
+    budget: Duration,
+    budget_name: String,
+    /// Whether the budget error was already reported in this phase.
+    over: bool,
+}
+
+impl Seen {
+    fn spend(
+        &mut self,
+        d: Duration,
+        loc: &Location,
+        at: &dyn Fn(&Location, String) -> Diagnostic,
+        errors: &mut Vec<Diagnostic>,
+    ) {
+        self.elapsed = self.elapsed.saturating_add(d);
+        if self.elapsed > self.budget && !self.over {
+            self.over = true;
+            errors.push(at(
+                loc,
+                format!(
+                    "this step cannot finish within the {}: the steps up to and including it take at least {}",
+                    self.budget_name,
+                    crate::units::fmt_duration(self.elapsed)
+                ),
+            ));
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn check_steps(
     steps: &[Spanned<Step>],
-    marks: &mut Vec<String>,
+    seen: &mut Seen,
     fixtures: &Fixtures,
     devices: &[String],
     bench: &Bench,
@@ -512,13 +575,13 @@ fn check_steps(
                 if m.value.trim().is_empty() {
                     errors.push(at(&m.referenced, "a mark needs a name".into()));
                 }
-                marks.push(m.value.clone());
+                seen.marks.push(m.value.clone());
             }
             Step::WaitFor(w) => match (&w.event, &w.console) {
                 (Some(e), None) => reject_unknown_event(&e.value, &e.referenced, at, errors),
                 (None, Some(c)) => {
-                    if let Err(e) = regex::Regex::new(&c.value) {
-                        errors.push(at(&c.referenced, format!("console pattern is not a valid regex: {e}")));
+                    if let Err(e) = crate::diag::regex(&c.value) {
+                        errors.push(at(&c.referenced, format!("console pattern is not a usable regex: {e}")));
                     }
                 }
                 _ => errors.push(at(loc, "wait_for needs exactly one of `event:` or `console:`".into())),
@@ -527,7 +590,7 @@ fn check_steps(
             Step::Expect(e) => {
                 reject_unknown_event(&e.event.value, &e.event.referenced, at, errors);
                 if let Some(a) = &e.after {
-                    reject_unset_mark(&a.value, &a.referenced, marks, at, errors);
+                    reject_unset_mark(&a.value, &a.referenced, &seen.marks, at, errors);
                 }
                 if let (Some(lo), Some(hi)) = (e.min, e.max)
                     && lo > hi
@@ -539,7 +602,7 @@ fn check_steps(
                 }
             }
             Step::ExpectRecovery(r) => {
-                reject_unset_mark(&r.after.value, &r.after.referenced, marks, at, errors);
+                reject_unset_mark(&r.after.value, &r.after.referenced, &seen.marks, at, errors);
                 if r.within_cycles == Some(0) {
                     errors.push(at(loc, "expect_recovery: within_cycles must be at least 1".into()));
                 }
@@ -547,20 +610,46 @@ fn check_steps(
             Step::Cache(step::CacheOp::Evict(e)) if !(0.0..=1.0).contains(&e.fraction) => {
                 errors.push(at(loc, format!("cache evict: fraction must be between 0 and 1, found {}", e.fraction)));
             }
+            Step::Cache(step::CacheOp::Snapshot(name)) => {
+                if !crate::bench::is_safe_name(name) {
+                    errors.push(at(
+                        loc,
+                        format!("snapshot name `{name}` must be letters, digits, `-`, `_` or `.`"),
+                    ));
+                }
+                seen.snapshots.push(name.clone());
+            }
+            Step::Cache(step::CacheOp::Restore(name)) if name != "empty" && !seen.snapshots.contains(name) => {
+                let known = if seen.snapshots.is_empty() {
+                    "no snapshot is taken before this step".to_owned()
+                } else {
+                    format!("snapshots taken before this step: {}", seen.snapshots.join(", "))
+                };
+                errors.push(at(
+                    loc,
+                    format!("`restore: {name}` names a snapshot that no earlier step takes ({known}); `restore: empty` restarts the cache empty"),
+                ));
+            }
             Step::Repeat(r) => {
                 if r.times == 0 {
                     errors.push(at(loc, "repeat: times must be at least 1".into()));
                 }
-                check_steps(&r.steps, marks, fixtures, devices, bench, at, errors);
+                let before = seen.elapsed;
+                check_steps(&r.steps, seen, fixtures, devices, bench, at, errors);
+                let once = seen.elapsed.saturating_sub(before);
+                seen.elapsed = before;
+                let total = once.saturating_mul(r.times.max(1));
+                seen.spend(total, loc, at, errors);
             }
             Step::Run(c) => errors.push(at(
                 &c.referenced,
                 "`run:` steps are not supported yet: on a virtual-clock bench a shell command would let plan time jump while it runs".into(),
             )),
+            Step::Wait(d) => seen.spend(d.0, loc, at, errors),
+            Step::Power(step::PowerAction::Cycle { off_for }) => seen.spend(off_for.0, loc, at, errors),
             Step::Power(_)
             | Step::Reset(_)
             | Step::Console(_)
-            | Step::Wait(_)
             | Step::SleepCycles(_)
             | Step::Cache(_)
             | Step::Cloud(_) => {}

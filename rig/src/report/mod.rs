@@ -15,7 +15,7 @@ use std::path::Path;
 
 use crate::timeline::{Event, EventKind, Header};
 use crate::units::{fmt_bytes, fmt_clock, fmt_duration};
-pub use summary::{CellSummary, CellVerdict, Summary, summarize};
+pub use summary::{CellSummary, CellVerdict, Overall, Summary, summarize};
 
 /// Writes every report for `events` into `dir` and returns the summary.
 pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Result<Summary> {
@@ -40,8 +40,12 @@ pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Resu
 // Reports are rewritten after every cell; a reader must never see half a file.
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let r = std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        // A full disk must not leave half-written temp files behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
 }
 
 /// A run folder read back: what `rig report` and `rig report merge` work from.
@@ -132,6 +136,15 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
     logs
 }
 
+/// The closing line of `rig run` and `rig report`: the whole run's verdict.
+pub fn overall_line(cells: &[CellSummary]) -> String {
+    let o = Overall::of(cells);
+    match o {
+        Overall::NoVerdict => format!("{}: {}", o.word(), o.explain()),
+        _ => format!("verdict: {}", o.word()),
+    }
+}
+
 /// One line per cell for progress output.
 pub fn cell_line(c: &CellSummary) -> String {
     format!("{} [{}]: {}", c.plan, c.name, c.verdict.label())
@@ -187,9 +200,22 @@ pub fn verdict_table(s: &Summary) -> String {
             );
         }
     }
+    if s.cells.is_empty() {
+        let _ = writeln!(out, "(no cell was run)");
+    }
     for c in &s.cells {
-        let mut failures: Vec<&str> = c.failed_checks().map(|k| k.text.as_str()).collect();
-        failures.extend(c.faults.iter().map(String::as_str));
+        // Bench-wide failures (a plan timeout) first: they explain the rest.
+        let mut failures: Vec<&str> = c.faults.iter().map(String::as_str).collect();
+        failures.extend(
+            c.failed_checks()
+                .filter(|k| k.device.is_none())
+                .map(|k| k.text.as_str()),
+        );
+        failures.extend(
+            c.failed_checks()
+                .filter(|k| k.device.is_some())
+                .map(|k| k.text.as_str()),
+        );
         if failures.is_empty() {
             continue;
         }

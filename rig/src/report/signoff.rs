@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use plotters::prelude::*;
 
-use super::summary::{CellSummary, CellVerdict, Summary};
+use super::summary::{CellSummary, CellVerdict, Overall, Summary};
 use crate::timeline::{ConnectVia, Event, EventKind, Header, RecoveryFacts};
 use crate::units::{fmt_bytes, fmt_clock, fmt_duration};
 
@@ -150,8 +150,9 @@ fn failed_devices(cell: &CellSummary) -> Vec<String> {
         .collect()
 }
 
-fn signoff_passed(runs: &[Run]) -> bool {
-    runs.iter().all(|r| r.summary.exit_code == 0) && runs.iter().any(|r| !r.summary.cells.is_empty())
+fn overall(runs: &[Run]) -> Overall {
+    let cells: Vec<CellSummary> = runs.iter().flat_map(|r| r.summary.cells.iter().cloned()).collect();
+    Overall::of(&cells)
 }
 
 const CSS: &str = r#"
@@ -174,7 +175,7 @@ svg text{font:11px sans-serif}.muted{color:#5d6775}
 
 /// The sign-off page for one or more runs.
 pub fn html(runs: &[Run]) -> String {
-    let passed = signoff_passed(runs);
+    let overall = overall(runs);
     let views: Vec<Vec<CellView>> = runs
         .iter()
         .map(|r| r.summary.cells.iter().map(|c| view(c, r.events)).collect())
@@ -185,11 +186,11 @@ pub fn html(runs: &[Run]) -> String {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "rig sign-off: " (if passed { "PASSED" } else { "FAILED" }) }
+                title { "rig sign-off: " (overall.word()) }
                 style { (PreEscaped(CSS)) }
             }
             body { main {
-                (verdict_block(runs, passed))
+                (verdict_block(runs, overall))
                 h2 { "What was tested" }
                 (tested_table(runs))
                 h2 { "Matrix" }
@@ -206,15 +207,16 @@ pub fn html(runs: &[Run]) -> String {
     page.into_string()
 }
 
-fn verdict_block(runs: &[Run], passed: bool) -> Markup {
+fn verdict_block(runs: &[Run], overall: Overall) -> Markup {
     let cells: Vec<(&Run, &CellSummary)> = runs
         .iter()
         .flat_map(|r| r.summary.cells.iter().map(move |c| (r, c)))
         .collect();
     let bad: Vec<&(&Run, &CellSummary)> = cells.iter().filter(|(_, c)| !c.verdict.ok()).collect();
     html! {
-        section.verdict.(if passed { "pass" } else { "fail" }) {
-            h1 { "SIGN-OFF " (if passed { "PASSED" } else { "FAILED" }) }
+        section.verdict.(overall.css()) {
+            h1 { (overall.headline()) }
+            @if overall == Overall::NoVerdict { p { strong { (overall.explain()) } } }
             p {
                 (cells.len()) " matrix cell" (if cells.len() == 1 { "" } else { "s" }) " on "
                 (runs.iter().map(|r| r.header.bench.as_str()).collect::<Vec<_>>().join(", "))
@@ -348,20 +350,24 @@ fn cell_section(v: &CellView) -> Markup {
                 h3 { "Recovery after '" (rec[0].1.mark) "'" }
                 (recovery_table(&rec))
             }
-            @let diags: Vec<_> = c.failed_checks().take(MAX_FAILED_DRAWN).collect();
-            @if !diags.is_empty() {
+            @let groups = diagnosis_groups(c);
+            @if !groups.is_empty() {
                 h3 { (if c.expect_failure { "Failures (as expected)" } else { "Failure diagnoses" }) }
-                @for d in &diags {
+                @for g in groups.iter().take(MAX_FAILED_DRAWN) {
                     div.diag.(if c.expect_failure { "expected" } else { "" }) {
-                        strong { "step " (d.step) " " (d.check) } br; (d.text)
-                        @if let Some(dev) = &d.device { @if let Some(t) = v.tracks.get(dev) {
+                        strong { "step " (g.step) " " (g.check) }
+                        @if g.devices.len() > 1 {
+                            " — " (g.devices.len()) " devices: " (device_list(&g.devices))
+                        }
+                        br; (g.text)
+                        @if let Some(dev) = g.devices.first() { @if let Some(t) = v.tracks.get(dev) {
                             details { summary { "console of " (dev) " before the check" }
-                                pre { @for (tm, line) in t.console.iter().filter(|(tm, _)| *tm <= d.t_ms).rev().take(EXCERPT).collect::<Vec<_>>().into_iter().rev() { "[" (fmt_clock(*tm)) "] " (line) "\n" } }
+                                pre { @for (tm, line) in t.console.iter().filter(|(tm, _)| *tm <= g.t_ms).rev().take(EXCERPT).collect::<Vec<_>>().into_iter().rev() { "[" (fmt_clock(*tm)) "] " (line) "\n" } }
                             }
                         } }
                     }
                 }
-                @if c.failed_checks().count() > diags.len() { p.muted { "… and " (c.failed_checks().count() - diags.len()) " more in junit.xml" } }
+                @if groups.len() > MAX_FAILED_DRAWN { p.muted { "… and " (groups.len() - MAX_FAILED_DRAWN) " more in junit.xml" } }
             }
             @for f in &c.faults { div.diag { strong { "rig fault" } br; (f) } }
             h3 { "Timelines" }
@@ -385,6 +391,62 @@ fn cell_section(v: &CellView) -> Markup {
             (PreEscaped(bytes_plot(v, &drawn)))
         }
     }
+}
+
+/// Failed checks that say the same thing about several devices, shown once.
+struct DiagGroup {
+    step: usize,
+    check: String,
+    /// The diagnosis, as for the first device (its name and last console
+    /// line are what differs between devices, and are dropped).
+    text: String,
+    devices: Vec<String>,
+    t_ms: u64,
+}
+
+/// A diagnosis without what is particular to its device: the `device: `
+/// prefix and the quoted last console line.
+fn diagnosis_key(device: Option<&str>, text: &str) -> String {
+    let t = match device {
+        Some(d) => text.strip_prefix(&format!("{d}: ")).unwrap_or(text),
+        None => text,
+    };
+    match t.find(" (last console line: ") {
+        Some(i) => t[..i].to_owned(),
+        None => t.strip_suffix(" (no console output)").unwrap_or(t).to_owned(),
+    }
+}
+
+fn diagnosis_groups(c: &CellSummary) -> Vec<DiagGroup> {
+    let mut groups: Vec<DiagGroup> = Vec::new();
+    let mut index: BTreeMap<(usize, String, String), usize> = BTreeMap::new();
+    for f in c.failed_checks() {
+        let key = diagnosis_key(f.device.as_deref(), &f.text);
+        let k = (f.step, f.check.clone(), key.clone());
+        match index.get(&k) {
+            Some(&i) => groups[i].devices.extend(f.device.clone()),
+            None => {
+                index.insert(k, groups.len());
+                groups.push(DiagGroup {
+                    step: f.step,
+                    check: f.check.clone(),
+                    text: if f.device.is_some() { key } else { f.text.clone() },
+                    devices: f.device.clone().into_iter().collect(),
+                    t_ms: f.t_ms,
+                });
+            }
+        }
+    }
+    groups
+}
+
+fn device_list(devices: &[String]) -> String {
+    const SHOWN: usize = 12;
+    let mut s = devices.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if devices.len() > SHOWN {
+        s += &format!(" and {} more", devices.len() - SHOWN);
+    }
+    s
 }
 
 fn recovery_table(rec: &[(&str, &RecoveryFacts)]) -> Markup {
@@ -549,13 +611,12 @@ fn bytes_plot(v: &CellView, drawn: &[&String]) -> String {
 
 /// The same verdict and tables in Markdown, for a PR comment or a ticket.
 pub fn markdown(runs: &[Run]) -> String {
-    let passed = signoff_passed(runs);
+    let overall = overall(runs);
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# rig sign-off: {}\n",
-        if passed { "PASSED ✅" } else { "FAILED ❌" }
-    );
+    let _ = writeln!(s, "# rig sign-off: {}\n", overall.markdown());
+    if overall == Overall::NoVerdict {
+        let _ = writeln!(s, "**{}**\n", overall.explain());
+    }
     for r in runs {
         let m = r.summary;
         let _ = writeln!(
@@ -614,8 +675,27 @@ pub fn markdown(runs: &[Run]) -> String {
             .filter(|c| c.failed_checks().next().is_some() || !c.faults.is_empty())
         {
             let _ = writeln!(s, "\n**{} [{}]: {}**\n", c.plan, c.name, c.verdict.label());
-            for f in c.failed_checks().take(5) {
-                let _ = writeln!(s, "- {}", f.text);
+            let groups = diagnosis_groups(c);
+            for g in groups.iter().take(5) {
+                if g.devices.len() > 1 {
+                    let _ = writeln!(
+                        s,
+                        "- {} devices ({}): {}",
+                        g.devices.len(),
+                        device_list(&g.devices),
+                        g.text
+                    );
+                } else {
+                    let _ = writeln!(
+                        s,
+                        "- {}{}",
+                        g.devices.first().map(|d| format!("{d}: ")).unwrap_or_default(),
+                        g.text
+                    );
+                }
+            }
+            if groups.len() > 5 {
+                let _ = writeln!(s, "- … and {} more (see junit.xml)", groups.len() - 5);
             }
             for f in &c.faults {
                 let _ = writeln!(s, "- rig fault: {f}");

@@ -55,6 +55,9 @@ pub struct CheckRow {
     pub facts: Option<RecoveryFacts>,
     pub t_ms: u64,
     pub seq: u64,
+    /// Wall-clock seconds from the start of the check's step to its result.
+    #[serde(default)]
+    pub wall_s: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -127,7 +130,17 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
     let mut cells: Vec<CellSummary> = Vec::new();
     let mut first_wall: BTreeMap<u32, OffsetDateTime> = BTreeMap::new();
     let mut seen: std::collections::HashSet<(u32, String)> = std::collections::HashSet::new();
+    // When each step started (wall clock), for the checks' durations.
+    let mut step_wall: BTreeMap<(u32, usize), OffsetDateTime> = BTreeMap::new();
     for e in events {
+        if let EventKind::PlanStep { index, .. } = &e.kind {
+            step_wall.insert((e.cell, *index), e.wall);
+        }
+        let took = |step: usize| {
+            step_wall
+                .get(&(e.cell, step))
+                .map_or(0.0, |w| (e.wall - *w).as_seconds_f64().max(0.0))
+        };
         first_wall.entry(e.cell).or_insert(e.wall);
         if let EventKind::CellStart {
             plan,
@@ -204,6 +217,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 facts: facts.clone(),
                 t_ms: e.t_ms,
                 seq: e.seq,
+                wall_s: took(*step),
             }),
             EventKind::CheckFail {
                 step,
@@ -219,6 +233,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 facts: facts.clone(),
                 t_ms: e.t_ms,
                 seq: e.seq,
+                wall_s: took(*step),
             }),
             // The rest is evidence for the checks, not verdict material.
             EventKind::CellStart { .. }
@@ -288,8 +303,76 @@ fn verdict_of(c: &CellSummary) -> CellVerdict {
     }
 }
 
-/// The documented exit codes: 3 beats 1 beats 0.
+/// What a whole run (or a merge of runs) says about the firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overall {
+    /// Every cell behaved as the plan expects.
+    Passed,
+    /// A check failed: the firmware (or the cloud) did not behave.
+    Failed,
+    /// A rig fault, an interrupt or a run that never finished: nothing was
+    /// judged, so nothing may be signed off, and nothing blamed on firmware.
+    NoVerdict,
+}
+
+impl Overall {
+    pub fn of(cells: &[CellSummary]) -> Overall {
+        match exit_code(cells) {
+            0 => Overall::Passed,
+            1 => Overall::Failed,
+            _ => Overall::NoVerdict,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Overall::Passed => "PASSED",
+            Overall::Failed => "FAILED",
+            Overall::NoVerdict => "NO VERDICT",
+        }
+    }
+
+    pub fn headline(self) -> &'static str {
+        match self {
+            Overall::Passed => "SIGN-OFF PASSED",
+            Overall::Failed => "SIGN-OFF FAILED",
+            Overall::NoVerdict => "NO VERDICT",
+        }
+    }
+
+    pub fn markdown(self) -> &'static str {
+        match self {
+            Overall::Passed => "PASSED ✅",
+            Overall::Failed => "FAILED ❌",
+            Overall::NoVerdict => "NO VERDICT ⚠️",
+        }
+    }
+
+    pub fn css(self) -> &'static str {
+        match self {
+            Overall::Passed => "pass",
+            Overall::Failed => "fail",
+            Overall::NoVerdict => "none",
+        }
+    }
+
+    /// Why there is no verdict, for the reader who must decide what to do.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Overall::NoVerdict => {
+                "The run was interrupted, did not finish, or the rig or bench failed (infrastructure, not firmware): the firmware was not judged. Fix the bench and run again."
+            }
+            Overall::Passed | Overall::Failed => "",
+        }
+    }
+}
+
+/// The documented exit codes: 3 beats 1 beats 0; a run with no cell (a
+/// journal holding only its header) judged nothing and is a 3.
 pub fn exit_code(cells: &[CellSummary]) -> i32 {
+    if cells.is_empty() {
+        return 3;
+    }
     let fault = cells.iter().any(|c| {
         matches!(
             c.verdict,

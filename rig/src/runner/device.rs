@@ -12,7 +12,8 @@ use crate::timeline::{EventKind, Source, Timeline};
 
 pub struct DeviceHandle {
     pub id: String,
-    power: Box<dyn Power>,
+    /// None for hands-on commands that must not touch the supply.
+    power: Option<Box<dyn Power>>,
     flasher: Box<dyn Flasher>,
     reset: Option<Box<dyn Reset>>,
     console: ConsoleHandle,
@@ -27,7 +28,7 @@ pub struct DeviceHandle {
 impl DeviceHandle {
     pub fn new(
         id: String,
-        power: Box<dyn Power>,
+        power: Option<Box<dyn Power>>,
         flasher: Box<dyn Flasher>,
         reset: Option<Box<dyn Reset>>,
         console: ConsoleHandle,
@@ -64,8 +65,14 @@ impl DeviceHandle {
         // Unknown until the switch completes: a switch cut short (Ctrl-C
         // while a relay command runs) must be driven again by teardown and
         // the safe state, not skipped as already done.
+        let Some(power) = &self.power else {
+            return Err(DriverError::Unsupported {
+                driver: "hands-on".into(),
+                what: format!("switching the power of {}", self.id),
+            });
+        };
         *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.power.set(on).await?;
+        power.set(on).await?;
         *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
         self.emit(Source::Power, if on { EventKind::PowerOn } else { EventKind::PowerOff });
         Ok(())
@@ -139,7 +146,9 @@ impl DeviceHandle {
     }
 
     pub fn describe_power(&self) -> String {
-        self.power.describe()
+        self.power
+            .as_ref()
+            .map_or_else(|| "not driven".into(), |p| p.describe())
     }
 
     pub fn describe_flasher(&self) -> String {

@@ -35,6 +35,8 @@ pub enum Stop {
     Timeout,
     /// The rig or bench failed; the message names device and step.
     Fault(String),
+    /// `events.jsonl` could not be written: nothing more can be kept.
+    JournalFailed,
 }
 
 /// Reports step progress to the user interface.
@@ -50,6 +52,7 @@ pub struct Exec<'a> {
     step_no: usize,
     marks: HashMap<String, (u64, u64)>,
     on_step: OnStep<'a>,
+    timed_out_in: Option<(usize, String)>,
 }
 
 impl<'a> Exec<'a> {
@@ -71,6 +74,7 @@ impl<'a> Exec<'a> {
             step_no: 0,
             marks: HashMap::new(),
             on_step,
+            timed_out_in: None,
         }
     }
 
@@ -110,9 +114,31 @@ impl<'a> Exec<'a> {
                 step: desc.clone(),
             },
         );
-        if self.remaining().is_zero() {
-            return Err(Stop::Timeout);
+        let result = if self.remaining().is_zero() {
+            Err(Stop::Timeout)
+        } else if bounds_itself(step) {
+            self.exec_step(step, n, &desc).await
+        } else {
+            // Every other step (a power cycle's off time, a flash, a relay
+            // command) is cut off where the plan's time runs out.
+            let limit = self.remaining();
+            match tokio::time::timeout(limit, self.exec_step(step, n, &desc)).await {
+                Ok(r) => r,
+                Err(_) => Err(Stop::Timeout),
+            }
+        };
+        if result == Err(Stop::Timeout) && self.timed_out_in.is_none() {
+            self.timed_out_in = Some((n, desc));
         }
+        result
+    }
+
+    /// The step that ran into the plan's timeout, if one did.
+    pub fn timed_out_in(&self) -> Option<(usize, String)> {
+        self.timed_out_in.clone()
+    }
+
+    async fn exec_step(&mut self, step: &Step, n: usize, desc: &str) -> Result<(), Stop> {
         let fault = |device: &str, e: &DriverError| Stop::Fault(format!("{device}: step {n} ({desc}): {e}"));
         match step {
             Step::Power(action) => {
@@ -180,15 +206,15 @@ impl<'a> Exec<'a> {
             Step::WaitFor(w) => {
                 let matcher = match (&w.event, &w.console) {
                     (Some(e), _) => Matcher::Kind(e.value.clone()),
-                    (None, Some(c)) => {
-                        Matcher::Console(Regex::new(&c.value).map_err(|e| Stop::Fault(format!("step {n}: {e}")))?)
-                    }
+                    (None, Some(c)) => Matcher::Console(
+                        crate::diag::regex(&c.value).map_err(|e| Stop::Fault(format!("step {n}: {e}")))?,
+                    ),
                     (None, None) => return Err(Stop::Fault(format!("step {n}: wait_for without a target"))),
                 };
-                self.wait_for(n, &desc, matcher, w.timeout.map(|t| t.0)).await
+                self.wait_for(n, desc, matcher, w.timeout.map(|t| t.0)).await
             }
-            Step::SleepCycles(s) => self.sleep_cycles(n, &desc, s.n(), s.timeout().map(|t| t.0)).await,
-            Step::Expect(e) => self.expect(n, &desc, e),
+            Step::SleepCycles(s) => self.sleep_cycles(n, desc, s.n(), s.timeout().map(|t| t.0)).await,
+            Step::Expect(e) => self.expect(n, desc, e),
             Step::ExpectRecovery(r) => {
                 let args = RecoveryArgs {
                     mark: r.after.value.clone(),
@@ -197,7 +223,7 @@ impl<'a> Exec<'a> {
                     no_power_cycle: r.no_power_cycle,
                     max_bytes: r.max_bytes.map(|b| b.0),
                 };
-                self.expect_recovery(n, &desc, args).await
+                self.expect_recovery(n, desc, args).await
             }
             Step::Repeat(_) => unreachable!("expanded above"),
             Step::Run(_) => Err(Stop::Fault(format!("step {n}: `run:` is not supported"))),
@@ -509,6 +535,15 @@ impl<'a> Exec<'a> {
         }
         verdict(ok, timed_out)
     }
+}
+
+/// Steps that watch the plan's timeout themselves, so their checks are
+/// recorded before they stop.
+fn bounds_itself(step: &Step) -> bool {
+    matches!(
+        step,
+        Step::WaitFor(_) | Step::SleepCycles(_) | Step::ExpectRecovery(_) | Step::Wait(_) | Step::Expect(_)
+    )
 }
 
 fn verdict(ok: bool, plan_bound: bool) -> Result<(), Stop> {

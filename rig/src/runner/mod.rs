@@ -16,7 +16,6 @@ pub mod exec;
 pub mod world;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context as _;
 use time::OffsetDateTime;
@@ -29,8 +28,7 @@ use crate::timeline::{CellOutcome, EventKind, FORMAT, FORMAT_VERSION, Header, So
 use exec::{Exec, Stop};
 use world::World;
 
-/// Teardown gets this much time even after the plan's timeout.
-pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(10 * 60);
+pub use crate::plan::TEARDOWN_BUDGET;
 
 /// What the user sees while a run progresses.
 pub trait Progress: Sync {
@@ -95,6 +93,13 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
             let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline, &cell_dir));
             // Dropping the runtime cancels every task of the cell's world.
             drop(rt);
+            if let Some(e) = timeline.journal_error() {
+                // Teardown and the safe state ran; nothing more can be kept.
+                anyhow::bail!(
+                    "cannot write {}: {e}; the run was stopped at the first failed write, after teardown and the safe power state",
+                    events_path.display()
+                );
+            }
             let summary = report::write_all(&dir, &header, &timeline.snapshot())
                 .with_context(|| format!("cannot write reports in {}", dir.display()))?;
             if let Some(c) = summary.cells.last() {
@@ -128,7 +133,9 @@ fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     let stamp = started.format(fmt).unwrap_or_else(|_| "run".into());
     let name = match plans {
-        [one] => one.name.clone(),
+        // Validated as a safe name; kept to one path component regardless.
+        [one] if crate::bench::is_safe_name(&one.name) => one.name.clone(),
+        [_] => "plan".to_owned(),
         _ => format!("{}-plans", plans.len()),
     };
     for n in 0..1000 {
@@ -211,6 +218,7 @@ async fn run_cell(
         tokio::select! {
             biased;
             _ = interrupt.recv() => None,
+            _ = timeline.journal_failed() => Some(Err(Stop::JournalFailed)),
             r = run => Some(r),
         }
     };
@@ -218,11 +226,31 @@ async fn run_cell(
         None => CellOutcome::Interrupted,
         Some(Ok(())) => CellOutcome::Completed,
         Some(Err(Stop::CheckFailed)) => CellOutcome::Stopped,
-        Some(Err(Stop::Timeout)) => CellOutcome::Timeout,
+        Some(Err(Stop::Timeout)) => {
+            // Said once, where it happened, as a failing check: a plan that
+            // runs out of time has failed, and must say why.
+            let (step, desc) = exec.timed_out_in().unwrap_or((0, "?".into()));
+            timeline.emit(
+                None,
+                Source::Check,
+                EventKind::CheckFail {
+                    step,
+                    check: "plan timeout".into(),
+                    message: format!(
+                        "timed out after {} in step {step} ({desc})",
+                        crate::units::fmt_duration(cell.timeout)
+                    ),
+                    facts: None,
+                },
+            );
+            CellOutcome::Timeout
+        }
         Some(Err(Stop::Fault(m))) => {
             fault(timeline, m);
             CellOutcome::Fault
         }
+        // Said once, by `run`, when the cell is over.
+        Some(Err(Stop::JournalFailed)) => CellOutcome::Fault,
     };
 
     // Teardown always runs, with its own budget; a second Ctrl-C skips it
@@ -242,6 +270,7 @@ async fn run_cell(
             fault(timeline, format!("teardown: {m}"));
             outcome = CellOutcome::Fault;
         }
+        Some(Err(Stop::JournalFailed)) => outcome = CellOutcome::Fault,
         Some(Err(Stop::CheckFailed | Stop::Timeout)) if outcome == CellOutcome::Completed => {
             outcome = CellOutcome::Stopped;
         }

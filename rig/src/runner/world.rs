@@ -123,8 +123,15 @@ impl Network {
     }
 }
 
-/// The power driver of a hardware device (also used by `rig power`).
-pub fn build_power(d: &crate::bench::Device, bench: &Bench) -> Result<Box<dyn crate::drivers::Power>, String> {
+/// The power driver of a hardware device. A driver that must set its line
+/// when it opens it (a GPIO pin becomes an output) sets it to `initial`: the
+/// safe state for a run, the requested state for `rig power` (so switching
+/// a powered board on does not first switch it off).
+pub fn build_power(
+    d: &crate::bench::Device,
+    bench: &Bench,
+    initial: Option<bool>,
+) -> Result<Box<dyn crate::drivers::Power>, String> {
     use crate::drivers::power::{command::CommandPower, gpio::GpioPower, serial_relay::SerialRelayPower};
     let err = |s: String| s;
     let safe_on = bench.safe_state == PowerState::On;
@@ -134,8 +141,14 @@ pub fn build_power(d: &crate::bench::Device, bench: &Bench) -> Result<Box<dyn cr
             active_low,
             settle,
         } => Box::new(
-            GpioPower::open(*pin, *active_low, settle.map_or(Duration::ZERO, |s| s.0), safe_on)
-                .map_err(|e| e.to_string())?,
+            GpioPower::open_at(
+                *pin,
+                *active_low,
+                settle.map_or(Duration::ZERO, |s| s.0),
+                safe_on,
+                initial.unwrap_or(safe_on),
+            )
+            .map_err(|e| e.to_string())?,
         ),
         PowerCfg::SerialRelay { port, channel } => {
             Box::new(SerialRelayPower::new(port.into(), *channel, safe_on).map_err(|e| e.to_string())?)
@@ -156,18 +169,25 @@ pub fn build_power(d: &crate::bench::Device, bench: &Bench) -> Result<Box<dyn cr
     Ok(power)
 }
 
-/// Builds a real bench device's drivers from its bench entry.
+/// Builds a real bench device's drivers from its bench entry. Without
+/// `with_power` the device has no power driver at all, so hands-on console,
+/// reset and flash commands leave the board's supply exactly as it was.
 pub fn hardware_device(
     d: &crate::bench::Device,
     bench: &Bench,
     timeline: &Timeline,
+    with_power: bool,
 ) -> Result<DeviceHandle, WorldError> {
     use crate::drivers::flash::CommandFlasher;
     let err = |what: String| WorldError::Device {
         device: d.id.clone(),
         what,
     };
-    let power = build_power(d, bench).map_err(err)?;
+    let power = if with_power {
+        Some(build_power(d, bench, None).map_err(err)?)
+    } else {
+        None
+    };
     let flasher: Box<dyn crate::drivers::Flasher> = match &d.flash {
         FlashCfg::Command { command } => Box::new(CommandFlasher::new(&d.id, command)),
         FlashCfg::ProbeRs { probe, chip } => {
@@ -278,7 +298,7 @@ impl World {
                 what,
             };
             if !d.is_sim {
-                devices.push(hardware_device(d, bench, timeline)?);
+                devices.push(hardware_device(d, bench, timeline, true)?);
                 continue;
             }
             if d.power != PowerCfg::Sim || d.flash != FlashCfg::Sim || d.console.kind != ConsoleKind::Sim {
@@ -311,7 +331,7 @@ impl World {
             let console = console::watch(d.id.clone(), rig_console, timeline.clone(), patterns.clone());
             devices.push(DeviceHandle::new(
                 d.id.clone(),
-                Box::new(SimPower(board.clone())),
+                Some(Box::new(SimPower(board.clone()))),
                 Box::new(SimFlasher(board.clone())),
                 Some(Box::new(SimReset(board.clone()))),
                 console,

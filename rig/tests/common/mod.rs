@@ -63,8 +63,16 @@ pub fn read_events(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The `rig` binary under test. `RIG_TEST_BIN` runs the same tests against
+/// another build (how a regression test is shown to fail on an old main).
+pub fn rig_bin() -> PathBuf {
+    std::env::var_os("RIG_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_rig")))
+}
+
 pub fn rig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rig"))
+    Command::new(rig_bin())
         .args(args)
         .current_dir(repo())
         .env("CI", "1")

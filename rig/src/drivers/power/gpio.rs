@@ -121,7 +121,20 @@ impl GpioPower {
 
     /// Opens the real pin at its safe level.
     pub fn open(bcm: u8, active_low: bool, settle: Duration, safe_on: bool) -> Result<GpioPower, DriverError> {
-        let pin = open_pin(bcm, level(safe_on, active_low))?;
+        GpioPower::open_at(bcm, active_low, settle, safe_on, safe_on)
+    }
+
+    /// Opens the real pin already driving the supply `initially_on`: a pin
+    /// becomes an output at the level it must have, never passing through
+    /// the other one.
+    pub fn open_at(
+        bcm: u8,
+        active_low: bool,
+        settle: Duration,
+        safe_on: bool,
+        initially_on: bool,
+    ) -> Result<GpioPower, DriverError> {
+        let pin = open_pin(bcm, level(initially_on, active_low))?;
         Ok(GpioPower::new(pin, bcm, active_low, settle, safe_on))
     }
 }

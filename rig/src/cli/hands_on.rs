@@ -1,0 +1,184 @@
+//! Hands-on bench work on one hardware device: `rig power`, `rig flash`,
+//! `rig reset`, `rig console`. Each takes the bench lock; only `rig power`
+//! touches the supply (console, reset and flash leave a powered board
+//! powered and an unpowered one unpowered).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{CliError, inputs, run::take_lock};
+use crate::bench::{Bench, Device};
+use crate::report::Overall;
+use crate::runner::device::DeviceHandle;
+use crate::runner::world;
+use crate::timeline::{EventKind, Timeline};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PowerAction {
+    On,
+    Off,
+    Cycle,
+}
+
+/// Loads `bench` and finds hardware device `device` in it.
+pub fn bench_device(bench: &Path, device: &str) -> Result<(Bench, usize), CliError> {
+    let b = Bench::load(bench)?;
+    let Some(i) = b.devices.iter().position(|d| d.id == device) else {
+        return Err(CliError::Usage(format!(
+            "no device `{device}` on bench `{}` (devices: {})",
+            b.name,
+            b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
+        )));
+    };
+    if b.devices[i].is_sim {
+        return Err(CliError::Usage(format!(
+            "`{device}` is a simulated board; it exists only inside `rig run`"
+        )));
+    }
+    Ok((b, i))
+}
+
+fn done(device: &str, msg: String) -> Result<Overall, CliError> {
+    eprintln!("{device}: {msg}");
+    Ok(Overall::Passed)
+}
+
+fn fault(device: &str, e: impl std::fmt::Display) -> CliError {
+    CliError::Fault(format!("{device}: {e}"))
+}
+
+/// Builds `device` of `bench` (without a power driver) under the bench lock
+/// and runs `f` on it.
+fn with_device<F, Fut>(
+    bench: &Path,
+    device: &str,
+    wait_lock: Option<Duration>,
+    what: &str,
+    f: F,
+) -> Result<Overall, CliError>
+where
+    F: FnOnce(DeviceHandle, Timeline) -> Fut,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
+{
+    let (b, i) = bench_device(bench, device)?;
+    let _lock = take_lock(&b.name, &format!("rig {what} {device}"), wait_lock)?;
+    let rt = super::runtime()?;
+    let msg = rt.block_on(async {
+        let tl = Timeline::in_memory().retain_last(1000);
+        let dev = world::hardware_device(&b.devices[i], &b, &tl, false).map_err(CliError::fault)?;
+        f(dev, tl).await
+    })?;
+    done(device, msg)
+}
+
+/// `rig power DEVICE on|off|cycle`.
+pub fn power(
+    device: &str,
+    action: PowerAction,
+    bench: &Path,
+    off_for: Duration,
+    wait_lock: Option<Duration>,
+) -> Result<Overall, CliError> {
+    let (b, i) = bench_device(bench, device)?;
+    let _lock = take_lock(&b.name, &format!("rig power {device}"), wait_lock)?;
+    let rt = super::runtime()?;
+    let d: &Device = &b.devices[i];
+    // The driver opens at the state asked for: `on` never passes through off.
+    let initial = match action {
+        PowerAction::On => true,
+        PowerAction::Off | PowerAction::Cycle => false,
+    };
+    let msg = rt.block_on(async {
+        let power = world::build_power(d, &b, Some(initial)).map_err(|e| fault(device, e))?;
+        match action {
+            PowerAction::On => power.set(true).await,
+            PowerAction::Off => power.set(false).await,
+            PowerAction::Cycle => match power.set(false).await {
+                Ok(()) => {
+                    tokio::time::sleep(off_for).await;
+                    power.set(true).await
+                }
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| fault(device, e))?;
+        let what = match action {
+            PowerAction::On => "on",
+            PowerAction::Off => "off",
+            PowerAction::Cycle => "cycled",
+        };
+        Ok::<_, CliError>(format!("power {what} ({})", power.describe()))
+    })?;
+    done(device, msg)
+}
+
+/// `rig flash DEVICE FIXTURE`.
+pub fn flash(
+    device: &str,
+    fixture: &str,
+    bench: &Path,
+    fixtures: Option<&PathBuf>,
+    wait_lock: Option<Duration>,
+) -> Result<Overall, CliError> {
+    // Every usage error before the lock is taken or a driver opened.
+    let all = inputs::fixtures(fixtures.map(PathBuf::as_path), None)?;
+    let fx = all
+        .get(fixture)
+        .ok_or_else(|| CliError::Usage(format!("unknown fixture `{fixture}` (available: {})", all.names())))?;
+    let (b, i) = bench_device(bench, device)?;
+    let board = &b.devices[i].board;
+    if !fx.boards.contains(board) {
+        return Err(CliError::Usage(format!(
+            "fixture `{fixture}` is built for boards [{}], but device `{device}` is a `{board}`",
+            fx.boards.join(", ")
+        )));
+    }
+    with_device(bench, device, wait_lock, "flash", |dev, _| async move {
+        dev.flash(&fx).await.map_err(|e| fault(device, e))?;
+        Ok(format!(
+            "flashed {} {} (sha256 {}) with {}",
+            fx.name,
+            fx.version,
+            fx.sha256,
+            dev.describe_flasher()
+        ))
+    })
+}
+
+/// `rig reset DEVICE`.
+pub fn reset(device: &str, bench: &Path, wait_lock: Option<Duration>) -> Result<Overall, CliError> {
+    with_device(bench, device, wait_lock, "reset", |dev, _| async move {
+        dev.soft_reset().await.map_err(|e| fault(device, e))?;
+        Ok("soft reset".to_string())
+    })
+}
+
+/// `rig console DEVICE [--send LINE] [--for D]`: prints the console until
+/// `duration` passes or Ctrl-C/SIGTERM.
+pub fn console(
+    device: &str,
+    bench: &Path,
+    send: Option<String>,
+    duration: Option<Duration>,
+    wait_lock: Option<Duration>,
+) -> Result<Overall, CliError> {
+    with_device(bench, device, wait_lock, "console", |dev, tl| async move {
+        let mut interrupt = crate::signals::Interrupt::new();
+        if let Some(line) = send {
+            dev.console_send_confirmed(&line).await.map_err(|e| fault(device, e))?;
+        }
+        let printer = tl.wait(0, duration, |e| {
+            if let EventKind::ConsoleLine { line, .. } = &e.kind {
+                println!("{line}");
+            } else if let EventKind::ConsoleGap { ms } = &e.kind {
+                println!("--- console link gap of {ms} ms ---");
+            }
+            false
+        });
+        tokio::select! {
+            _ = printer => {}
+            _ = interrupt.recv() => {}
+        }
+        Ok("console closed".to_string())
+    })
+}

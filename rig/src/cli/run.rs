@@ -1,0 +1,157 @@
+//! `rig run`, `rig check` and `rig report`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{CliError, inputs};
+use crate::lock;
+use crate::report::{self, Overall};
+use crate::runner::{self, RunConfig};
+use crate::units::fmt_duration;
+
+/// What `rig check` and `rig run` are given.
+pub struct InputOpts {
+    pub plans: Vec<PathBuf>,
+    pub bench: Option<PathBuf>,
+    pub sets: Vec<(String, String)>,
+    pub fixtures: Option<PathBuf>,
+}
+
+pub struct RunOpts {
+    pub input: InputOpts,
+    pub seed: Option<u64>,
+    pub out: PathBuf,
+    pub wait_lock: Option<Duration>,
+}
+
+fn load(i: &InputOpts) -> Result<(crate::bench::Bench, crate::fixture::Fixtures, Vec<crate::plan::Plan>), CliError> {
+    inputs::load(&i.plans, i.bench.as_deref(), i.fixtures.as_deref(), &i.sets)
+}
+
+/// `rig check`: validates plans (or, with only `--bench`, the bench file).
+pub fn check(i: &InputOpts) -> Result<Overall, CliError> {
+    if i.plans.is_empty() {
+        let path = i
+            .bench
+            .as_deref()
+            .ok_or_else(|| CliError::Usage("rig check needs a PLAN or --bench FILE".into()))?;
+        let b = crate::bench::Bench::load(path)?;
+        println!(
+            "{}: ok (bench `{}`, {} device{}, {} clock)",
+            path.display(),
+            b.name,
+            b.devices.len(),
+            if b.devices.len() == 1 { "" } else { "s" },
+            b.clock
+        );
+        return Ok(Overall::Passed);
+    }
+    let (bench, _, plans) = load(i)?;
+    for p in &plans {
+        println!(
+            "{}: ok ({} cell{}, bench {})",
+            p.path.display(),
+            p.cells.len(),
+            if p.cells.len() == 1 { "" } else { "s" },
+            bench.name
+        );
+    }
+    Ok(Overall::Passed)
+}
+
+/// `rig run`.
+pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
+    let (bench, fixtures, plans) = load(&o.input)?;
+    let seed = o.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64 & 0xffff_ffff)
+            .unwrap_or(1)
+    });
+    eprintln!(
+        "rig {}: bench `{}` ({} devices, {} clock), seed {seed} (rerun with --seed {seed})",
+        env!("CARGO_PKG_VERSION"),
+        bench.name,
+        bench.devices.len(),
+        bench.clock
+    );
+    let _lock = if bench.lock {
+        let plans: Vec<String> = o.input.plans.iter().map(|p| p.display().to_string()).collect();
+        Some(take_lock(&bench.name, &plans.join(" "), o.wait_lock)?)
+    } else {
+        None
+    };
+    let progress = super::progress::for_stderr();
+    let wall = Instant::now();
+    let cfg = RunConfig {
+        bench: &bench,
+        fixtures: &fixtures,
+        plans: &plans,
+        seed,
+        out: &o.out,
+        progress: progress.as_ref(),
+    };
+    let result = runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")))?;
+    drop(progress);
+    print!("\n{}", report::verdict_table(&result.summary));
+    let plan_ms: u64 = result.summary.cells.iter().map(|c| c.plan_ms).sum();
+    println!("\n{}", report::overall_line(&result.summary.cells));
+    println!(
+        "seed {seed}; {} of plan time in {} of wall time; reports in {}",
+        fmt_duration(Duration::from_millis(plan_ms)),
+        fmt_duration(wall.elapsed()),
+        result.dir.display()
+    );
+    Ok(Overall::of(&result.summary.cells))
+}
+
+/// `rig report RUN_DIR...`: re-renders every report from `events.jsonl`;
+/// the outcome is the worst of the runs'.
+pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
+    let mut cells = Vec::new();
+    let mut empty = false;
+    for dir in dirs {
+        let path = dir.join("events.jsonl");
+        let (header, events) = crate::timeline::read_jsonl(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+        let summary = report::write_all(dir, &header, &events)
+            .map_err(|e| CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())))?;
+        print!("{}", report::verdict_table(&summary));
+        println!("\n{}", report::overall_line(&summary.cells));
+        println!("reports re-rendered in {}\n", dir.display());
+        // A journal with only its header judged nothing: no verdict.
+        empty |= summary.cells.is_empty();
+        cells.extend(summary.cells);
+    }
+    if empty {
+        return Ok(Overall::NoVerdict);
+    }
+    Ok(Overall::of(&cells))
+}
+
+/// `rig report merge RUN_DIR... --out DIR`.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Overall, CliError> {
+    let mut runs = Vec::new();
+    for d in dirs {
+        runs.push(report::load(d).map_err(|e| CliError::Usage(e.to_string()))?);
+    }
+    report::merge(&runs, out).map_err(|e| CliError::Fault(format!("cannot write {}: {e}", out.display())))?;
+    for r in &runs {
+        print!("{}", report::verdict_table(&r.summary));
+    }
+    let cells: Vec<_> = runs.iter().flat_map(|r| r.summary.cells.iter().cloned()).collect();
+    println!("\n{}", report::overall_line(&cells));
+    println!("{} runs merged into {}", runs.len(), out.display());
+    Ok(Overall::of(&cells))
+}
+
+/// Takes the bench lock, saying who has it or that a stale one was taken over.
+pub fn take_lock(bench: &str, what: &str, wait: Option<Duration>) -> Result<lock::BenchLock, CliError> {
+    let me = lock::Holder::me(what);
+    let l = lock::acquire(&lock::lock_dir(), bench, &me, wait).map_err(CliError::fault)?;
+    if let Some(dead) = &l.took_over {
+        eprintln!(
+            "warning: bench `{bench}` was left locked by a run that ended without releasing it ({dead}); taking over, the safe power state is restored first"
+        );
+    }
+    Ok(l)
+}
