@@ -63,6 +63,19 @@ pub struct CacheCfg {
     pub kind: CacheKind,
 }
 
+/// Where the built-in cloud keeps its replay window (the highest record
+/// counter accepted per session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayWindow {
+    /// Also in the cloud process, which a cache restore cannot roll back.
+    #[default]
+    Process,
+    /// Only in the session cache: a restore reopens the window (the hole a
+    /// cloud has when it keeps replay state only in its cache).
+    Cache,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudCfg {
@@ -77,6 +90,8 @@ pub struct CloudCfg {
     /// Mitigation until a plan step sets one.
     #[serde(default)]
     pub mitigation: Mitigation,
+    #[serde(default)]
+    pub replay_window: ReplayWindow,
 }
 
 fn default_latency() -> Dur {
@@ -90,6 +105,7 @@ impl Default for CloudCfg {
             cache: CacheCfg::default(),
             latency: default_latency(),
             mitigation: Mitigation::Drop,
+            replay_window: ReplayWindow::Process,
         }
     }
 }
@@ -308,6 +324,8 @@ struct CloudRaw {
     latency: Option<Dur>,
     #[serde(default)]
     mitigation: Option<Mitigation>,
+    #[serde(default)]
+    replay_window: ReplayWindow,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +343,10 @@ struct BenchRaw {
     /// Take the bench lock even if every device is simulated.
     #[serde(default)]
     lock: bool,
+    /// Where the bench's lock lives: a folder of the bench users' group
+    /// when several accounts drive one bench (default: a private folder).
+    #[serde(default)]
+    lock_dir: Option<PathBuf>,
     devices: Spanned<Vec<DeviceRaw>>,
 }
 
@@ -366,6 +388,8 @@ pub struct Bench {
     pub devices: Vec<Device>,
     /// Whether runs must hold the bench lock (any hardware, or `lock: true`).
     pub lock: bool,
+    /// `lock_dir:` from the bench file.
+    pub lock_dir: Option<PathBuf>,
 }
 
 impl Bench {
@@ -524,6 +548,7 @@ impl Bench {
             cache: None,
             latency: None,
             mitigation: None,
+            replay_window: ReplayWindow::Process,
         });
         let cache_kind = cloud_raw.cache.as_ref().and_then(|c| c.kind.clone());
         if let Some(k) = &cache_kind
@@ -543,6 +568,7 @@ impl Bench {
             },
             latency: cloud_raw.latency.unwrap_or_else(default_latency),
             mitigation: cloud_raw.mitigation.unwrap_or_default(),
+            replay_window: cloud_raw.replay_window,
         };
         if !errors.is_empty() {
             return Err(errors);
@@ -555,6 +581,7 @@ impl Bench {
             cloud,
             safe_state: raw.safe_state,
             lock: raw.lock || !all_sim,
+            lock_dir: raw.lock_dir,
             devices,
         })
     }

@@ -162,7 +162,8 @@ pub async fn run(clients: usize, each: Duration, redis_dir: Option<&Path>) -> an
     let ids: Vec<String> = (0..clients).map(|i| format!("bench-{i:04}")).collect();
     let keys: BTreeMap<String, Psk> = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
     let handle = CloudHandle::new(Mitigation::Drop, timeline.clone());
-    let server = Server::new(CloudConfig::new(keys, 1), cache, DurableKeys::new(), handle, timeline);
+    let cfg = CloudConfig::with_secrets(keys, crate::cloud::server::Secrets::Os);
+    let server = Server::new(cfg, cache, DurableKeys::new(), handle, timeline);
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let cloud = sock.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -173,6 +173,8 @@ impl RecoveryTracker {
             | EventKind::CloudResumed { .. }
             | EventKind::CloudPublish { .. }
             | EventKind::CloudInvalid { .. }
+            | EventKind::CloudReplayAccepted { .. }
+            | EventKind::CacheDied { .. }
             | EventKind::CacheKill { .. }
             | EventKind::CacheStart { .. }
             | EventKind::CacheRestore { .. }

@@ -208,6 +208,13 @@ impl Fixtures {
 
 fn load_one(path: &Path) -> Result<Fixture, Vec<Diagnostic>> {
     let text = crate::diag::read_text(path, "fixture").map_err(|e| vec![e])?;
+    parse(path, &text)
+}
+
+/// Parses and validates `fixture.yaml` text found at `path` (its folder
+/// names the fixture and holds its image).
+pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
+    let text = text.to_owned();
     let raw: FixtureRaw = serde_saphyr::from_str(&text).map_err(|e| vec![yaml_error(path, &text, &e)])?;
     let dir = path.parent().unwrap_or(Path::new(".")).to_owned();
     let folder = dir

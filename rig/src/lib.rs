@@ -14,6 +14,8 @@ pub mod diag;
 pub mod doctor;
 pub mod drivers;
 pub mod fixture;
+pub mod fsutil;
+pub mod fuzzing;
 pub mod lock;
 pub mod plan;
 pub mod report;

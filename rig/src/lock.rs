@@ -1,19 +1,27 @@
 //! The bench lock: two CI jobs must never drive one bench at once.
 //!
-//! One lock file per bench (`$RIG_LOCK_DIR/<bench>.lock`, default
-//! `/tmp/rig-locks`), held with `flock(2)` for as long as the rig runs and
-//! holding who has it (pid, host, plan, start time). The kernel releases a
-//! flock when its holder dies, however it dies, so a lock is never stuck; a
-//! file whose holder text is still there but whose flock is free was left by
-//! a crashed run, and is taken over with a warning.
+//! One lock file per bench (`<dir>/<bench>.lock`), held with `flock(2)` for
+//! as long as the rig runs, and beside it `<bench>.holder` saying who has it
+//! (pid, host, plan, start time). The kernel releases a flock when its holder
+//! dies, however it dies, so a lock is never stuck; a holder file whose lock
+//! is free was left by a crashed run, and is taken over with a warning.
+//!
+//! The folder: `RIG_LOCK_DIR`, else the bench file's `lock_dir:` (a folder of
+//! the bench users' group when several accounts share a bench), else a
+//! private per-user folder (`$XDG_RUNTIME_DIR/rig-locks`, or
+//! `/tmp/rig-locks-<uid>`, created 0700). A folder owned by another user or
+//! writable by everyone is refused, the lock file is opened without
+//! following links and never truncated, and the holder file is replaced by
+//! rename: a planted `x.lock -> /etc/shadow` changes nothing.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FsError};
 
 /// Who holds a bench.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,29 +65,63 @@ fn hostname() -> String {
 pub enum LockError {
     #[error("bench `{bench}` is in use by {holder}; wait for it with --wait-lock DURATION")]
     Held { bench: String, holder: Holder },
-    #[error("bench lock {path}: {message}")]
-    Io { path: String, message: String },
+    #[error("bench lock: {0}")]
+    Fs(#[from] FsError),
+    #[error("bench lock {path}: {source}")]
+    Io { path: String, source: std::io::Error },
 }
 
-/// A held bench lock; released (and its file cleared) when dropped.
+/// A held bench lock; released (and its holder file removed) when dropped.
 pub struct BenchLock {
     file: File,
     pub path: PathBuf,
+    holder_path: PathBuf,
     /// The holder a crashed run left behind, if the lock was taken over.
     pub took_over: Option<Holder>,
 }
 
-pub fn lock_dir() -> PathBuf {
-    std::env::var_os("RIG_LOCK_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/rig-locks"))
+/// The lock folder: `RIG_LOCK_DIR`, else `configured` (the bench's
+/// `lock_dir:`), else this user's private default.
+pub fn lock_dir_for(configured: Option<&Path>) -> PathBuf {
+    if let Some(d) = std::env::var_os("RIG_LOCK_DIR") {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = configured {
+        return d.to_owned();
+    }
+    default_dir()
 }
 
-fn read_holder(file: &mut File) -> Option<Holder> {
-    let mut text = String::new();
-    file.seek(SeekFrom::Start(0)).ok()?;
-    file.read_to_string(&mut text).ok()?;
-    serde_json::from_str(text.trim()).ok()
+pub fn lock_dir() -> PathBuf {
+    lock_dir_for(None)
+}
+
+fn default_dir() -> PathBuf {
+    if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from)
+        && fsutil::check_dir(&run).is_ok()
+    {
+        return run.join("rig-locks");
+    }
+    std::env::temp_dir().join(format!("rig-locks-{}", fsutil::euid()))
+}
+
+/// The part of a bench name used in file names.
+fn file_stem(bench: &str) -> String {
+    bench
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn read_holder(path: &Path) -> Option<Holder> {
+    let bytes = fsutil::read_bounded(path, 4096).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn try_flock(file: &File) -> std::io::Result<bool> {
@@ -98,38 +140,26 @@ fn try_flock(file: &File) -> std::io::Result<bool> {
 
 /// Takes the lock of `bench` in `dir`, waiting up to `wait` if it is held.
 pub fn acquire(dir: &Path, bench: &str, me: &Holder, wait: Option<Duration>) -> Result<BenchLock, LockError> {
-    let safe: String = bench
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let path = dir.join(format!("{safe}.lock"));
-    let io = |e: std::io::Error| LockError::Io {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    // Created private if missing; an existing folder must be trustworthy.
+    fsutil::ensure_dir(dir, 0o700)?;
+    let stem = file_stem(bench);
+    let path = dir.join(format!("{stem}.lock"));
+    let holder_path = dir.join(format!("{stem}.holder"));
+    // Group-writable in a group-shared folder, so another account can lock it too.
+    let file = fsutil::open_rw_nofollow(&path, 0o660)?;
     let deadline = wait.map(|w| Instant::now() + w);
     loop {
-        if try_flock(&file).map_err(io)? {
+        let got = try_flock(&file).map_err(|source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if got {
             break;
         }
         match deadline {
             Some(d) if Instant::now() < d => std::thread::sleep(Duration::from_millis(100)),
             _ => {
-                let holder = read_holder(&mut file).unwrap_or(Holder {
+                let holder = read_holder(&holder_path).unwrap_or(Holder {
                     pid: 0,
                     host: "?".into(),
                     plan: "?".into(),
@@ -142,18 +172,24 @@ pub fn acquire(dir: &Path, bench: &str, me: &Holder, wait: Option<Duration>) -> 
             }
         }
     }
-    let took_over = read_holder(&mut file);
-    file.set_len(0).map_err(io)?;
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    let text = serde_json::to_string(me).map_err(|e| io(e.into()))?;
-    file.write_all(text.as_bytes()).and_then(|_| file.flush()).map_err(io)?;
-    Ok(BenchLock { file, path, took_over })
+    let took_over = read_holder(&holder_path);
+    let text = serde_json::to_vec(me).map_err(|e| LockError::Io {
+        path: holder_path.display().to_string(),
+        source: e.into(),
+    })?;
+    fsutil::write_atomic(&holder_path, &text, 0o644)?;
+    Ok(BenchLock {
+        file,
+        path,
+        holder_path,
+        took_over,
+    })
 }
 
 impl Drop for BenchLock {
     fn drop(&mut self) {
-        // A clean release leaves an empty file: only a crash leaves a holder.
-        let _ = self.file.set_len(0);
+        // A clean release leaves no holder: only a crash does.
+        let _ = std::fs::remove_file(&self.holder_path);
         // SAFETY: unlocking our own descriptor (closing would too).
         unsafe {
             libc::flock(self.file.as_raw_fd(), libc::LOCK_UN);
@@ -205,8 +241,53 @@ mod tests {
             plan: "crashed.yaml".into(),
             started: "2026-11-23T00:00:00Z".into(),
         };
-        std::fs::write(dir.path().join("bench-a.lock"), serde_json::to_string(&dead).unwrap()).unwrap();
+        std::fs::write(dir.path().join("bench-a.holder"), serde_json::to_string(&dead).unwrap()).unwrap();
         let lock = acquire(dir.path(), "bench-a", &Holder::me("p"), None).unwrap();
         assert_eq!(lock.took_over, Some(dead));
+    }
+
+    /// Finding 1 of the security issue: a user who created the lock folder
+    /// first planted `bench.lock -> a root file`, and the next locked run
+    /// truncated that file.
+    #[test]
+    fn a_planted_lock_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let victim = dir.path().join("shadow");
+        std::fs::write(&victim, "root:secret\n").unwrap();
+        std::os::unix::fs::symlink(&victim, locks.join("bench-a.lock")).unwrap();
+        let e = acquire(&locks, "bench-a", &Holder::me("p"), None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        std::os::unix::fs::symlink(&victim, locks.join("bench-b.holder")).unwrap();
+        let l = acquire(&locks, "bench-b", &Holder::me("p"), None).unwrap();
+        drop(l);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root:secret\n");
+    }
+
+    #[test]
+    fn a_lock_folder_others_can_write_or_own_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = acquire(&open, "b", &Holder::me("p"), None).err().unwrap().to_string();
+        assert!(e.contains("writable by other users"), "{e}");
+        if crate::fsutil::euid() == 0 {
+            // As root (CI): a folder another user made is refused too.
+            let theirs = dir.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = acquire(&theirs, "b", &Holder::me("p"), None).err().unwrap().to_string();
+            assert!(e.contains("belongs to uid 65534"), "{e}");
+        }
+        // A missing folder is created private.
+        let fresh = dir.path().join("fresh");
+        let _l = acquire(&fresh, "b", &Holder::me("p"), None).unwrap();
+        assert_eq!(std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777, 0o700);
     }
 }

@@ -139,8 +139,8 @@ enum CloudCmd {
         /// Bench file whose device keys the cloud accepts (default: the built-in sim bench).
         #[arg(long)]
         bench: Option<PathBuf>,
-        /// UDP address to listen on.
-        #[arg(long, default_value = "0.0.0.0:5684")]
+        /// UDP address to listen on (loopback unless you say otherwise: 0.0.0.0:5684 for a bench network).
+        #[arg(long, default_value = "127.0.0.1:5684")]
         listen: String,
         #[arg(long, default_value = "memory")]
         cache: CacheArg,

@@ -50,7 +50,20 @@ pub const MAX_ADMIN_LINE: usize = 4096;
 /// Serves admin connections, each on its own task, so an idle client
 /// cannot hold up another's `rig cache flush`. `shutdown` stops the cloud.
 async fn admin_loop(listener: tokio::net::UnixListener, cache: Cache, stop: tokio::sync::mpsc::Sender<()>) {
+    let me = crate::fsutil::euid();
     while let Ok((stream, _)) = listener.accept().await {
+        // Only this user (or root) may break the cache or stop the cloud.
+        match stream.peer_cred() {
+            Ok(c) if c.uid() == me || c.uid() == 0 => {}
+            Ok(c) => {
+                tracing::warn!("admin socket: refused a connection from uid {}", c.uid());
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!("admin socket: cannot check a peer's credentials: {e}");
+                continue;
+            }
+        }
         let (cache, stop) = (cache.clone(), stop.clone());
         tokio::spawn(async move {
             let _ = admin_connection(stream, &cache, &stop).await;
@@ -93,10 +106,38 @@ async fn admin_connection(
     }
 }
 
+/// Largest `events.jsonl` of a serving cloud before it rolls over, and how
+/// many rolled-over files are kept: the journal's disk use is bounded
+/// whatever peers send.
+pub const JOURNAL_MAX_BYTES: u64 = 64 * 1024 * 1024;
+pub const JOURNAL_KEEP: usize = 4;
+
 /// Serves until Ctrl-C, SIGTERM or `shutdown` on the admin socket.
 pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let mut interrupt = crate::signals::Interrupt::new();
-    std::fs::create_dir_all(o.dir).with_context(|| format!("cannot create {}", o.dir.display()))?;
+    // The folder holds session keys (durable store, redis data) and the
+    // admin socket: private, whatever the umask.
+    crate::fsutil::ensure_dir(o.dir, 0o700).with_context(|| format!("cannot use {} for the cloud", o.dir.display()))?;
+    // One cloud per folder: a second one would fight over the journal and
+    // the admin socket.
+    let me = crate::lock::Holder::me(&format!("rig cloud serve --listen {}", o.listen));
+    let _folder = crate::lock::acquire(o.dir, "serve", &me, None).map_err(|e| match e {
+        crate::lock::LockError::Held { holder, .. } => anyhow::anyhow!(
+            "{} is in use by another `rig cloud serve` ({holder}); stop it (`rig cloud stop --cloud {}`) or use another --out",
+            o.dir.display(),
+            o.dir.display()
+        ),
+        other => other.into(),
+    })?;
+    let started = OffsetDateTime::now_utc();
+    let events = o.dir.join("events.jsonl");
+    if events.exists() {
+        // An earlier cloud's journal is kept, never truncated.
+        let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
+        let stamp = started.format(fmt).unwrap_or_else(|_| "old".into());
+        let kept = o.dir.join(format!("events-{stamp}.jsonl"));
+        std::fs::rename(&events, &kept).with_context(|| format!("cannot keep the old {}", events.display()))?;
+    }
     let header = Header {
         format: FORMAT.into(),
         version: FORMAT_VERSION,
@@ -109,10 +150,10 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         seed: o.seed,
         bench: o.bench.name.clone(),
         plans: Vec::new(),
-        started: OffsetDateTime::now_utc(),
+        started,
     };
     // Everything goes to the journal; memory keeps only what the printer needs.
-    let timeline = Timeline::create(&o.dir.join("events.jsonl"), &header)?.retain_last(10_000);
+    let timeline = Timeline::create_rotating(&events, &header, JOURNAL_MAX_BYTES, JOURNAL_KEEP)?.retain_last(10_000);
     timeline.begin_cell(0);
     let cache: Arc<dyn SessionCache> = match o.cache {
         CacheKind::Memory => Arc::new(MemoryCache::new(o.seed)),
@@ -126,11 +167,13 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
             pid: cache.pid(),
         },
     );
-    let cache_handle = cache.clone();
+    let admin_cache = Cache::new(cache.clone(), timeline.clone());
     let durable = DurableKeys::with_file(&o.dir.join("durable-keys.jsonl"))?;
     let keys = o.bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
     let handle = CloudHandle::new(o.mitigation, timeline.clone());
-    let server = Server::new(CloudConfig::new(keys, o.seed), cache, durable, handle, timeline.clone());
+    // Reachable from the network: secrets from the OS RNG, never a seed.
+    let cfg = CloudConfig::with_secrets(keys, crate::cloud::server::Secrets::Os);
+    let server = Server::new(cfg, cache, durable, handle, timeline.clone());
     let sock = tokio::net::UdpSocket::bind(o.listen)
         .await
         .with_context(|| format!("cannot listen on UDP {}", o.listen))?;
@@ -144,7 +187,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
             CacheKind::Redis => "redis",
         },
         o.mitigation,
-        o.dir.join("events.jsonl").display()
+        events.display()
     );
     let printer = {
         let tl = timeline.clone();
@@ -155,11 +198,23 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
                     EventKind::CloudResumeUnknown { session, action, .. } => {
                         format!("resume of unknown session {session}: {action:?}")
                     }
-                    EventKind::CloudInvalid { reason, peer } => format!("invalid datagram from {peer}: {reason}"),
+                    EventKind::CloudInvalid {
+                        reason, peer, count, ..
+                    } => {
+                        format!("{count} invalid datagram(s) from {peer}: {reason}")
+                    }
+                    EventKind::CloudReplayAccepted {
+                        session,
+                        counter,
+                        highest,
+                    } => {
+                        format!("REPLAY ACCEPTED on session {session}: counter {counter} after {highest}")
+                    }
                     EventKind::CacheError { op, error } => format!("cache {op} failed: {error}"),
+                    EventKind::CacheDied { pid, how, .. } => format!("the session cache (pid {pid}) died: {how}"),
                     _ => return false,
                 };
-                eprintln!("{} {}: {what}", e.wall.time(), e.device.as_deref().unwrap_or("?"));
+                eprintln!("{} {}: {what}", e.wall.time(), e.device.as_deref().unwrap_or("-"));
                 false
             })
             .await;
@@ -170,15 +225,17 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         let _ = rx.await;
     }));
     let admin = admin_socket(o.dir);
+    // Only a stale socket of ours can be here: the folder is private and locked.
     let _ = std::fs::remove_file(&admin);
     let listener =
         tokio::net::UnixListener::bind(&admin).with_context(|| format!("cannot bind {}", admin.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", admin.display()))?;
+    }
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let admin_task = tokio::spawn(admin_loop(
-        listener,
-        Cache::new(cache_handle, timeline.clone()),
-        stop_tx,
-    ));
+    let admin_task = tokio::spawn(admin_loop(listener, admin_cache, stop_tx));
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = stop_rx.recv() => {}

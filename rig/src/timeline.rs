@@ -146,9 +146,29 @@ pub enum EventKind {
     CloudRx { bytes: u64, msg: String, peer: String },
     #[serde(rename = "cloud.tx")]
     CloudTx { bytes: u64, msg: String, peer: String },
-    /// A datagram the cloud refused: malformed, forged, replayed or unexpected.
+    /// Datagrams the cloud refused: malformed, forged, replayed or
+    /// unexpected. Aggregated per source and reason over a second, so a
+    /// flood is a few events, not one per datagram.
     #[serde(rename = "cloud.invalid")]
-    CloudInvalid { reason: String, peer: String },
+    CloudInvalid {
+        reason: String,
+        peer: String,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        count: u64,
+        /// Bytes of those datagrams not attributed to a device.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        bytes: u64,
+    },
+    /// A record the cloud accepted although its counter was not above the
+    /// highest it had accepted for that session before (a replay that got
+    /// through, as after a restore when the replay window lives only in the
+    /// restorable cache).
+    #[serde(rename = "cloud.replay_accepted")]
+    CloudReplayAccepted {
+        session: String,
+        counter: u64,
+        highest: u64,
+    },
     /// `pid`: the server process that was killed (gone when this is recorded).
     #[serde(rename = "cache.kill")]
     CacheKill {
@@ -185,6 +205,9 @@ pub enum EventKind {
     CacheResume,
     #[serde(rename = "cache.error")]
     CacheError { op: String, error: String },
+    /// The cache's server died without the rig killing it.
+    #[serde(rename = "cache.died")]
+    CacheDied { backend: String, pid: u32, how: String },
     #[serde(rename = "plan.mark")]
     PlanMark { name: String },
     #[serde(rename = "plan.step")]
@@ -236,6 +259,18 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn one() -> u64 {
+    1
+}
+
+fn is_one(n: &u64) -> bool {
+    *n == 1
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// How a matrix cell's execution ended (not its verdict: that is derived
 /// from check events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,6 +312,7 @@ pub const KIND_NAMES: &[&str] = &[
     "cloud.rx",
     "cloud.tx",
     "cloud.invalid",
+    "cloud.replay_accepted",
     "cache.kill",
     "cache.start",
     "cache.restore",
@@ -286,6 +322,7 @@ pub const KIND_NAMES: &[&str] = &[
     "cache.pause",
     "cache.resume",
     "cache.error",
+    "cache.died",
     "plan.mark",
     "plan.step",
     "check.pass",
@@ -317,6 +354,7 @@ impl EventKind {
             EventKind::CloudRx { .. } => "cloud.rx",
             EventKind::CloudTx { .. } => "cloud.tx",
             EventKind::CloudInvalid { .. } => "cloud.invalid",
+            EventKind::CloudReplayAccepted { .. } => "cloud.replay_accepted",
             EventKind::CacheKill { .. } => "cache.kill",
             EventKind::CacheStart { .. } => "cache.start",
             EventKind::CacheRestore { .. } => "cache.restore",
@@ -326,6 +364,7 @@ impl EventKind {
             EventKind::CachePause { .. } => "cache.pause",
             EventKind::CacheResume => "cache.resume",
             EventKind::CacheError { .. } => "cache.error",
+            EventKind::CacheDied { .. } => "cache.died",
             EventKind::PlanMark { .. } => "plan.mark",
             EventKind::PlanStep { .. } => "plan.step",
             EventKind::CheckPass { .. } => "check.pass",
@@ -382,8 +421,45 @@ struct State {
     retain: Option<usize>,
     journal: Option<BufWriter<File>>,
     journal_error: Option<String>,
+    /// Bounded journals (long-running `rig cloud serve`) roll over.
+    rotation: Option<Rotation>,
     cell: u32,
     cell_base: tokio::time::Instant,
+}
+
+/// When a journal rolls over: `events.jsonl` becomes `events.1.jsonl` (and
+/// so on up to `keep`) and a new file starts with the same header.
+struct Rotation {
+    path: std::path::PathBuf,
+    header: Header,
+    max_bytes: u64,
+    keep: usize,
+    written: u64,
+}
+
+impl Rotation {
+    fn rotated(&self, n: usize) -> std::path::PathBuf {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!("{stem}.{n}.jsonl"))
+    }
+
+    fn roll(&mut self) -> std::io::Result<BufWriter<File>> {
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        self.written = 0;
+        let f = crate::fsutil::create_new(&self.path, 0o644).map_err(std::io::Error::other)?;
+        let mut w = BufWriter::new(f);
+        serde_json::to_writer(&mut w, &self.header)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        Ok(w)
+    }
 }
 
 struct Shared {
@@ -411,11 +487,28 @@ impl Timeline {
 
     /// A timeline journaled to `path`, starting with `header`.
     pub fn create(path: &Path, header: &Header) -> std::io::Result<Timeline> {
-        let mut w = BufWriter::new(File::create(path)?);
+        // A new file: never an old journal truncated, never a planted link.
+        let f = crate::fsutil::create_new(path, 0o644).map_err(std::io::Error::other)?;
+        let mut w = BufWriter::new(f);
         serde_json::to_writer(&mut w, header)?;
         w.write_all(b"\n")?;
         w.flush()?;
         Ok(Timeline::with_journal(Some(w)))
+    }
+
+    /// [`Timeline::create`] for a process that runs for days: when the file
+    /// passes `max_bytes` it rolls over, keeping `keep` older files, so the
+    /// disk it uses is bounded whatever peers send.
+    pub fn create_rotating(path: &Path, header: &Header, max_bytes: u64, keep: usize) -> std::io::Result<Timeline> {
+        let tl = Timeline::create(path, header)?;
+        tl.lock().rotation = Some(Rotation {
+            path: path.to_owned(),
+            header: header.clone(),
+            max_bytes,
+            keep: keep.max(1),
+            written: 0,
+        });
+        Ok(tl)
     }
 
     /// Keeps only about the last `n` events in memory (0: none); the journal
@@ -436,6 +529,7 @@ impl Timeline {
                     retain: None,
                     journal,
                     journal_error: None,
+                    rotation: None,
                     cell: 0,
                     cell_base: tokio::time::Instant::now(),
                 }),
@@ -488,10 +582,20 @@ impl Timeline {
             kind,
         };
         if let Some(w) = s.journal.as_mut() {
-            let res = serde_json::to_writer(&mut *w, &ev)
-                .map_err(std::io::Error::from)
-                .and_then(|_| w.write_all(b"\n"))
-                .and_then(|_| w.flush());
+            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            line.push(b'\n');
+            let mut res = w.write_all(&line).and_then(|_| w.flush());
+            if res.is_ok()
+                && let Some(r) = s.rotation.as_mut()
+            {
+                r.written += line.len() as u64;
+                if r.written > r.max_bytes {
+                    match r.roll() {
+                        Ok(new) => s.journal = Some(new),
+                        Err(e) => res = Err(e),
+                    }
+                }
+            }
             if let Err(e) = res {
                 // Stop journaling at the first failure (a full disk would
                 // otherwise fail, and be reported, once per event) and let
@@ -615,30 +719,65 @@ pub enum ReadError {
 /// ignored: everything before it is intact by construction.
 pub fn read_jsonl(path: &Path) -> Result<(Header, Vec<Event>), ReadError> {
     let p = path.display().to_string();
-    let file = File::open(path).map_err(|source| ReadError::Io {
+    let file = crate::fsutil::open_read_nofollow(path).map_err(|e| ReadError::Io {
         path: p.clone(),
-        source,
+        source: std::io::Error::other(e),
     })?;
-    let mut lines = BufReader::new(file).lines().enumerate().peekable();
-    let header_line = match lines.next() {
-        Some((_, Ok(l))) => l,
-        Some((_, Err(source))) => return Err(ReadError::Io { path: p, source }),
-        None => {
-            return Err(ReadError::Parse {
-                path: p,
-                line: 1,
-                message: "empty file: expected a rig.events header line".into(),
-            });
-        }
+    read_jsonl_named(BufReader::new(file), &p)
+}
+
+/// [`read_jsonl`] on bytes already in memory.
+pub fn read_jsonl_from(data: &[u8]) -> Result<(Header, Vec<Event>), ReadError> {
+    read_jsonl_named(data, "events.jsonl")
+}
+
+/// Longest line `events.jsonl` may hold: a garbled file must not make the
+/// reader buffer gigabytes looking for a newline.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// The next line (without its end), bounded by [`MAX_LINE`].
+fn next_line<R: BufRead>(r: &mut R, p: &str) -> Result<Option<String>, ReadError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .map_err(|source| ReadError::Io {
+            path: p.to_owned(),
+            source,
+        })?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_LINE {
+        return Err(ReadError::Parse {
+            path: p.to_owned(),
+            line: 0,
+            message: format!("a line is longer than {MAX_LINE} bytes: not a rig journal"),
+        });
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}
+
+fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
+    let Some(header_line) = next_line(&mut r, p)? else {
+        return Err(ReadError::Parse {
+            path: p.to_owned(),
+            line: 1,
+            message: "empty file: expected a rig.events header line".into(),
+        });
     };
     let header: Header = serde_json::from_str(&header_line).map_err(|e| ReadError::Parse {
-        path: p.clone(),
+        path: p.to_owned(),
         line: 1,
         message: format!("not a rig.events header: {e}"),
     })?;
     if header.format != FORMAT || header.version > FORMAT_VERSION {
         return Err(ReadError::Parse {
-            path: p,
+            path: p.to_owned(),
             line: 1,
             message: format!(
                 "format {} version {} is not readable by this rig (reads {FORMAT} up to version {FORMAT_VERSION})",
@@ -647,21 +786,22 @@ pub fn read_jsonl(path: &Path) -> Result<(Header, Vec<Event>), ReadError> {
         });
     }
     let mut events = Vec::new();
-    while let Some((i, line)) = lines.next() {
-        let line = line.map_err(|source| ReadError::Io {
-            path: p.clone(),
-            source,
-        })?;
+    let mut lineno = 1;
+    let mut next = next_line(&mut r, p)?;
+    while let Some(line) = next {
+        lineno += 1;
+        next = next_line(&mut r, p)?;
         if line.trim().is_empty() {
             continue;
         }
         match serde_json::from_str::<Event>(&line) {
             Ok(ev) => events.push(ev),
-            Err(_) if lines.peek().is_none() => break,
+            // A torn last line: the rig was killed mid-write.
+            Err(_) if next.is_none() => break,
             Err(e) => {
                 return Err(ReadError::Parse {
-                    path: p,
-                    line: i + 1,
+                    path: p.to_owned(),
+                    line: lineno,
                     message: e.to_string(),
                 });
             }
@@ -745,6 +885,13 @@ mod tests {
             EventKind::CloudInvalid {
                 reason: "r".into(),
                 peer: "p".into(),
+                count: 3,
+                bytes: 9,
+            },
+            EventKind::CloudReplayAccepted {
+                session: "s".into(),
+                counter: 4,
+                highest: 9,
             },
             EventKind::CacheKill {
                 backend: "redis".into(),
@@ -774,6 +921,11 @@ mod tests {
             EventKind::CacheError {
                 op: "get".into(),
                 error: "down".into(),
+            },
+            EventKind::CacheDied {
+                backend: "redis".into(),
+                pid: 77,
+                how: "exit status: 0".into(),
             },
             EventKind::PlanMark { name: "crash".into() },
             EventKind::PlanStep {
@@ -905,5 +1057,148 @@ mod tests {
         let hit = tl.wait(2, Some(Duration::from_secs(10)), |_| true).await;
         assert!(!hit);
         assert_eq!(tl.now_ms(), 15000);
+    }
+}
+
+#[cfg(test)]
+mod roundtrip {
+    //! Property: whatever an event holds (any text, any numbers), the journal
+    //! gives back exactly what was emitted.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Any unicode, quotes, backslashes and line breaks included.
+        proptest::string::string_regex("(.|\n|\"|\\\\){0,40}").unwrap()
+    }
+
+    fn facts() -> impl Strategy<Value = Option<RecoveryFacts>> {
+        proptest::option::of(
+            (
+                text(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |(mark, t, recovered, wakes, bytes, handshakes, unknown)| RecoveryFacts {
+                        mark,
+                        mark_t_ms: t,
+                        recovered,
+                        via: recovered.then_some(ConnectVia::Handshake),
+                        wakes,
+                        ms: recovered.then_some(t / 2),
+                        bytes,
+                        handshakes,
+                        unknown_resumes: unknown,
+                        power_cycled: !recovered,
+                    },
+                ),
+        )
+    }
+
+    fn kind() -> impl Strategy<Value = EventKind> {
+        prop_oneof![
+            (text(), text(), any::<bool>(), any::<u64>()).prop_map(|(plan, name, ef, seed)| EventKind::CellStart {
+                plan: plan.clone(),
+                plan_path: name.clone(),
+                plan_sha256: "ab".into(),
+                name,
+                vars: BTreeMap::from([(plan, "v".into())]),
+                expect_failure: ef,
+                seed,
+                bench: "b".into(),
+                clock: "virtual".into(),
+            }),
+            (proptest::option::of(any::<usize>()), text())
+                .prop_map(|(step, message)| EventKind::RigFault { step, message }),
+            Just(EventKind::PowerOn),
+            Just(EventKind::PowerOff),
+            (text(), text(), text(), any::<u64>()).prop_map(|(fixture, version, sha256, ms)| EventKind::FlashDone {
+                fixture,
+                version,
+                sha256,
+                ms
+            }),
+            (text(), any::<bool>()).prop_map(|(line, partial)| EventKind::ConsoleLine { line, partial }),
+            any::<u64>().prop_map(|ms| EventKind::ConsoleGap { ms }),
+            proptest::option::of(text()).prop_map(|reason| EventKind::DeviceWake { reason }),
+            proptest::option::of(any::<u64>()).prop_map(|secs| EventKind::DeviceSleep { secs }),
+            text().prop_map(|session| EventKind::CloudResumed { session }),
+            (text(), any::<bool>()).prop_map(|(session, resume)| EventKind::CloudResumeUnknown {
+                session,
+                action: if resume {
+                    UnknownAction::Healed
+                } else {
+                    UnknownAction::Dropped
+                },
+                resume
+            }),
+            (any::<u64>(), text(), text()).prop_map(|(bytes, msg, peer)| EventKind::CloudRx { bytes, msg, peer }),
+            (text(), text(), any::<u64>(), any::<u64>()).prop_map(|(reason, peer, count, bytes)| {
+                EventKind::CloudInvalid {
+                    reason,
+                    peer,
+                    count,
+                    bytes,
+                }
+            }),
+            (text(), any::<u64>(), any::<u64>()).prop_map(|(session, counter, highest)| {
+                EventKind::CloudReplayAccepted {
+                    session,
+                    counter,
+                    highest,
+                }
+            }),
+            (text(), proptest::option::of(any::<u32>()))
+                .prop_map(|(backend, pid)| EventKind::CacheKill { backend, pid }),
+            (any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(|(n, sessions)| EventKind::CacheEvict {
+                fraction: (n % 1000) as f64 / 1000.0,
+                devices: sessions.clone(),
+                sessions,
+            }),
+            (text(), any::<u32>(), text()).prop_map(|(backend, pid, how)| EventKind::CacheDied { backend, pid, how }),
+            (any::<usize>(), text(), text(), facts()).prop_map(|(step, check, detail, facts)| EventKind::CheckPass {
+                step,
+                check,
+                detail,
+                facts
+            }),
+            (any::<usize>(), text(), text(), facts()).prop_map(|(step, check, message, facts)| EventKind::CheckFail {
+                step,
+                check,
+                message,
+                facts
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn whatever_is_emitted_is_read_back(events in proptest::collection::vec((proptest::option::of(text()), kind()), 0..30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("events.jsonl");
+            let header = Header {
+                format: FORMAT.into(),
+                version: FORMAT_VERSION,
+                run_id: "r".into(),
+                rig_version: "0".into(),
+                seed: 1,
+                bench: "b".into(),
+                plans: vec![],
+                started: OffsetDateTime::UNIX_EPOCH,
+            };
+            let tl = Timeline::create(&path, &header).unwrap();
+            for (device, kind) in events {
+                tl.emit(device.as_deref(), Source::Runner, kind);
+            }
+            let (h, evs) = read_jsonl(&path).unwrap();
+            prop_assert_eq!(h, header);
+            prop_assert_eq!(evs, tl.snapshot());
+        }
     }
 }

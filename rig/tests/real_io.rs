@@ -258,9 +258,17 @@ async fn the_udp_cloud_survives_garbage_and_still_answers() {
     tx.send(()).unwrap();
     task.await.unwrap();
     // Every garbage datagram was read, counted and refused; none was trusted.
+    // The journal holds a handful of aggregated refusals, not 3,000 events.
     let evs = timeline.snapshot();
-    let invalid = evs.iter().filter(|e| e.kind.name() == "cloud.invalid").count() as u64;
-    assert_eq!(invalid, sent, "each garbage datagram is one cloud.invalid");
+    let (events, counted): (u64, u64) = evs.iter().fold((0, 0), |(n, c), e| match &e.kind {
+        rig::timeline::EventKind::CloudInvalid { count, .. } => (n + 1, c + count),
+        _ => (n, c),
+    });
+    assert_eq!(counted, sent, "each garbage datagram is counted once");
+    assert!(
+        events < 100,
+        "aggregated per source, reason and second: {events} events"
+    );
     assert!(
         evs.iter()
             .all(|e| !matches!(e.kind.name(), "cloud.handshake" | "cloud.connected"))

@@ -177,6 +177,10 @@ pub trait SessionCache: Send + Sync {
         None
     }
 
+    /// Registers what to do when the cache dies without the rig killing it
+    /// (a server process that exits or is killed by someone else).
+    fn on_death(&self, _f: DeathCallback) {}
+
     async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError>;
     async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError>;
     async fn delete(&self, id: SessionId) -> Result<(), CacheError>;
@@ -197,8 +201,11 @@ pub trait SessionCache: Send + Sync {
     async fn pause(&self, d: Duration) -> Result<(), CacheError>;
 }
 
+/// Called with (pid, how it ended) when a cache server dies on its own.
+pub type DeathCallback = std::sync::Arc<dyn Fn(u32, String) + Send + Sync>;
+
 /// The rig's administrative handle on the cache: every operation becomes a
-/// `cache.*` event.
+/// `cache.*` event, and so does a death the rig did not cause.
 #[derive(Clone)]
 pub struct Cache {
     backend: Arc<dyn SessionCache>,
@@ -207,6 +214,19 @@ pub struct Cache {
 
 impl Cache {
     pub fn new(backend: Arc<dyn SessionCache>, timeline: Timeline) -> Cache {
+        let tl = timeline.clone();
+        let name = backend.backend();
+        backend.on_death(Arc::new(move |pid, how| {
+            tl.emit(
+                None,
+                Source::Cache,
+                EventKind::CacheDied {
+                    backend: name.into(),
+                    pid,
+                    how,
+                },
+            );
+        }));
         Cache { backend, timeline }
     }
 

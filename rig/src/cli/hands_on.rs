@@ -61,7 +61,7 @@ where
     Fut: std::future::Future<Output = Result<String, CliError>>,
 {
     let (b, i) = bench_device(bench, device)?;
-    let _lock = take_lock(&b.name, &format!("rig {what} {device}"), wait_lock)?;
+    let _lock = take_lock(&b, &format!("rig {what} {device}"), wait_lock)?;
     let rt = super::runtime()?;
     let msg = rt.block_on(async {
         let tl = Timeline::in_memory().retain_last(1000);
@@ -80,7 +80,7 @@ pub fn power(
     wait_lock: Option<Duration>,
 ) -> Result<Overall, CliError> {
     let (b, i) = bench_device(bench, device)?;
-    let _lock = take_lock(&b.name, &format!("rig power {device}"), wait_lock)?;
+    let _lock = take_lock(&b, &format!("rig power {device}"), wait_lock)?;
     let rt = super::runtime()?;
     let d: &Device = &b.devices[i];
     // The driver opens at the state asked for: `on` never passes through off.

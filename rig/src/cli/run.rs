@@ -77,7 +77,7 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
     );
     let _lock = if bench.lock {
         let plans: Vec<String> = o.input.plans.iter().map(|p| p.display().to_string()).collect();
-        Some(take_lock(&bench.name, &plans.join(" "), o.wait_lock)?)
+        Some(take_lock(&bench, &plans.join(" "), o.wait_lock)?)
     } else {
         None
     };
@@ -145,9 +145,11 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Overall, CliError> {
 }
 
 /// Takes the bench lock, saying who has it or that a stale one was taken over.
-pub fn take_lock(bench: &str, what: &str, wait: Option<Duration>) -> Result<lock::BenchLock, CliError> {
+pub fn take_lock(bench: &crate::bench::Bench, what: &str, wait: Option<Duration>) -> Result<lock::BenchLock, CliError> {
     let me = lock::Holder::me(what);
-    let l = lock::acquire(&lock::lock_dir(), bench, &me, wait).map_err(CliError::fault)?;
+    let dir = lock::lock_dir_for(bench.lock_dir.as_deref());
+    let l = lock::acquire(&dir, &bench.name, &me, wait).map_err(CliError::fault)?;
+    let bench = &bench.name;
     if let Some(dead) = &l.took_over {
         eprintln!(
             "warning: bench `{bench}` was left locked by a run that ended without releasing it ({dead}); taking over, the safe power state is restored first"

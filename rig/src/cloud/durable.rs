@@ -38,7 +38,7 @@ impl DurableKeys {
     /// A store persisted to `path`, loading what an earlier cloud wrote.
     pub fn with_file(path: &Path) -> std::io::Result<DurableKeys> {
         let mut index = BTreeMap::new();
-        if let Ok(f) = File::open(path) {
+        if let Ok(f) = crate::fsutil::open_read_nofollow(path) {
             for line in BufReader::new(f).lines() {
                 // A torn last line (killed mid-write) is skipped.
                 if let Ok(rec) = serde_json::from_str::<SessionRecord>(&line?) {
@@ -46,7 +46,20 @@ impl DurableKeys {
                 }
             }
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        // Session keys in the clear: readable by this user only.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)?
+        };
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        }
         Ok(DurableKeys {
             inner: Arc::new(Mutex::new(Inner {
                 index,

@@ -32,40 +32,71 @@ use super::transport::Datagram;
 use crate::cache::{CacheError, SessionCache, SessionRecord, session_label};
 use crate::timeline::{ConnectVia, EventKind, Source, Timeline, UnknownAction};
 
+/// Where the cloud's secrets (cookie key, nonces, session ids) come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Secrets {
+    /// A seeded generator: only for the virtual clock, where the cloud is
+    /// reachable by nothing but the simulation and a seed must reproduce a
+    /// run.
+    Seeded(u64),
+    /// The OS RNG: every cloud a peer can reach (UDP, `rig cloud serve`).
+    Os,
+}
+
 /// Static settings of a cloud instance.
 #[derive(Clone, Debug)]
 pub struct CloudConfig {
     /// Pre-shared keys by device id; hellos from other ids are dropped.
     pub keys: BTreeMap<String, Psk>,
-    /// Seeds nonces, session ids and the cookie secret (a reproducible run).
-    pub seed: u64,
+    pub secrets: Secrets,
     /// TTL given to sessions in the cache.
     pub session_ttl: Duration,
     /// Upper bound on one cache call.
     pub cache_timeout: Duration,
     /// After a failed cache call, calls fail fast for this long.
     pub cache_retry: Duration,
-    /// Pending handshakes kept at most (oldest dropped first).
+    /// Pending handshakes kept at most. When full, new hellos are refused:
+    /// a live pending handshake is never evicted by a flood.
     pub max_pending: usize,
+    /// Pending handshakes one source IP may hold at once.
+    pub max_pending_per_ip: usize,
     /// A pending handshake not finished within this is forgotten.
     pub pending_ttl: Duration,
+    /// The cookie secret is replaced this often (cookies of the previous
+    /// secret stay valid for one more period).
+    pub cookie_rotation: Duration,
+    /// Replay protection that survives the cache: the highest record counter
+    /// accepted per session is also kept in the cloud process, which no
+    /// cache restore can roll back. Off models a cloud whose replay window
+    /// lives only in the (restorable) cache; a replay it accepts is then a
+    /// `cloud.replay_accepted` event.
+    pub replay_floor: bool,
 }
 
 impl CloudConfig {
+    /// A cloud with seeded secrets (the virtual clock).
     pub fn new(keys: BTreeMap<String, Psk>, seed: u64) -> CloudConfig {
+        CloudConfig::with_secrets(keys, Secrets::Seeded(seed))
+    }
+
+    pub fn with_secrets(keys: BTreeMap<String, Psk>, secrets: Secrets) -> CloudConfig {
         CloudConfig {
             keys,
-            seed,
+            secrets,
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             cache_timeout: Duration::from_millis(250),
             cache_retry: Duration::from_secs(1),
             max_pending: 4096,
+            max_pending_per_ip: 16,
             pending_ttl: Duration::from_secs(60),
+            cookie_rotation: Duration::from_secs(600),
+            replay_floor: true,
         }
     }
 }
 
 struct Pending {
+    ip: std::net::IpAddr,
     device_id: String,
     transcript: Transcript,
     keys: SessionKeys,
@@ -92,7 +123,12 @@ pub struct Server {
     timeline: Timeline,
     rng: ChaCha8Rng,
     cookie_key: CookieKey,
+    /// The secret before the last rotation, still accepted for one period.
+    previous_cookie_key: Option<CookieKey>,
+    cookie_rotated: Instant,
     cert: Vec<u8>,
+    /// Highest record counter accepted per session, outside the cache.
+    highest_rx: HashMap<SessionId, u64>,
     pending: BTreeMap<SessionId, Pending>,
     // Which device last spoke from an address: how bytes of records the cloud
     // cannot decrypt are still attributed to a device.
@@ -108,7 +144,16 @@ impl Server {
         handle: super::CloudHandle,
         timeline: Timeline,
     ) -> Server {
-        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xc10d);
+        let mut rng = match cfg.secrets {
+            Secrets::Seeded(seed) => ChaCha8Rng::seed_from_u64(seed ^ 0xc10d),
+            Secrets::Os => {
+                let mut seed = [0u8; 32];
+                // Without OS randomness a network-facing cloud must not run
+                // on guessable secrets.
+                getrandom::fill(&mut seed).expect("the OS random number generator is available");
+                ChaCha8Rng::from_seed(seed)
+            }
+        };
         let mut ck = [0u8; 32];
         rng.fill_bytes(&mut ck);
         Server {
@@ -119,7 +164,10 @@ impl Server {
             timeline,
             rng,
             cookie_key: CookieKey(ck),
+            previous_cookie_key: None,
+            cookie_rotated: Instant::now(),
             cert: rig_proto::handshake::certificate(rig_proto::SERVER_CERT_LEN, 0x5a),
+            highest_rx: HashMap::new(),
             pending: BTreeMap::new(),
             peers: HashMap::new(),
             cache_down_until: None,
@@ -158,10 +206,11 @@ impl Server {
             return;
         };
         out.device = Some(h.device_id.clone());
+        self.rotate_cookie_key();
         let peer_bytes = peer.to_string();
         let cookie_ok = h.cookie.is_some_and(|c| {
-            self.cookie_key
-                .verify(peer_bytes.as_bytes(), &h.device_id, &h.client_nonce, &c)
+            let ok = |k: &CookieKey| k.verify(peer_bytes.as_bytes(), &h.device_id, &h.client_nonce, &c);
+            ok(&self.cookie_key) || self.previous_cookie_key.as_ref().is_some_and(ok)
         });
         if !cookie_ok {
             // Stateless: nothing is remembered until the peer proves it
@@ -172,8 +221,21 @@ impl Server {
             out.replies.push(Frame::HelloVerify(HelloVerify { cookie }));
             return;
         }
-        self.peers.insert(peer, h.device_id.clone());
         self.expire_pending();
+        if self.pending.len() >= self.cfg.max_pending {
+            out.events
+                .push(invalid("handshake refused: too many pending handshakes", peer));
+            return;
+        }
+        let from_ip = self.pending.values().filter(|p| p.ip == peer.ip()).count();
+        if from_ip >= self.cfg.max_pending_per_ip {
+            out.events.push(invalid(
+                "handshake refused: too many pending handshakes from this address",
+                peer,
+            ));
+            return;
+        }
+        self.peers.insert(peer, h.device_id.clone());
         let mut server_nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut server_nonce);
         let session_id = loop {
@@ -198,6 +260,7 @@ impl Server {
         self.pending.insert(
             session_id,
             Pending {
+                ip: peer.ip(),
                 device_id: h.device_id,
                 transcript,
                 keys,
@@ -210,13 +273,16 @@ impl Server {
         let now = Instant::now();
         let ttl = self.cfg.pending_ttl;
         self.pending.retain(|_, p| now.duration_since(p.created) < ttl);
-        while self.pending.len() >= self.cfg.max_pending {
-            let oldest = self.pending.iter().min_by_key(|(_, p)| p.created).map(|(id, _)| *id);
-            match oldest {
-                Some(id) => self.pending.remove(&id),
-                None => break,
-            };
+    }
+
+    fn rotate_cookie_key(&mut self) {
+        if self.cookie_rotated.elapsed() < self.cfg.cookie_rotation {
+            return;
         }
+        let mut ck = [0u8; 32];
+        self.rng.fill_bytes(&mut ck);
+        self.previous_cookie_key = Some(std::mem::replace(&mut self.cookie_key, CookieKey(ck)));
+        self.cookie_rotated = Instant::now();
     }
 
     async fn on_client_finished(&mut self, f: ClientFinished, peer: SocketAddr, out: &mut Outcome) {
@@ -303,6 +369,24 @@ impl Server {
                 .push(invalid("replayed record (counter not above last accepted)", peer));
             return;
         }
+        // The cache may have been restored to an older counter; the cloud
+        // process remembers the highest it accepted.
+        let highest = self.highest_rx.get(&sid).copied().unwrap_or(0);
+        if r.header.counter <= highest {
+            if self.cfg.replay_floor {
+                out.events.push(invalid(
+                    "replayed record (counter not above the highest accepted before a cache restore)",
+                    peer,
+                ));
+                return;
+            }
+            out.events.push(EventKind::CloudReplayAccepted {
+                session: session.clone(),
+                counter: r.header.counter,
+                highest,
+            });
+        }
+        self.highest_rx.insert(sid, r.header.counter.max(highest));
         self.peers.insert(peer, rec.device_id.clone());
         rec.rx_counter = r.header.counter;
         if healed {
@@ -393,6 +477,8 @@ fn invalid(reason: &str, peer: SocketAddr) -> EventKind {
     EventKind::CloudInvalid {
         reason: reason.to_owned(),
         peer: peer.to_string(),
+        count: 1,
+        bytes: 0,
     }
 }
 
@@ -417,18 +503,65 @@ fn publish_topic(payload: &[u8]) -> String {
     String::from_utf8_lossy(topic).into_owned()
 }
 
+/// Refused datagrams of the current second, by (source, reason), waiting to
+/// be journaled as one `cloud.invalid` each.
+#[derive(Default)]
+struct Refused {
+    by_source: BTreeMap<(String, String), (Option<String>, u64, u64)>,
+}
+
+impl Refused {
+    fn add(&mut self, device: Option<&str>, peer: &str, reason: String, bytes: u64) {
+        let e = self
+            .by_source
+            .entry((peer.to_owned(), reason))
+            .or_insert((device.map(str::to_owned), 0, 0));
+        e.1 += 1;
+        e.2 += bytes;
+    }
+
+    fn flush(&mut self, server: &Server) {
+        for ((peer, reason), (device, count, bytes)) in std::mem::take(&mut self.by_source) {
+            server.emit(
+                device.as_deref(),
+                EventKind::CloudInvalid {
+                    reason,
+                    peer,
+                    count,
+                    bytes,
+                },
+            );
+        }
+    }
+}
+
 /// Runs the cloud on `socket` until `shutdown` completes. Receive errors
 /// (ICMP unreachable surfacing on UDP, a network going away) are logged and
 /// the loop carries on: one peer must never stop the cloud for the others.
+///
+/// Refused datagrams are aggregated per source and reason each second, and
+/// one not attributed to any device adds its bytes there instead of a
+/// `cloud.rx` of its own: junk costs the journal a line per source per
+/// second, not a line per datagram.
 pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     // One byte more than the protocol allows, so oversized datagrams are
     // seen as such instead of silently truncated into something valid.
     let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
+    let mut refused = Refused::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let received = tokio::select! {
             biased;
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => {
+                refused.flush(&server);
+                return;
+            }
+            _ = tick.tick(), if !refused.by_source.is_empty() => {
+                refused.flush(&server);
+                continue;
+            }
             r = socket.recv_from(&mut buf) => r,
         };
         let (n, peer) = match received {
@@ -436,6 +569,7 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
             Err(e) => {
                 tracing::debug!("cloud receive error: {e}");
                 if e.kind() == std::io::ErrorKind::NotConnected {
+                    refused.flush(&server);
                     return;
                 }
                 continue;
@@ -444,16 +578,24 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
         let out = server.handle(&buf[..n], peer).await;
         let device = out.device.as_deref();
         let peer_s = peer.to_string();
-        server.emit(
-            device,
-            EventKind::CloudRx {
-                bytes: n as u64,
-                msg: out.msg.to_owned(),
-                peer: peer_s.clone(),
-            },
-        );
+        let junk = device.is_none() && out.events.iter().any(|e| matches!(e, EventKind::CloudInvalid { .. }));
+        if !junk {
+            server.emit(
+                device,
+                EventKind::CloudRx {
+                    bytes: n as u64,
+                    msg: out.msg.to_owned(),
+                    peer: peer_s.clone(),
+                },
+            );
+        }
         for ev in out.events {
-            server.emit(device, ev);
+            match ev {
+                EventKind::CloudInvalid { reason, .. } => {
+                    refused.add(device, &peer_s, reason, if junk { n as u64 } else { 0 });
+                }
+                ev => server.emit(device, ev),
+            }
         }
         for reply in out.replies {
             let bytes = reply.encode();

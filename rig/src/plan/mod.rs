@@ -34,6 +34,12 @@ pub use step::Step;
 /// Plans without `timeout:` stop after this much plan time.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// A plan expands to at most this many matrix cells (counted before
+/// anything is expanded: 12 axes of 10 values must not take the memory).
+pub const MAX_CELLS: usize = 1024;
+/// Longest variable value (from the plan or `--set`).
+pub const MAX_VALUE_LEN: usize = 4096;
+
 /// Teardown gets this much time even after the plan's timeout.
 pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(10 * 60);
 
@@ -224,11 +230,37 @@ pub fn parse(
         base.entry("fixture".to_owned()).or_insert_with(|| f.value.clone());
     }
     let mut axes: Vec<(String, Vec<String>)> = Vec::new();
+    let mut cells: usize = 1;
     for (k, vals) in &header.matrix {
         if vals.value.is_empty() {
             errors.push(ctx.at(&vals.referenced, format!("matrix axis `{k}` has no values")));
         }
+        let pinned = sets.iter().any(|(s, _)| s == k);
+        let before = cells;
+        cells = cells.saturating_mul(if pinned { 1 } else { vals.value.len().max(1) });
+        if cells > MAX_CELLS && before <= MAX_CELLS {
+            errors.push(ctx.at(
+                &vals.referenced,
+                format!("the matrix has more than {MAX_CELLS} cells with axis `{k}` (pin axes with --set, or split the plan)"),
+            ));
+        }
         axes.push((k.clone(), vals.value.iter().map(|v| v.value.0.clone()).collect()));
+    }
+    for (k, v) in &header.vars {
+        if v.value.0.len() > MAX_VALUE_LEN {
+            errors.push(ctx.at(
+                &v.referenced,
+                format!("variable `{k}` is longer than {MAX_VALUE_LEN} characters"),
+            ));
+        }
+    }
+    for (k, v) in sets {
+        if v.len() > MAX_VALUE_LEN {
+            errors.push(Diagnostic::file(
+                path,
+                format!("--set {k}=...: the value is longer than {MAX_VALUE_LEN} characters"),
+            ));
+        }
     }
     let known: BTreeSet<String> = base
         .keys()

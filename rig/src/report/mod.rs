@@ -30,7 +30,7 @@ pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Resu
     write_atomic(&dir.join("signoff.html"), signoff::html(&run).as_bytes())?;
     write_atomic(&dir.join("signoff.md"), signoff::markdown(&run).as_bytes())?;
     let console_dir = dir.join("console");
-    std::fs::create_dir_all(&console_dir)?;
+    crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
     for (device, text) in console_logs(&summary, events) {
         write_atomic(&console_dir.join(format!("{device}.log")), text.as_bytes())?;
     }
@@ -38,14 +38,10 @@ pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Resu
 }
 
 // Reports are rewritten after every cell; a reader must never see half a file.
+// A full disk leaves no half-written temp file behind, and a link planted
+// at a report's path is replaced, not followed.
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let r = std::fs::write(&tmp, data).and_then(|_| std::fs::rename(&tmp, path));
-    if r.is_err() {
-        // A full disk must not leave half-written temp files behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r
+    crate::fsutil::write_atomic(path, data, 0o644).map_err(std::io::Error::other)
 }
 
 /// A run folder read back: what `rig report` and `rig report merge` work from.
@@ -70,7 +66,7 @@ pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
 /// Combines runs (from several benches, say) into one `junit.xml`, one
 /// sign-off and a `merged.json` index in `out`. Returns the combined exit code.
 pub fn merge(runs: &[Loaded], out: &Path) -> std::io::Result<i32> {
-    std::fs::create_dir_all(out)?;
+    crate::fsutil::ensure_dir(out, 0o755).map_err(std::io::Error::other)?;
     let pairs: Vec<(&Summary, &[Event])> = runs.iter().map(|r| (&r.summary, r.events.as_slice())).collect();
     write_atomic(&out.join("junit.xml"), &junit::render_runs(&pairs, true))?;
     let views: Vec<signoff::Run> = runs

@@ -255,6 +255,8 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             | EventKind::CloudRx { .. }
             | EventKind::CloudTx { .. }
             | EventKind::CloudInvalid { .. }
+            | EventKind::CloudReplayAccepted { .. }
+            | EventKind::CacheDied { .. }
             | EventKind::CacheKill { .. }
             | EventKind::CacheStart { .. }
             | EventKind::CacheRestore { .. }

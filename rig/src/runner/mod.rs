@@ -129,7 +129,14 @@ fn runtime(clock: Clock) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // Not writable by others whatever the umask; an existing folder is checked
+    // (a sticky one like /tmp is fine: run folders are created exclusively).
+    if out.exists() {
+        crate::fsutil::check_parent_dir(out)
+    } else {
+        crate::fsutil::ensure_dir(out, 0o755)
+    }
+    .with_context(|| format!("cannot use {} for run folders", out.display()))?;
     let fmt = time::macros::format_description!("[year][month][day]-[hour][minute][second]");
     let stamp = started.format(fmt).unwrap_or_else(|_| "run".into());
     let name = match plans {
@@ -145,7 +152,11 @@ fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow
             format!("{stamp}-{name}-{n}")
         };
         let dir = out.join(&id);
-        match std::fs::create_dir(&dir) {
+        let made = {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new().mode(0o755).create(&dir)
+        };
+        match made {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),

@@ -250,7 +250,8 @@ impl World {
     /// holds the cell's files: the Redis server's data and snapshots, and the
     /// durable key store.
     pub async fn build(bench: &Bench, seed: u64, timeline: &Timeline, dir: &Path) -> Result<World, WorldError> {
-        std::fs::create_dir_all(dir).map_err(|e| WorldError::Cloud(format!("cannot create {}: {e}", dir.display())))?;
+        crate::fsutil::ensure_dir(dir, 0o755)
+            .map_err(|e| WorldError::Cloud(format!("cannot create the cell folder: {e}")))?;
         let backend: Arc<dyn SessionCache> = match bench.cloud.cache.kind {
             CacheKind::Memory => Arc::new(MemoryCache::new(seed)),
             CacheKind::Redis => {
@@ -278,13 +279,16 @@ impl World {
             .cloud_socket(bench.cloud.listen.as_deref())
             .map_err(WorldError::Cloud)?;
         tracing::info!("cloud listening on {cloud_addr} ({})", net.name());
-        let server = Server::new(
-            CloudConfig::new(keys, seed),
-            backend,
-            durable,
-            cloud.clone(),
-            timeline.clone(),
-        );
+        // A cloud on a real socket is reachable by every local user: its
+        // secrets come from the OS. Only the in-process network of the
+        // virtual clock uses the seed, so a seed reproduces a run.
+        let secrets = match bench.clock {
+            Clock::Virtual => crate::cloud::server::Secrets::Seeded(seed),
+            Clock::Real => crate::cloud::server::Secrets::Os,
+        };
+        let mut cfg = CloudConfig::with_secrets(keys, secrets);
+        cfg.replay_floor = bench.cloud.replay_window == crate::bench::ReplayWindow::Process;
+        let server = Server::new(cfg, backend, durable, cloud.clone(), timeline.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let cloud_task = tokio::spawn(serve(socket, server, async {
             let _ = rx.await;

@@ -2,21 +2,21 @@
 //! starts on a free loopback port, SIGKILLs, restarts empty or from a named
 //! RDB snapshot, and SIGSTOPs — the failure the incident was about, for real.
 //!
-//! - The child gets its own directory, no persistence except the snapshots a
-//!   plan asks for (`--save ""`, `--appendonly no`), and dies with the rig:
-//!   `PR_SET_PDEATHSIG` makes the kernel SIGKILL it if the rig dies, even by
-//!   SIGKILL. (The signal follows the *thread* that spawned the child; the
-//!   rig spawns from its long-lived main thread, never from a blocking pool.)
-//! - The cloud talks to it with the `redis` crate's connection manager, which
-//!   reconnects by itself when the server is back. Every call is bounded by a
-//!   response timeout, so a dead or stopped server fails fast.
+//! - [`server`]: the child process itself (private folder, ACL users with
+//!   OS-random passwords, death with the rig, deaths it did not cause).
+//! - The cloud talks to it as `rig-cloud` (session keys only) through the
+//!   `redis` crate's connection manager, which reconnects by itself when the
+//!   server is back; the rig's own operations (snapshot, flush, evict) go as
+//!   `rig-admin` on a second connection. Every call is bounded by a response
+//!   timeout, so a dead or stopped server fails fast.
 //! - Sessions are stored as JSON under `rig:session:<id>` with a TTL.
 //! - Redis needs the real clock: on a paused virtual clock every network wait
 //!   would look like a timeout.
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rig_proto::SessionId;
 
 use super::{CacheError, Evicted, RestoreFrom, SessionCache, SessionRecord};
+pub use server::RedisServer;
 
 const KEY_PREFIX: &str = "rig:session:";
 
@@ -35,15 +36,12 @@ fn key(id: SessionId) -> String {
     format!("{KEY_PREFIX}{id:016x}")
 }
 
-struct Proc {
-    child: Option<Child>,
-}
-
 struct Inner {
-    port: u16,
-    dir: PathBuf,
-    proc: Mutex<Proc>,
+    server: RedisServer,
+    /// The cloud's data path, as `rig-cloud`.
     conn: ConnectionManager,
+    /// The rig's administrative operations, as `rig-admin`.
+    admin: ConnectionManager,
     rng: Mutex<ChaCha8Rng>,
 }
 
@@ -63,38 +61,27 @@ fn backend_err(e: redis::RedisError) -> CacheError {
     }
 }
 
-/// A free TCP port on loopback (bound and released; redis takes it next).
-fn free_port() -> std::io::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+/// A lazily connecting manager with short timeouts.
+pub(crate) fn manager(url: &str) -> Result<ConnectionManager, CacheError> {
+    let client = redis::Client::open(url).map_err(|e| CacheError::Backend(e.to_string()))?;
+    let cfg = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_millis(200)))
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(100));
+    ConnectionManager::new_lazy_with_config(client, cfg).map_err(backend_err)
 }
 
 impl RedisCache {
     /// Starts `redis-server` with its data in `dir`. Must be called on the
-    /// thread that will outlive the child (see the module docs).
+    /// thread that will outlive the child (see [`server`]).
     pub async fn start_in(dir: &Path, seed: u64) -> Result<RedisCache, CacheError> {
-        std::fs::create_dir_all(dir.join("snapshots"))
-            .map_err(|e| CacheError::Backend(format!("cannot create {}: {e}", dir.display())))?;
-        // redis-server changes into `--dir` before it opens `--logfile`: a
-        // relative folder (the default `--out reports`) would be looked up
-        // twice and the log could not be opened.
-        let dir = &std::path::absolute(dir)
-            .map_err(|e| CacheError::Backend(format!("cannot resolve {}: {e}", dir.display())))?;
-        let port = free_port().map_err(|e| CacheError::Backend(format!("no free loopback port: {e}")))?;
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .map_err(|e| CacheError::Backend(e.to_string()))?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_millis(200)))
-            .set_connection_timeout(Some(Duration::from_millis(200)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg).map_err(backend_err)?;
+        let server = RedisServer::prepare(dir, &[])?;
         let cache = RedisCache {
             inner: Arc::new(Inner {
-                port,
-                dir: dir.to_owned(),
-                proc: Mutex::new(Proc { child: None }),
-                conn,
+                conn: manager(&server.cloud_url())?,
+                admin: manager(&server.admin_url())?,
+                server,
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x4ed1)),
             }),
         };
@@ -102,12 +89,8 @@ impl RedisCache {
         Ok(cache)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Proc> {
-        self.inner.proc.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn dump(&self) -> PathBuf {
-        self.inner.dir.join("dump.rdb")
+        self.inner.server.dump()
     }
 
     fn snapshot_path(&self, name: &str) -> PathBuf {
@@ -122,12 +105,12 @@ impl RedisCache {
                 }
             })
             .collect();
-        self.inner.dir.join("snapshots").join(format!("{safe}.rdb"))
+        self.inner.server.dir.join("snapshots").join(format!("{safe}.rdb"))
     }
 
     /// Names of the snapshots taken so far, for error messages.
     fn snapshot_names(&self) -> String {
-        let mut names: Vec<String> = std::fs::read_dir(self.inner.dir.join("snapshots"))
+        let mut names: Vec<String> = std::fs::read_dir(self.inner.server.dir.join("snapshots"))
             .map(|d| {
                 d.filter_map(|e| e.ok())
                     .filter_map(|e| e.file_name().to_str()?.strip_suffix(".rdb").map(str::to_owned))
@@ -144,64 +127,33 @@ impl RedisCache {
 
     /// The server's pid while it runs.
     pub fn server_pid(&self) -> Option<u32> {
-        self.lock().child.as_ref().map(Child::id)
+        self.inner.server.pid()
     }
 
     pub fn port(&self) -> u16 {
-        self.inner.port
+        self.inner.server.port
+    }
+
+    /// The data-path URL (with its password) for a cloud outside the rig.
+    pub fn cloud_url(&self) -> String {
+        self.inner.server.cloud_url()
     }
 
     /// Starts the server (loading `dump.rdb` if `keep_dump`) and waits until
     /// it answers.
     async fn spawn(&self, keep_dump: bool) -> Result<(), CacheError> {
-        self.kill_now();
-        if !keep_dump {
-            let _ = std::fs::remove_file(self.dump());
-        }
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &self.inner.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .arg("--dir")
-            .arg(&self.inner.dir)
-            .args(["--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no", "--protected-mode", "yes"])
-            .arg("--logfile")
-            .arg(self.inner.dir.join("redis.log"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; this runs between fork and exec.
-        unsafe {
-            use std::os::unix::process::CommandExt as _;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                CacheError::Backend(
-                    "redis-server is not installed (not found on PATH): install Debian's `redis-server` package (apt-get install redis-server)".into(),
-                )
-            } else {
-                CacheError::Backend(format!("cannot start redis-server: {e}"))
-            }
-        })?;
-        self.lock().child = Some(child);
+        self.inner.server.spawn(keep_dump)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let mut c = self.inner.conn.clone();
+            let mut c = self.inner.admin.clone();
             let pong: Result<String, _> = redis::cmd("PING").query_async(&mut c).await;
             if pong.is_ok() {
                 return Ok(());
             }
-            if let Some(status) = self.lock().child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self.inner.server.exited() {
                 return Err(CacheError::Backend(format!(
                     "redis-server exited at start ({status}); see {}",
-                    self.inner.dir.join("redis.log").display()
+                    self.inner.server.log_path().display()
                 )));
             }
             if tokio::time::Instant::now() > deadline {
@@ -213,46 +165,31 @@ impl RedisCache {
         }
     }
 
-    /// SIGKILL and reap; afterwards the pid no longer exists.
     fn kill_now(&self) {
-        let child = self.lock().child.take();
-        if let Some(mut c) = child {
-            // SIGCONT first would be pointless: SIGKILL also ends a stopped process.
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.inner.server.kill_now();
     }
 
     fn signal(&self, sig: libc::c_int) -> Result<(), CacheError> {
-        let pid = self
-            .server_pid()
-            .ok_or_else(|| CacheError::Down("redis-server is not running".into()))?;
-        // SAFETY: plain kill(2) on our own child's pid, which is not reaped
-        // while we hold it in `Proc`.
-        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(CacheError::Backend(format!(
-                "cannot signal redis-server: {}",
-                std::io::Error::last_os_error()
-            )))
-        }
+        self.inner.server.signal(sig)
     }
 
     fn conn(&self) -> ConnectionManager {
         self.inner.conn.clone()
     }
 
+    fn admin(&self) -> ConnectionManager {
+        self.inner.admin.clone()
+    }
+
     async fn dbsize(&self) -> Result<u64, CacheError> {
         redis::cmd("DBSIZE")
-            .query_async(&mut self.conn())
+            .query_async(&mut self.admin())
             .await
             .map_err(backend_err)
     }
 
     async fn session_keys(&self) -> Result<Vec<String>, CacheError> {
-        let mut c = self.conn();
+        let mut c = self.admin();
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -276,15 +213,6 @@ impl RedisCache {
     }
 }
 
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.proc.get_mut().ok().and_then(|p| p.child.take()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[async_trait]
 impl SessionCache for RedisCache {
     fn backend(&self) -> &'static str {
@@ -293,6 +221,10 @@ impl SessionCache for RedisCache {
 
     fn pid(&self) -> Option<u32> {
         self.server_pid()
+    }
+
+    fn on_death(&self, f: super::DeathCallback) {
+        self.inner.server.on_death(f);
     }
 
     async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
@@ -341,7 +273,7 @@ impl SessionCache for RedisCache {
     async fn snapshot(&self, name: &str) -> Result<u64, CacheError> {
         let n = self.dbsize().await?;
         let _: () = redis::cmd("SAVE")
-            .query_async(&mut self.conn())
+            .query_async(&mut self.admin())
             .await
             .map_err(backend_err)?;
         std::fs::copy(self.dump(), self.snapshot_path(name))
@@ -372,7 +304,7 @@ impl SessionCache for RedisCache {
     async fn flush(&self) -> Result<u64, CacheError> {
         let n = self.session_keys().await?.len() as u64;
         let _: () = redis::cmd("FLUSHDB")
-            .query_async(&mut self.conn())
+            .query_async(&mut self.admin())
             .await
             .map_err(backend_err)?;
         Ok(n)
@@ -386,7 +318,7 @@ impl SessionCache for RedisCache {
         keys.sort();
         let mut out = Vec::new();
         for k in keys {
-            let json: Option<String> = self.conn().get_del(&k).await.map_err(backend_err)?;
+            let json: Option<String> = self.admin().get_del(&k).await.map_err(backend_err)?;
             if let Some(rec) = json.and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok()) {
                 out.push(Evicted {
                     session_id: rec.session_id,
