@@ -235,3 +235,29 @@ fn the_soft_reset_plan_shows_only_a_power_cycle_clears_the_loop() {
         .count();
     assert!(stale >= 16, "every device kept resuming after the soft reset: {stale}");
 }
+
+/// The headline plan's whole timeline for seed 7, without wall-clock
+/// stamps, as a SHA-256 over its canonical JSON lines: a refactor that
+/// changes one event (its time, its order, a field) changes this. When the
+/// timeline changes on purpose, say why in the commit and update the digest.
+#[test]
+fn the_headline_timeline_for_seed_7_is_the_stored_one() {
+    use sha2::{Digest, Sha256};
+    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "7"]);
+    assert_eq!(r.code(), 0);
+    let mut h = Sha256::new();
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    let evs = r.events();
+    for e in &evs {
+        let mut e = e.clone();
+        e.as_object_mut().unwrap().remove("wall");
+        *kinds.entry(e["kind"].as_str().unwrap().to_owned()).or_default() += 1;
+        h.update(serde_json::to_string(&e).unwrap().as_bytes());
+        h.update(b"\n");
+    }
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    eprintln!("{} events: {kinds:?}\ndigest {digest}", evs.len());
+    assert_eq!(digest, EXPECTED_HEADLINE_DIGEST, "{} events: {kinds:?}", evs.len());
+}
+
+const EXPECTED_HEADLINE_DIGEST: &str = "ac60a0928e42ca824f2dd6451c0010f507ce0fe72984095603083f7c118b9f82";
