@@ -145,6 +145,52 @@ impl std::str::FromStr for CacheCommand {
     }
 }
 
+/// In a plan: `cache: kill` (a word), or a one-key map whose value is the
+/// argument (`{snapshot: NAME}`, `{restore: empty}`, `{pause: 30s}`,
+/// `{evict: {fraction: 0.5}}`). Either form is turned into the command line
+/// the admin socket takes and parsed by the one [`FromStr`](std::str::FromStr).
+impl<'de> serde::Deserialize<'de> for CacheCommand {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fraction {
+            fraction: f64,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Arg {
+            Fraction(Fraction),
+            Text(crate::plan::Scalar),
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CacheCommand;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a cache operation: kill, start, flush, or {snapshot: NAME}, {restore: empty|NAME}, {evict: {fraction: F}}, {pause: DURATION}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CacheCommand, E> {
+                v.parse().map_err(|e: BadCacheCommand| E::custom(e.0))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CacheCommand, A::Error> {
+                let Some(op) = map.next_key::<String>()? else {
+                    return Err(serde::de::Error::custom("expected one cache operation"));
+                };
+                let arg = match map.next_value::<Arg>()? {
+                    Arg::Fraction(f) => f.fraction.to_string(),
+                    Arg::Text(t) => t.0,
+                };
+                if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom("one cache operation per step"));
+                }
+                format!("{op} {arg}")
+                    .parse()
+                    .map_err(|e: BadCacheCommand| serde::de::Error::custom(e.0))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 impl std::fmt::Display for CacheCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

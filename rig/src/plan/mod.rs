@@ -11,6 +11,7 @@
 //!
 //! Every error is a [`Diagnostic`] on the original text: file, line, column.
 
+pub mod resolve;
 pub mod step;
 pub mod vars;
 
@@ -27,9 +28,9 @@ use sha2::{Digest, Sha256};
 use crate::bench::Bench;
 use crate::diag::{Diagnostic, yaml_error};
 use crate::fixture::Fixtures;
-use crate::timeline::KIND_NAMES;
 use crate::units::Dur;
-pub use step::Step;
+pub use resolve::{Action, Expect, PowerAction, Step, Target};
+pub use step::StepRaw;
 
 /// Plans without `timeout:` stop after this much plan time.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -133,14 +134,14 @@ pub struct Spec {
     #[serde(default)]
     pub timeout: Option<Spanned<Dur>>,
     #[serde(default)]
-    pub setup: Vec<Spanned<Step>>,
+    pub setup: Vec<Spanned<StepRaw>>,
     #[serde(default)]
-    pub steps: Vec<Spanned<Step>>,
+    pub steps: Vec<Spanned<StepRaw>>,
     #[serde(default)]
-    pub teardown: Vec<Spanned<Step>>,
+    pub teardown: Vec<Spanned<StepRaw>>,
 }
 
-/// One matrix cell of a plan, ready to run.
+/// One matrix cell of a plan, ready to run: its steps resolved.
 #[derive(Debug, Clone)]
 pub struct Cell {
     /// `fixture=sleepy-1.1 mitigation=drop`, or `default` without a matrix.
@@ -151,7 +152,9 @@ pub struct Cell {
     /// Selected device ids, in bench order.
     pub devices: Vec<String>,
     pub timeout: Duration,
-    pub spec: Spec,
+    pub setup: Vec<Step>,
+    pub steps: Vec<Step>,
+    pub teardown: Vec<Step>,
 }
 
 /// A validated plan.
@@ -332,13 +335,15 @@ pub fn parse(
             .iter()
             .any(|ef| ef.value.iter().all(|(k, v)| cell_vars.get(k) == Some(&v.0)));
         match parse_cell(&ctx, &cell_vars, bench, fixtures) {
-            Ok((spec, devices, timeout)) => cells.push(Cell {
+            Ok(c) => cells.push(Cell {
                 name,
                 vars: cell_vars,
                 expect_failure,
-                devices,
-                timeout,
-                spec,
+                devices: c.devices,
+                timeout: c.timeout,
+                setup: c.setup,
+                steps: c.steps,
+                teardown: c.teardown,
             }),
             Err(es) => cell_errors.extend(es.into_iter().map(|e| (e, name.clone()))),
         }
@@ -393,12 +398,21 @@ fn cartesian(axes: &[(String, Vec<String>)]) -> Vec<Vec<(String, String)>> {
     out
 }
 
+/// A cell's content once resolved.
+struct Parsed {
+    devices: Vec<String>,
+    timeout: Duration,
+    setup: Vec<Step>,
+    steps: Vec<Step>,
+    teardown: Vec<Step>,
+}
+
 fn parse_cell(
     ctx: &Ctx<'_>,
     cell_vars: &BTreeMap<String, String>,
     bench: &Bench,
     fixtures: &Fixtures,
-) -> Result<(Spec, Vec<String>, Duration), Vec<Diagnostic>> {
+) -> Result<Parsed, Vec<Diagnostic>> {
     let (sub, undefined) = vars::substitute(ctx.text, cell_vars);
     let mut errors: Vec<Diagnostic> = undefined
         .iter()
@@ -440,29 +454,36 @@ fn parse_cell(
     };
 
     let devices = resolve_devices(&spec, bench, &at, &mut errors);
+    let rctx = resolve::Ctx {
+        fixtures,
+        devices: &devices,
+        bench,
+        at: &at,
+    };
     if let Some(f) = &spec.fixture {
-        reject_unknown_fixture(&f.value, &f.referenced, fixtures, &devices, bench, &at, &mut errors);
+        resolve::fixture(&f.value, &f.referenced, &rctx, &mut errors);
     }
     let timeout = spec.timeout.as_ref().map_or(DEFAULT_TIMEOUT, |t| t.value.0);
-    let mut seen = Seen {
-        marks: Vec::new(),
-        snapshots: Vec::new(),
-        elapsed: Duration::ZERO,
-        budget: timeout,
-        budget_name: format!("plan's timeout of {}", crate::units::fmt_duration(timeout)),
-        over: false,
-    };
-    for steps in [&spec.setup, &spec.steps] {
-        check_steps(steps, &mut seen, fixtures, &devices, bench, &at, &mut errors);
-    }
+    let mut seen = resolve::Seen::new(
+        timeout,
+        format!("plan's timeout of {}", crate::units::fmt_duration(timeout)),
+    );
+    let setup = resolve::resolve(&spec.setup, &mut seen, &rctx, &mut errors);
+    let steps = resolve::resolve(&spec.steps, &mut seen, &rctx, &mut errors);
     // Teardown has its own budget, whatever is left of the plan's.
-    seen.elapsed = Duration::ZERO;
-    seen.budget = TEARDOWN_BUDGET;
-    seen.budget_name = format!("teardown's budget of {}", crate::units::fmt_duration(TEARDOWN_BUDGET));
-    seen.over = false;
-    check_steps(&spec.teardown, &mut seen, fixtures, &devices, bench, &at, &mut errors);
+    seen.phase(
+        TEARDOWN_BUDGET,
+        format!("teardown's budget of {}", crate::units::fmt_duration(TEARDOWN_BUDGET)),
+    );
+    let teardown = resolve::resolve(&spec.teardown, &mut seen, &rctx, &mut errors);
     if errors.is_empty() {
-        Ok((spec, devices, timeout))
+        Ok(Parsed {
+            devices,
+            timeout,
+            setup,
+            steps,
+            teardown,
+        })
     } else {
         Err(errors)
     }
@@ -517,215 +538,5 @@ fn resolve_devices(
             }
             chosen
         }
-    }
-}
-
-fn reject_unknown_fixture(
-    name: &str,
-    loc: &Location,
-    fixtures: &Fixtures,
-    devices: &[String],
-    bench: &Bench,
-    at: &dyn Fn(&Location, String) -> Diagnostic,
-    errors: &mut Vec<Diagnostic>,
-) {
-    let Some(f) = fixtures.get(name) else {
-        errors.push(at(
-            loc,
-            format!("unknown fixture `{name}` (available: {})", fixtures.names()),
-        ));
-        return;
-    };
-    for d in bench.devices.iter().filter(|d| devices.contains(&d.id)) {
-        if !f.boards.contains(&d.board) {
-            errors.push(at(
-                loc,
-                format!(
-                    "fixture `{name}` is built for boards [{}], but device `{}` is a `{}`",
-                    f.boards.join(", "),
-                    d.id,
-                    d.board
-                ),
-            ));
-            return;
-        }
-    }
-}
-
-/// What the steps before the current one have set up, and how much plan
-/// time they take at least.
-struct Seen {
-    marks: Vec<String>,
-    snapshots: Vec<String>,
-    /// Plan time the steps so far take at least (waits, power-cycle off times).
-    elapsed: Duration,
-    /// The phase's budget: the plan's timeout, or teardown's own.
-    budget: Duration,
-    budget_name: String,
-    /// Whether the budget error was already reported in this phase.
-    over: bool,
-}
-
-impl Seen {
-    fn spend(
-        &mut self,
-        d: Duration,
-        loc: &Location,
-        at: &dyn Fn(&Location, String) -> Diagnostic,
-        errors: &mut Vec<Diagnostic>,
-    ) {
-        self.elapsed = self.elapsed.saturating_add(d);
-        if self.elapsed > self.budget && !self.over {
-            self.over = true;
-            errors.push(at(
-                loc,
-                format!(
-                    "this step cannot finish within the {}: the steps up to and including it take at least {}",
-                    self.budget_name,
-                    crate::units::fmt_duration(self.elapsed)
-                ),
-            ));
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn check_steps(
-    steps: &[Spanned<Step>],
-    seen: &mut Seen,
-    fixtures: &Fixtures,
-    devices: &[String],
-    bench: &Bench,
-    at: &dyn Fn(&Location, String) -> Diagnostic,
-    errors: &mut Vec<Diagnostic>,
-) {
-    for s in steps {
-        let loc = &s.referenced;
-        match &s.value {
-            Step::Flash(f) => reject_unknown_fixture(&f.value, &f.referenced, fixtures, devices, bench, at, errors),
-            Step::Mark(m) => {
-                if m.value.trim().is_empty() {
-                    errors.push(at(&m.referenced, "a mark needs a name".into()));
-                }
-                seen.marks.push(m.value.clone());
-            }
-            Step::WaitFor(w) => match (&w.event, &w.console) {
-                (Some(e), None) => reject_unknown_event(&e.value, &e.referenced, at, errors),
-                (None, Some(c)) => {
-                    if let Err(e) = crate::diag::regex(&c.value) {
-                        errors.push(at(&c.referenced, format!("console pattern is not a usable regex: {e}")));
-                    }
-                }
-                _ => errors.push(at(loc, "wait_for needs exactly one of `event:` or `console:`".into())),
-            },
-            Step::SleepCycles(n) if n.n() == 0 => errors.push(at(loc, "sleep_cycles needs at least 1".into())),
-            Step::Expect(e) => {
-                reject_unknown_event(&e.event.value, &e.event.referenced, at, errors);
-                if let Some(a) = &e.after {
-                    reject_unset_mark(&a.value, &a.referenced, &seen.marks, at, errors);
-                }
-                if let (Some(lo), Some(hi)) = (e.min, e.max)
-                    && lo > hi
-                {
-                    errors.push(at(loc, format!("expect: min {lo} is greater than max {hi}")));
-                }
-                if e.within.is_some() && e.after.is_none() {
-                    errors.push(at(loc, "expect: `within` counts from a mark; add `after: MARK`".into()));
-                }
-            }
-            Step::ExpectRecovery(r) => {
-                reject_unset_mark(&r.after.value, &r.after.referenced, &seen.marks, at, errors);
-                if r.within_cycles == Some(0) {
-                    errors.push(at(loc, "expect_recovery: within_cycles must be at least 1".into()));
-                }
-            }
-            Step::Cache(step::CacheOp::Evict(e)) if !(0.0..=1.0).contains(&e.fraction) => {
-                errors.push(at(loc, format!("cache evict: fraction must be between 0 and 1, found {}", e.fraction)));
-            }
-            Step::Cache(step::CacheOp::Snapshot(name)) => {
-                if !crate::bench::is_safe_name(name) {
-                    errors.push(at(
-                        loc,
-                        format!("snapshot name `{name}` must be letters, digits, `-`, `_` or `.`"),
-                    ));
-                }
-                seen.snapshots.push(name.clone());
-            }
-            Step::Cache(step::CacheOp::Restore(name)) if name != "empty" && !seen.snapshots.contains(name) => {
-                let known = if seen.snapshots.is_empty() {
-                    "no snapshot is taken before this step".to_owned()
-                } else {
-                    format!("snapshots taken before this step: {}", seen.snapshots.join(", "))
-                };
-                errors.push(at(
-                    loc,
-                    format!("`restore: {name}` names a snapshot that no earlier step takes ({known}); `restore: empty` restarts the cache empty"),
-                ));
-            }
-            Step::Repeat(r) => {
-                if r.times == 0 {
-                    errors.push(at(loc, "repeat: times must be at least 1".into()));
-                }
-                let before = seen.elapsed;
-                check_steps(&r.steps, seen, fixtures, devices, bench, at, errors);
-                let once = seen.elapsed.saturating_sub(before);
-                seen.elapsed = before;
-                let total = once.saturating_mul(r.times.max(1));
-                seen.spend(total, loc, at, errors);
-            }
-            Step::Run(c) => errors.push(at(
-                &c.referenced,
-                "`run:` steps are not supported yet: on a virtual-clock bench a shell command would let plan time jump while it runs".into(),
-            )),
-            Step::Wait(d) => seen.spend(d.0, loc, at, errors),
-            Step::Power(step::PowerAction::Cycle { off_for }) => seen.spend(off_for.0, loc, at, errors),
-            Step::Power(_)
-            | Step::Reset(_)
-            | Step::Console(_)
-            | Step::SleepCycles(_)
-            | Step::Cache(_)
-            | Step::Cloud(_) => {}
-        }
-    }
-}
-
-fn reject_unknown_event(
-    name: &str,
-    loc: &Location,
-    at: &dyn Fn(&Location, String) -> Diagnostic,
-    errors: &mut Vec<Diagnostic>,
-) {
-    if !KIND_NAMES.contains(&name) {
-        let near: Vec<&str> = KIND_NAMES
-            .iter()
-            .copied()
-            .filter(|k| k.split('.').next() == name.split('.').next())
-            .collect();
-        let hint = if near.is_empty() {
-            format!("event kinds are: {}", KIND_NAMES.join(", "))
-        } else {
-            format!("did you mean one of: {}", near.join(", "))
-        };
-        errors.push(at(loc, format!("unknown event kind `{name}`; {hint}")));
-    }
-}
-
-fn reject_unset_mark(
-    name: &str,
-    loc: &Location,
-    marks: &[String],
-    at: &dyn Fn(&Location, String) -> Diagnostic,
-    errors: &mut Vec<Diagnostic>,
-) {
-    if !marks.iter().any(|m| m == name) {
-        let known = if marks.is_empty() {
-            "no mark is set before this step".to_owned()
-        } else {
-            format!("marks set before this step: {}", marks.join(", "))
-        };
-        errors.push(at(
-            loc,
-            format!("`after: {name}` names a mark that no earlier step sets ({known})"),
-        ));
     }
 }

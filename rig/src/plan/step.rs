@@ -1,18 +1,19 @@
 //! The step vocabulary of test plans (DESIGN §4), as serde types.
 //!
 //! A step is a one-key map (`- power: on`, `- cache: {restore: empty}`), so
-//! [`Step`] is an externally tagged enum: an unknown step name is a serde
+//! [`StepRaw`] is an externally tagged enum: an unknown step name is a serde
 //! error that already carries its line and column.
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::cache::CacheCommand;
 use crate::cloud::Mitigation;
 use crate::units::{Bytes, Dur, fmt_bytes};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Step {
+pub enum StepRaw {
     Power(PowerAction),
     Reset(ResetKind),
     Flash(Spanned<String>),
@@ -21,7 +22,7 @@ pub enum Step {
     Wait(Dur),
     SleepCycles(SleepCycles),
     Mark(Spanned<String>),
-    Cache(CacheOp),
+    Cache(CacheCommand),
     Cloud(CloudStep),
     Expect(Expect),
     ExpectRecovery(ExpectRecovery),
@@ -166,25 +167,6 @@ impl SleepCycles {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheOp {
-    Kill,
-    Start,
-    Flush,
-    Snapshot(String),
-    /// `empty` or a snapshot name.
-    Restore(String),
-    Evict(Evict),
-    Pause(Dur),
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Evict {
-    pub fraction: f64,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudStep {
@@ -227,40 +209,40 @@ pub struct ExpectRecovery {
 #[serde(deny_unknown_fields)]
 pub struct Repeat {
     pub times: u32,
-    pub steps: Vec<Spanned<Step>>,
+    pub steps: Vec<Spanned<StepRaw>>,
 }
 
-impl Step {
+impl StepRaw {
     /// The step's name as written in a plan.
     pub fn name(&self) -> &'static str {
         match self {
-            Step::Power(_) => "power",
-            Step::Reset(_) => "reset",
-            Step::Flash(_) => "flash",
-            Step::Console(_) => "console",
-            Step::WaitFor(_) => "wait_for",
-            Step::Wait(_) => "wait",
-            Step::SleepCycles(_) => "sleep_cycles",
-            Step::Mark(_) => "mark",
-            Step::Cache(_) => "cache",
-            Step::Cloud(_) => "cloud",
-            Step::Expect(_) => "expect",
-            Step::ExpectRecovery(_) => "expect_recovery",
-            Step::Repeat(_) => "repeat",
-            Step::Run(_) => "run",
+            StepRaw::Power(_) => "power",
+            StepRaw::Reset(_) => "reset",
+            StepRaw::Flash(_) => "flash",
+            StepRaw::Console(_) => "console",
+            StepRaw::WaitFor(_) => "wait_for",
+            StepRaw::Wait(_) => "wait",
+            StepRaw::SleepCycles(_) => "sleep_cycles",
+            StepRaw::Mark(_) => "mark",
+            StepRaw::Cache(_) => "cache",
+            StepRaw::Cloud(_) => "cloud",
+            StepRaw::Expect(_) => "expect",
+            StepRaw::ExpectRecovery(_) => "expect_recovery",
+            StepRaw::Repeat(_) => "repeat",
+            StepRaw::Run(_) => "run",
         }
     }
 
     /// One line for progress output, events and reports.
     pub fn describe(&self) -> String {
         match self {
-            Step::Power(PowerAction::On) => "power on".into(),
-            Step::Power(PowerAction::Off) => "power off".into(),
-            Step::Power(PowerAction::Cycle { off_for }) => format!("power cycle (off for {off_for})"),
-            Step::Reset(ResetKind::Soft) => "reset soft".into(),
-            Step::Flash(f) => format!("flash {}", f.value),
-            Step::Console(c) => format!("console send {:?}", c.send),
-            Step::WaitFor(w) => {
+            StepRaw::Power(PowerAction::On) => "power on".into(),
+            StepRaw::Power(PowerAction::Off) => "power off".into(),
+            StepRaw::Power(PowerAction::Cycle { off_for }) => format!("power cycle (off for {off_for})"),
+            StepRaw::Reset(ResetKind::Soft) => "reset soft".into(),
+            StepRaw::Flash(f) => format!("flash {}", f.value),
+            StepRaw::Console(c) => format!("console send {:?}", c.send),
+            StepRaw::WaitFor(w) => {
                 let what = match (&w.event, &w.console) {
                     (Some(e), _) => e.value.clone(),
                     (None, Some(c)) => format!("console /{}/", c.value),
@@ -271,23 +253,12 @@ impl Step {
                     None => format!("wait_for {what}"),
                 }
             }
-            Step::Wait(d) => format!("wait {d}"),
-            Step::SleepCycles(s) => format!("sleep_cycles {}", s.n()),
-            Step::Mark(m) => format!("mark {}", m.value),
-            Step::Cache(op) => format!(
-                "cache {}",
-                match op {
-                    CacheOp::Kill => "kill".to_string(),
-                    CacheOp::Start => "start".into(),
-                    CacheOp::Flush => "flush".into(),
-                    CacheOp::Snapshot(n) => format!("snapshot {n}"),
-                    CacheOp::Restore(n) => format!("restore {n}"),
-                    CacheOp::Evict(e) => format!("evict {}%", e.fraction * 100.0),
-                    CacheOp::Pause(d) => format!("pause {d}"),
-                }
-            ),
-            Step::Cloud(c) => format!("cloud mitigation {}", c.mitigation),
-            Step::Expect(e) => {
+            StepRaw::Wait(d) => format!("wait {d}"),
+            StepRaw::SleepCycles(s) => format!("sleep_cycles {}", s.n()),
+            StepRaw::Mark(m) => format!("mark {}", m.value),
+            StepRaw::Cache(cmd) => format!("cache {cmd}"),
+            StepRaw::Cloud(c) => format!("cloud mitigation {}", c.mitigation),
+            StepRaw::Expect(e) => {
                 let mut s = format!("expect {}", e.event.value);
                 if let Some(m) = e.min {
                     s += &format!(" min {m}");
@@ -303,7 +274,7 @@ impl Step {
                 }
                 s
             }
-            Step::ExpectRecovery(r) => {
+            StepRaw::ExpectRecovery(r) => {
                 let mut s = format!("expect_recovery after {}", r.after.value);
                 if let Some(c) = r.within_cycles {
                     s += &format!(" within {c} cycles");
@@ -319,8 +290,8 @@ impl Step {
                 }
                 s
             }
-            Step::Repeat(r) => format!("repeat {} times ({} steps)", r.times, r.steps.len()),
-            Step::Run(c) => format!("run {:?}", c.value),
+            StepRaw::Repeat(r) => format!("repeat {} times ({} steps)", r.times, r.steps.len()),
+            StepRaw::Run(c) => format!("run {:?}", c.value),
         }
     }
 }

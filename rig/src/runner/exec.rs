@@ -1,29 +1,27 @@
-//! Executes a cell's steps against its world.
+//! Executes a cell's resolved steps against its world.
 //!
 //! Device-scoped steps act on every selected device concurrently and finish
-//! when all have. Waiting steps (`wait_for`, `sleep_cycles`,
-//! `expect_recovery`) watch the timeline and are bounded by their own
-//! timeout and by the plan's. Checks record `check.pass`/`check.fail`
-//! events; the first failing check step stops the remaining steps (teardown
-//! still runs). A driver or cache error is a fault that names the device and
-//! the step.
+//! when all have. Waiting steps feed the timeline's events to the trackers
+//! of `crate::checks` and are bounded by their own timeout and by the
+//! plan's; every other step is cut off where the plan's time runs out.
+//! Checks record `check.pass`/`check.fail` events; the first failing check
+//! step stops the remaining steps (teardown still runs). A driver or cache
+//! error is a fault that names the device and the step.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use regex::Regex;
-use serde_saphyr::Spanned;
 use tokio::time::Instant;
 
 use super::world::World;
-use crate::cache::RestoreFrom;
-use crate::checks::{self, RecoveryArgs, RecoveryTracker, RecoveryVerdict, Window};
+use crate::checks::{
+    self, RecoveryArgs, RecoveryTracker, RecoveryVerdict, SleepCyclesTracker, Verdict, WaitForTracker, Window,
+};
 use crate::drivers::DriverError;
-use crate::fixture::Fixtures;
-use crate::plan::step::{CacheOp, PowerAction, ResetKind};
-use crate::plan::{Cell, Step};
-use crate::timeline::{Event, EventKind, RecoveryFacts, Source, Timeline};
+use crate::plan::{Action, Cell, Expect, PowerAction, Step, Target};
+use crate::timeline::query;
+use crate::timeline::{EventKind, RecoveryFacts, Source, Timeline};
 use crate::units::fmt_duration;
 
 /// Why a phase stopped early.
@@ -45,12 +43,10 @@ pub type OnStep<'a> = &'a (dyn Fn(usize, &str) + Sync);
 pub struct Exec<'a> {
     world: &'a World,
     timeline: &'a Timeline,
-    fixtures: &'a Fixtures,
     cell_index: u32,
     devices: Vec<String>,
     deadline: Instant,
     step_no: usize,
-    marks: HashMap<String, (u64, u64)>,
     on_step: OnStep<'a>,
     timed_out_in: Option<(usize, String)>,
 }
@@ -59,7 +55,6 @@ impl<'a> Exec<'a> {
     pub fn new(
         world: &'a World,
         timeline: &'a Timeline,
-        fixtures: &'a Fixtures,
         cell_index: u32,
         cell: &Cell,
         on_step: OnStep<'a>,
@@ -67,12 +62,10 @@ impl<'a> Exec<'a> {
         Exec {
             world,
             timeline,
-            fixtures,
             cell_index,
             devices: cell.devices.clone(),
             deadline: Instant::now() + cell.timeout,
             step_no: 0,
-            marks: HashMap::new(),
             on_step,
             timed_out_in: None,
         }
@@ -87,63 +80,63 @@ impl<'a> Exec<'a> {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
-    pub async fn run_phase(&mut self, steps: &[Spanned<Step>], phase: &str) -> Result<(), Stop> {
+    /// The step that ran into the plan's timeout, if one did.
+    pub fn timed_out_in(&self) -> Option<(usize, String)> {
+        self.timed_out_in.clone()
+    }
+
+    pub async fn run_phase(&mut self, steps: &[Step], phase: &str) -> Result<(), Stop> {
         for s in steps {
-            Box::pin(self.run_step(&s.value, phase)).await?;
+            Box::pin(self.run_step(s, phase)).await?;
         }
         Ok(())
     }
 
     async fn run_step(&mut self, step: &Step, phase: &str) -> Result<(), Stop> {
-        if let Step::Repeat(r) = step {
-            for _ in 0..r.times {
-                self.run_phase(&r.steps, phase).await?;
+        if let Action::Repeat { times, steps } = &step.action {
+            for _ in 0..*times {
+                self.run_phase(steps, phase).await?;
             }
             return Ok(());
         }
         self.step_no += 1;
         let n = self.step_no;
-        let desc = step.describe();
-        (self.on_step)(n, &desc);
+        let desc = step.desc.as_str();
+        (self.on_step)(n, desc);
         self.timeline.emit(
             None,
             Source::Runner,
             EventKind::PlanStep {
                 index: n,
                 phase: phase.to_owned(),
-                step: desc.clone(),
+                step: desc.to_owned(),
             },
         );
         let result = if self.remaining().is_zero() {
             Err(Stop::Timeout)
-        } else if bounds_itself(step) {
-            self.exec_step(step, n, &desc).await
+        } else if step.action.bounds_itself() {
+            self.exec(&step.action, n, desc).await
         } else {
             // Every other step (a power cycle's off time, a flash, a relay
             // command) is cut off where the plan's time runs out.
             let limit = self.remaining();
-            match tokio::time::timeout(limit, self.exec_step(step, n, &desc)).await {
+            match tokio::time::timeout(limit, self.exec(&step.action, n, desc)).await {
                 Ok(r) => r,
                 Err(_) => Err(Stop::Timeout),
             }
         };
         if result == Err(Stop::Timeout) && self.timed_out_in.is_none() {
-            self.timed_out_in = Some((n, desc));
+            self.timed_out_in = Some((n, desc.to_owned()));
         }
         result
     }
 
-    /// The step that ran into the plan's timeout, if one did.
-    pub fn timed_out_in(&self) -> Option<(usize, String)> {
-        self.timed_out_in.clone()
-    }
-
-    async fn exec_step(&mut self, step: &Step, n: usize, desc: &str) -> Result<(), Stop> {
+    async fn exec(&mut self, action: &Action, n: usize, desc: &str) -> Result<(), Stop> {
         let fault = |device: &str, e: &DriverError| Stop::Fault(format!("{device}: step {n} ({desc}): {e}"));
-        match step {
-            Step::Power(action) => {
+        match action {
+            Action::Power(p) => {
                 let results = join_all(self.selected().map(|d| async move {
-                    match action {
+                    match p {
                         PowerAction::On => d.power(true).await,
                         PowerAction::Off => d.power(false).await,
                         PowerAction::Cycle { off_for } => d.power_cycle(off_for.0).await,
@@ -152,81 +145,46 @@ impl<'a> Exec<'a> {
                 .await;
                 self.first_fault(results, &fault)
             }
-            Step::Reset(ResetKind::Soft) => {
+            Action::Reset => {
                 let results = join_all(self.selected().map(|d| d.soft_reset())).await;
                 self.first_fault(results, &fault)
             }
-            Step::Flash(name) => {
-                let Some(fx) = self.fixtures.get(&name.value) else {
-                    return Err(Stop::Fault(format!(
-                        "step {n} ({desc}): fixture disappeared since validation"
-                    )));
-                };
-                let fx = &fx;
+            Action::Flash(fx) => {
                 let results = join_all(self.selected().map(|d| d.flash(fx))).await;
                 self.first_fault(results, &fault)
             }
-            Step::Console(c) => {
-                let results: Vec<_> = self.selected().map(|d| d.console_send(&c.send)).collect();
+            Action::ConsoleSend(text) => {
+                let results: Vec<_> = self.selected().map(|d| d.console_send(text)).collect();
                 self.first_fault(results, &fault)
             }
-            Step::Wait(d) => {
-                if d.0 > self.remaining() {
+            Action::Wait(d) => {
+                if *d > self.remaining() {
                     tokio::time::sleep(self.remaining()).await;
                     return Err(Stop::Timeout);
                 }
-                tokio::time::sleep(d.0).await;
+                tokio::time::sleep(*d).await;
                 Ok(())
             }
-            Step::Mark(m) => {
-                let seq = self
-                    .timeline
-                    .emit(None, Source::Runner, EventKind::PlanMark { name: m.value.clone() });
-                self.marks.insert(m.value.clone(), (seq, self.timeline.now_ms()));
+            Action::Mark(name) => {
+                self.timeline
+                    .emit(None, Source::Runner, EventKind::PlanMark { name: name.clone() });
                 Ok(())
             }
-            Step::Cache(op) => {
-                let cache = &self.world.cache;
-                let r = match op {
-                    CacheOp::Kill => cache.kill().await,
-                    CacheOp::Start => cache.start().await,
-                    CacheOp::Flush => cache.flush().await,
-                    CacheOp::Snapshot(name) => cache.snapshot(name).await,
-                    CacheOp::Restore(name) if name == "empty" => cache.restore(&RestoreFrom::Empty).await,
-                    CacheOp::Restore(name) => cache.restore(&RestoreFrom::Snapshot(name.clone())).await,
-                    CacheOp::Evict(e) => cache.evict(e.fraction).await,
-                    CacheOp::Pause(d) => cache.pause(d.0).await,
-                };
-                r.map_err(|e| Stop::Fault(format!("session cache: step {n} ({desc}): {e}")))
-            }
-            Step::Cloud(c) => {
-                self.world.cloud.set_mitigation(c.mitigation);
+            Action::Cache(cmd) => self
+                .world
+                .cache
+                .run(cmd)
+                .await
+                .map_err(|e| Stop::Fault(format!("session cache: step {n} ({desc}): {e}"))),
+            Action::Cloud(m) => {
+                self.world.cloud.set_mitigation(*m);
                 Ok(())
             }
-            Step::WaitFor(w) => {
-                let matcher = match (&w.event, &w.console) {
-                    (Some(e), _) => Matcher::Kind(e.value.clone()),
-                    (None, Some(c)) => Matcher::Console(
-                        crate::diag::regex(&c.value).map_err(|e| Stop::Fault(format!("step {n}: {e}")))?,
-                    ),
-                    (None, None) => return Err(Stop::Fault(format!("step {n}: wait_for without a target"))),
-                };
-                self.wait_for(n, desc, matcher, w.timeout.map(|t| t.0)).await
-            }
-            Step::SleepCycles(s) => self.sleep_cycles(n, desc, s.n(), s.timeout().map(|t| t.0)).await,
-            Step::Expect(e) => self.expect(n, desc, e),
-            Step::ExpectRecovery(r) => {
-                let args = RecoveryArgs {
-                    mark: r.after.value.clone(),
-                    within_cycles: r.within_cycles,
-                    within: r.within,
-                    no_power_cycle: r.no_power_cycle,
-                    max_bytes: r.max_bytes.map(|b| b.0),
-                };
-                self.expect_recovery(n, desc, args).await
-            }
-            Step::Repeat(_) => unreachable!("expanded above"),
-            Step::Run(_) => Err(Stop::Fault(format!("step {n}: `run:` is not supported"))),
+            Action::WaitFor { target, timeout } => self.wait_for(n, desc, target, *timeout).await,
+            Action::SleepCycles { n: cycles, timeout } => self.sleep_cycles(n, desc, *cycles, *timeout).await,
+            Action::Expect(e) => self.expect(n, desc, e),
+            Action::ExpectRecovery(args) => self.expect_recovery(n, desc, args.clone()).await,
+            Action::Repeat { .. } => unreachable!("expanded by run_step"),
         }
     }
 
@@ -240,72 +198,48 @@ impl<'a> Exec<'a> {
         results: Vec<Result<(), DriverError>>,
         fault: &dyn Fn(&str, &DriverError) -> Stop,
     ) -> Result<(), Stop> {
-        let faults: Vec<Stop> = self
+        let mut faults: Vec<String> = self
             .devices
             .iter()
             .zip(results)
-            .filter_map(|(id, r)| r.err().map(|e| fault(id, &e)))
+            .filter_map(|(id, r)| match r.err().map(|e| fault(id, &e)) {
+                Some(Stop::Fault(m)) => Some(m),
+                Some(other) => Some(format!("{other:?}")),
+                None => None,
+            })
             .collect();
         match faults.len() {
             0 => Ok(()),
-            1 => Err(faults.into_iter().next().expect("one")),
-            _ => Err(Stop::Fault(
-                faults
-                    .into_iter()
-                    .map(|f| match f {
-                        Stop::Fault(m) => m,
-                        other => format!("{other:?}"),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )),
+            1 => Err(Stop::Fault(faults.remove(0))),
+            _ => Err(Stop::Fault(faults.join("; "))),
         }
     }
 
-    fn record(
-        &self,
-        n: usize,
-        desc: &str,
-        device: Option<&str>,
-        result: Result<String, String>,
-        facts: Option<RecoveryFacts>,
-    ) -> bool {
-        let kind = match result {
-            Ok(detail) => EventKind::CheckPass {
+    fn record(&self, n: usize, desc: &str, device: Option<&str>, v: Verdict, facts: Option<RecoveryFacts>) -> bool {
+        let passed = v.passed();
+        let kind = match v {
+            Verdict::Pass(detail) => EventKind::CheckPass {
                 step: n,
                 check: desc.to_owned(),
                 detail,
                 facts,
             },
-            Err(message) => EventKind::CheckFail {
+            Verdict::Fail(message) => EventKind::CheckFail {
                 step: n,
                 check: desc.to_owned(),
                 message,
                 facts,
             },
         };
-        let passed = matches!(kind, EventKind::CheckPass { .. });
         self.timeline.emit(device, Source::Check, kind);
         passed
     }
 
     fn last_console_line(&self, device: &str) -> Option<String> {
-        self.timeline.read(|evs| {
-            evs.iter()
-                .rev()
-                .take_while(|e| e.cell == self.cell_index)
-                .find_map(|e| match &e.kind {
-                    EventKind::ConsoleLine { line, .. } if e.is(device) => Some(line.clone()),
-                    _ => None,
-                })
-        })
-    }
-
-    fn with_last_line(&self, device: &str, msg: String) -> String {
-        match self.last_console_line(device) {
-            Some(l) => format!("{msg} (last console line: {l:?})"),
-            None => format!("{msg} (no console output)"),
-        }
+        self.timeline
+            .read(|evs| query::console_tail(evs, self.cell_index, device, u64::MAX, 1))
+            .pop()
+            .map(|(_, l)| l)
     }
 
     /// Bound for a waiting step: its own timeout if shorter than the plan's.
@@ -317,58 +251,23 @@ impl<'a> Exec<'a> {
         }
     }
 
-    async fn wait_for(&mut self, n: usize, desc: &str, m: Matcher, timeout: Option<Duration>) -> Result<(), Stop> {
+    /// Feeds the timeline from `from` to `f` for at most `limit`.
+    async fn follow(&self, from: u64, limit: Duration, f: impl FnMut(&crate::timeline::Event) -> bool) {
+        self.timeline.wait(from, Some(limit), f).await;
+    }
+
+    async fn wait_for(&mut self, n: usize, desc: &str, target: &Target, timeout: Option<Duration>) -> Result<(), Stop> {
         let from = self.timeline.len();
         let (limit, plan_bound) = self.limit(timeout);
-        if m.is_deviceless() {
-            // A bench-wide event (cache.resume, plan.mark...): seen once, not per device.
-            let started = self.timeline.now_ms();
-            let mut hit = None;
-            self.timeline
-                .wait(from, Some(limit), |e| {
-                    if e.device.is_none() && m.matches(e) {
-                        hit = Some(e.t_ms);
-                    }
-                    hit.is_some()
-                })
-                .await;
-            let r = match hit {
-                Some(t) => Ok(format!(
-                    "{} after {}",
-                    m.describe(),
-                    fmt_duration(Duration::from_millis(t - started))
-                )),
-                None => Err(format!("bench: no {} within {}", m.describe(), fmt_duration(limit))),
-            };
-            let ok = self.record(n, desc, None, r, None);
-            return verdict(ok, plan_bound);
-        }
-        let mut pending: BTreeSet<String> = self.devices.iter().cloned().collect();
-        let mut hits: BTreeMap<String, u64> = BTreeMap::new();
-        let started = self.timeline.now_ms();
-        self.timeline
-            .wait(from, Some(limit), |e| {
-                if let Some(d) = &e.device
-                    && pending.contains(d)
-                    && m.matches(e)
-                {
-                    pending.remove(d);
-                    hits.insert(d.clone(), e.t_ms);
-                }
-                pending.is_empty()
-            })
-            .await;
+        let mut t = WaitForTracker::new(target.clone(), &self.devices, self.timeline.now_ms());
+        self.follow(from, limit, |e| t.feed(e)).await;
         let mut ok = true;
-        for d in &self.devices {
-            let r = match hits.get(d) {
-                Some(t) => Ok(format!(
-                    "{} after {}",
-                    m.describe(),
-                    fmt_duration(Duration::from_millis(t - started))
-                )),
-                None => Err(self.with_last_line(d, format!("{d}: no {} within {}", m.describe(), fmt_duration(limit)))),
+        for (device, v) in t.verdicts(&self.devices, limit) {
+            let v = match &device {
+                Some(d) => v.with_last_line(self.last_console_line(d).as_deref()),
+                None => v,
             };
-            ok &= self.record(n, desc, Some(d), r, None);
+            ok &= self.record(n, desc, device.as_deref(), v, None);
         }
         verdict(ok, plan_bound)
     }
@@ -376,52 +275,32 @@ impl<'a> Exec<'a> {
     async fn sleep_cycles(&mut self, n: usize, desc: &str, cycles: u32, timeout: Option<Duration>) -> Result<(), Stop> {
         let from = self.timeline.len();
         let (limit, plan_bound) = self.limit(timeout);
-        // A cycle is complete when the device goes back to sleep after a
-        // wake that began during this step.
-        let mut state: BTreeMap<String, (u32, u32)> = self.devices.iter().map(|d| (d.clone(), (0, 0))).collect();
-        self.timeline
-            .wait(from, Some(limit), |e| {
-                if let Some((wakes, done)) = e.device.as_ref().and_then(|d| state.get_mut(d)) {
-                    match e.kind {
-                        EventKind::DeviceWake { .. } => *wakes += 1,
-                        EventKind::DeviceSleep { .. } if *done < *wakes => *done += 1,
-                        _ => {}
-                    }
-                }
-                state.values().all(|(_, done)| *done >= cycles)
-            })
-            .await;
+        let mut t = SleepCyclesTracker::new(cycles, &self.devices);
+        self.follow(from, limit, |e| t.feed(e)).await;
         let mut ok = true;
         for d in &self.devices {
-            let done = state[d].1;
-            let r = if done >= cycles {
-                Ok(format!("{cycles} wake cycles completed"))
-            } else {
-                Err(self.with_last_line(
-                    d,
-                    format!(
-                        "{d}: completed {done} of {cycles} wake cycles within {}",
-                        fmt_duration(limit)
-                    ),
-                ))
-            };
-            ok &= self.record(n, desc, Some(d), r, None);
+            let v = t.verdict(d, limit).with_last_line(self.last_console_line(d).as_deref());
+            ok &= self.record(n, desc, Some(d), v, None);
         }
         verdict(ok, plan_bound)
     }
 
-    fn expect(&mut self, n: usize, desc: &str, e: &crate::plan::step::Expect) -> Result<(), Stop> {
+    /// The mark's (seq, cell ms), from the timeline.
+    fn mark(&self, n: usize, name: &str) -> Result<(u64, u64), Stop> {
+        self.timeline
+            .mark(name)
+            .ok_or_else(|| Stop::Fault(format!("step {n}: mark '{name}' was not set before this step")))
+    }
+
+    fn expect(&mut self, n: usize, desc: &str, e: &Expect) -> Result<(), Stop> {
         let until_seq = self.timeline.len();
         let (after_seq, within_ms, since) = match &e.after {
             Some(a) => {
-                let (seq, t) =
-                    self.marks.get(&a.value).copied().ok_or_else(|| {
-                        Stop::Fault(format!("step {n}: mark '{}' was not set before this step", a.value))
-                    })?;
-                let within = e.within.map(|w| (t, w.0.as_millis() as u64));
+                let (seq, t) = self.mark(n, a)?;
+                let within = e.within.map(|w| (t, w.as_millis() as u64));
                 let since = match e.within {
-                    Some(w) => format!("within {w} after '{}'", a.value),
-                    None => format!("after '{}'", a.value),
+                    Some(w) => format!("within {} after '{a}'", fmt_duration(w)),
+                    None => format!("after '{a}'"),
                 };
                 (Some(seq), within, since)
             }
@@ -432,42 +311,27 @@ impl<'a> Exec<'a> {
             within_ms,
             until_seq,
         };
-        let kind = e.event.value.as_str();
         let mut ok = true;
-        if checks::is_deviceless(kind) {
+        if e.tag.is_deviceless() {
             let seen = self
                 .timeline
-                .read(|evs| checks::count(evs, self.cell_index, None, kind, w));
-            ok &= self.record(
-                n,
-                desc,
-                None,
-                checks::expect("bench", seen, kind, e.min, e.max, &since),
-                None,
-            );
+                .read(|evs| checks::expect::count(evs, self.cell_index, None, e.tag, w));
+            let v = checks::expect::verdict("bench", seen, e.tag, e.min, e.max, &since);
+            ok &= self.record(n, desc, None, v, None);
         } else {
             for d in &self.devices {
                 let seen = self
                     .timeline
-                    .read(|evs| checks::count(evs, self.cell_index, Some(d), kind, w));
-                ok &= self.record(
-                    n,
-                    desc,
-                    Some(d),
-                    checks::expect(d, seen, kind, e.min, e.max, &since),
-                    None,
-                );
+                    .read(|evs| checks::expect::count(evs, self.cell_index, Some(d), e.tag, w));
+                let v = checks::expect::verdict(d, seen, e.tag, e.min, e.max, &since);
+                ok &= self.record(n, desc, Some(d), v, None);
             }
         }
         verdict(ok, false)
     }
 
     async fn expect_recovery(&mut self, n: usize, desc: &str, args: RecoveryArgs) -> Result<(), Stop> {
-        let (mark_seq, mark_t) = self
-            .marks
-            .get(&args.mark)
-            .copied()
-            .ok_or_else(|| Stop::Fault(format!("step {n}: mark '{}' was not set before this step", args.mark)))?;
+        let (mark_seq, mark_t) = self.mark(n, &args.mark)?;
         let mut trackers: BTreeMap<String, RecoveryTracker> = self
             .devices
             .iter()
@@ -500,24 +364,24 @@ impl<'a> Exec<'a> {
                 .min()
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now)));
             let limit = next_deadline.map_or(self.remaining(), |d| d.min(self.remaining()));
-            self.timeline
-                .wait(next, Some(limit), |e| {
-                    next = e.seq + 1;
-                    if e.cell != self.cell_index {
-                        return false;
-                    }
-                    let Some(d) = e.device.as_deref() else { return false };
-                    let Some(tr) = trackers.get_mut(d) else { return false };
-                    if decided.contains_key(d) {
-                        return false;
-                    }
-                    tr.feed(e);
-                    if let Some(v) = tr.decided(e.t_ms) {
-                        decided.insert(d.to_owned(), v);
-                    }
-                    decided.len() == trackers.len()
-                })
-                .await;
+            let cell = self.cell_index;
+            self.follow(next, limit, |e| {
+                next = e.seq + 1;
+                if e.cell != cell {
+                    return false;
+                }
+                let Some(d) = e.device.as_deref() else { return false };
+                let Some(tr) = trackers.get_mut(d) else { return false };
+                if decided.contains_key(d) {
+                    return false;
+                }
+                tr.feed(e);
+                if let Some(v) = tr.decided(e.t_ms) {
+                    decided.insert(d.to_owned(), v);
+                }
+                decided.len() == trackers.len()
+            })
+            .await;
         }
         let mut ok = true;
         for d in &self.devices {
@@ -530,20 +394,15 @@ impl<'a> Exec<'a> {
                     v
                 }
             };
-            let r = if v.passed { Ok(v.text) } else { Err(v.text) };
+            let r = if v.passed {
+                Verdict::Pass(v.text)
+            } else {
+                Verdict::Fail(v.text)
+            };
             ok &= self.record(n, desc, Some(d), r, Some(v.facts));
         }
         verdict(ok, timed_out)
     }
-}
-
-/// Steps that watch the plan's timeout themselves, so their checks are
-/// recorded before they stop.
-fn bounds_itself(step: &Step) -> bool {
-    matches!(
-        step,
-        Step::WaitFor(_) | Step::SleepCycles(_) | Step::ExpectRecovery(_) | Step::Wait(_) | Step::Expect(_)
-    )
 }
 
 fn verdict(ok: bool, plan_bound: bool) -> Result<(), Stop> {
@@ -551,31 +410,5 @@ fn verdict(ok: bool, plan_bound: bool) -> Result<(), Stop> {
         (true, _) => Ok(()),
         (false, true) => Err(Stop::Timeout),
         (false, false) => Err(Stop::CheckFailed),
-    }
-}
-
-enum Matcher {
-    Kind(String),
-    Console(Regex),
-}
-
-impl Matcher {
-    fn matches(&self, e: &Event) -> bool {
-        match (self, &e.kind) {
-            (Matcher::Kind(k), kind) => kind.name() == k,
-            (Matcher::Console(re), EventKind::ConsoleLine { line, .. }) => re.is_match(line),
-            (Matcher::Console(_), _) => false,
-        }
-    }
-
-    fn is_deviceless(&self) -> bool {
-        matches!(self, Matcher::Kind(k) if checks::is_deviceless(k))
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Matcher::Kind(k) => k.clone(),
-            Matcher::Console(re) => format!("console line matching /{}/", re.as_str()),
-        }
     }
 }

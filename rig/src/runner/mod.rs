@@ -220,11 +220,11 @@ async fn run_cell(
     }
 
     let on_step = |n: usize, desc: &str| cfg.progress.step(n, desc, timeline.now_ms());
-    let mut exec = Exec::new(&world, timeline, cfg.fixtures, index, cell, &on_step);
+    let mut exec = Exec::new(&world, timeline, index, cell, &on_step);
     let body = {
         let run = async {
-            exec.run_phase(&cell.spec.setup, "setup").await?;
-            exec.run_phase(&cell.spec.steps, "steps").await
+            exec.run_phase(&cell.setup, "setup").await?;
+            exec.run_phase(&cell.steps, "steps").await
         };
         tokio::select! {
             biased;
@@ -268,7 +268,7 @@ async fn run_cell(
     // (the safe power state below is still restored).
     exec.set_budget(TEARDOWN_BUDGET);
     let teardown = {
-        let run = exec.run_phase(&cell.spec.teardown, "teardown");
+        let run = exec.run_phase(&cell.teardown, "teardown");
         tokio::select! {
             biased;
             _ = interrupt.recv() => None,

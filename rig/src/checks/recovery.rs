@@ -1,65 +1,9 @@
-//! Checks: pure functions of the timeline (DESIGN §4).
-//!
-//! The runner decides *when* to evaluate (it waits for new events); this
-//! module decides *what* the events mean. Given the same events, a check
-//! always gives the same result, which is what lets `rig report` re-derive a
-//! verdict from `events.jsonl`.
+//! `expect_recovery`: did each device get its cloud session back after a
+//! mark, through its own wake cycles, within the limits?
 
+use crate::timeline::query::WakeCycles;
 use crate::timeline::{ConnectVia, Event, EventKind, RecoveryFacts, UnknownAction};
 use crate::units::{Dur, fmt_bytes, fmt_duration};
-
-/// Event kinds that are not about one device; `expect` on them is evaluated
-/// once for the bench rather than per device.
-pub fn is_deviceless(kind: &str) -> bool {
-    kind.starts_with("cache.") || kind.starts_with("plan.") || kind.starts_with("cell.") || kind == "cloud.config"
-}
-
-/// Window of an `expect`: from a mark (or the cell start) up to now.
-#[derive(Debug, Clone, Copy)]
-pub struct Window {
-    /// Events with seq > this count (None: from the start of the cell).
-    pub after_seq: Option<u64>,
-    /// Only events at most this long after the mark.
-    pub within_ms: Option<(u64, u64)>,
-    /// Events with seq < this count (the step's start).
-    pub until_seq: u64,
-}
-
-/// Counts `kind` events of `device` (or device-less ones when `device` is
-/// None) in `window`, within one cell.
-pub fn count(events: &[Event], cell: u32, device: Option<&str>, kind: &str, w: Window) -> u64 {
-    events
-        .iter()
-        .filter(|e| e.cell == cell)
-        .filter(|e| w.after_seq.is_none_or(|s| e.seq > s) && e.seq < w.until_seq)
-        .filter(|e| w.within_ms.is_none_or(|(mark_t, within)| e.t_ms <= mark_t + within))
-        .filter(|e| e.device.as_deref() == device)
-        .filter(|e| e.kind.name() == kind)
-        .count() as u64
-}
-
-/// Result of `expect` for one device.
-pub fn expect(
-    who: &str,
-    seen: u64,
-    kind: &str,
-    min: Option<u64>,
-    max: Option<u64>,
-    since: &str,
-) -> Result<String, String> {
-    let min = if min.is_none() && max.is_none() { Some(1) } else { min };
-    if let Some(lo) = min
-        && seen < lo
-    {
-        return Err(format!("{who}: expected at least {lo} {kind} {since}, saw {seen}"));
-    }
-    if let Some(hi) = max
-        && seen > hi
-    {
-        return Err(format!("{who}: expected at most {hi} {kind} {since}, saw {seen}"));
-    }
-    Ok(format!("{seen} {kind} {since}"))
-}
 
 /// Parameters of `expect_recovery`.
 #[derive(Debug, Clone)]
@@ -79,9 +23,8 @@ pub struct RecoveryTracker {
     device: String,
     args: RecoveryArgs,
     mark_t: u64,
-    /// Wakes that started after the mark.
-    wakes: u32,
-    asleep_since_last_wake: bool,
+    /// Wake cycles that started after the mark.
+    cycles: WakeCycles,
     unknown_in_current_wake: bool,
     wakes_with_unknown_resume: u32,
     unknown_resume_records: u32,
@@ -109,8 +52,7 @@ impl RecoveryTracker {
             device: device.to_owned(),
             args,
             mark_t,
-            wakes: 0,
-            asleep_since_last_wake: false,
+            cycles: WakeCycles::default(),
             // A wake in progress at the mark may already try a resume.
             unknown_in_current_wake: false,
             wakes_with_unknown_resume: 0,
@@ -130,6 +72,10 @@ impl RecoveryTracker {
         if self.closed {
             return;
         }
+        // After recovery only the bytes up to the cloud's reply still count.
+        if self.recovered.is_some() && !matches!(e.kind, EventKind::CloudRx { .. } | EventKind::CloudTx { .. }) {
+            return;
+        }
         match &e.kind {
             EventKind::CloudRx { bytes, .. } => self.bytes += bytes,
             EventKind::CloudTx { bytes, .. } => {
@@ -138,14 +84,17 @@ impl RecoveryTracker {
                     self.closed = true;
                 }
             }
-            _ if self.recovered.is_some() => {}
             EventKind::DeviceWake { .. } => {
-                self.wakes += 1;
-                self.asleep_since_last_wake = false;
+                self.cycles.feed(e);
                 self.unknown_in_current_wake = false;
             }
-            EventKind::DeviceSleep { .. } => self.asleep_since_last_wake = true,
-            EventKind::PowerOff => self.power_cycled = true,
+            EventKind::DeviceSleep { .. } => {
+                self.cycles.feed(e);
+            }
+            EventKind::PowerOff => {
+                self.cycles.feed(e);
+                self.power_cycled = true;
+            }
             EventKind::CloudHandshake { .. } => self.handshakes += 1,
             EventKind::CloudResumeUnknown { resume, action, .. } => {
                 self.last_action = Some(*action);
@@ -204,7 +153,7 @@ impl RecoveryTracker {
         let cycles_exhausted = self
             .args
             .within_cycles
-            .is_some_and(|n| self.wakes > n || (self.wakes == n && self.asleep_since_last_wake));
+            .is_some_and(|n| self.cycles.wakes > n || (self.cycles.wakes == n && self.cycles.asleep_since_last_wake()));
         let time_up = self.deadline_ms().is_some_and(|d| now_ms >= d);
         let power = self.args.no_power_cycle && self.power_cycled;
         (cycles_exhausted || time_up || power).then(|| self.verdict())
@@ -218,7 +167,7 @@ impl RecoveryTracker {
             mark_t_ms: self.mark_t,
             recovered: self.recovered.is_some(),
             via: self.recovered.map(|(_, v)| v),
-            wakes: self.cycles(),
+            wakes: self.counted_cycles(),
             ms: self.recovered.map(|(t, _)| t.saturating_sub(self.mark_t)),
             bytes: self.bytes,
             handshakes: self.handshakes,
@@ -235,9 +184,12 @@ impl RecoveryTracker {
                 )
             } else {
                 let limit = match (self.args.within_cycles, self.args.within) {
-                    (Some(n), _) if self.wakes >= n => format!("within {n} wake cycles"),
+                    (Some(n), _) if self.cycles.wakes >= n => format!("within {n} wake cycles"),
                     (_, Some(w)) => format!("within {w}"),
-                    _ => format!("in the {} wake cycles seen before the plan timed out", self.wakes),
+                    _ => format!(
+                        "in the {} wake cycles seen before the plan timed out",
+                        self.cycles.wakes
+                    ),
                 };
                 let mut s = format!(
                     "{d}: no cloud session {limit} after '{mark}': {attempts}, {} handshake{}, {used} used",
@@ -258,7 +210,7 @@ impl RecoveryTracker {
                 facts,
             };
         };
-        let cycles = self.cycles();
+        let cycles = self.counted_cycles();
         let took = fmt_duration(std::time::Duration::from_millis(t.saturating_sub(self.mark_t)));
         let via = match via {
             ConnectVia::Handshake => "full handshake",
@@ -299,12 +251,12 @@ impl RecoveryTracker {
         }
     }
 
-    fn cycles(&self) -> u32 {
+    fn counted_cycles(&self) -> u32 {
         // Recovery inside the wake that was in progress at the mark counts as 1.
         if self.recovered.is_some() {
-            self.wakes.max(1)
+            self.cycles.wakes.max(1)
         } else {
-            self.wakes
+            self.cycles.wakes
         }
     }
 
@@ -327,7 +279,7 @@ impl RecoveryTracker {
     fn diagnosis(&self) -> Option<String> {
         let looping = self.handshakes == 0
             && self.wakes_with_unknown_resume >= 2
-            && self.wakes_with_unknown_resume + 1 >= self.wakes;
+            && self.wakes_with_unknown_resume + 1 >= self.cycles.wakes;
         if !looping {
             return None;
         }
@@ -533,43 +485,5 @@ mod tests {
             "{}",
             v.text
         );
-    }
-
-    #[test]
-    fn expect_counts_in_window_and_reports_both_bounds() {
-        let evs = vec![
-            ev(0, 1, connected(ConnectVia::Handshake)),
-            ev(1, 2, EventKind::PlanMark { name: "m".into() }),
-            ev(2, 3, connected(ConnectVia::Resume)),
-            ev(3, 100, connected(ConnectVia::Resume)),
-        ];
-        let all = Window {
-            after_seq: None,
-            within_ms: None,
-            until_seq: 4,
-        };
-        assert_eq!(count(&evs, 0, Some("d1"), "cloud.connected", all), 3);
-        let after = Window {
-            after_seq: Some(1),
-            within_ms: Some((2000, 10_000)),
-            until_seq: 4,
-        };
-        assert_eq!(count(&evs, 0, Some("d1"), "cloud.connected", after), 1);
-        assert_eq!(count(&evs, 1, Some("d1"), "cloud.connected", all), 0, "other cell");
-        assert!(
-            expect("d1", 2, "cloud.resumed", Some(3), None, "since start")
-                .unwrap_err()
-                .contains("expected at least 3 cloud.resumed since start, saw 2")
-        );
-        assert!(
-            expect("d1", 1, "cloud.connected", None, Some(0), "after 'm'")
-                .unwrap_err()
-                .contains("at most 0")
-        );
-        assert!(
-            expect("d1", 0, "x", None, None, "s").is_err(),
-            "no bounds means at least one"
-        );
-        assert!(expect("d1", 3, "x", Some(3), Some(3), "s").is_ok());
     }
 }

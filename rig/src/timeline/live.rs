@@ -1,0 +1,319 @@
+//! The live timeline: a cheap-to-clone handle that drivers, the cloud and
+//! the runner append to, journaled as it happens, and that waiting steps
+//! follow.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use super::{Event, EventKind, Header, Source};
+
+struct State {
+    /// Retained events; `events[0]` has seq `base`.
+    events: Vec<Event>,
+    base: u64,
+    /// Keep at most about this many events in memory (None: all of them).
+    retain: Option<usize>,
+    journal: Option<BufWriter<File>>,
+    journal_error: Option<String>,
+    /// Bounded journals (long-running `rig cloud serve`) roll over.
+    rotation: Option<Rotation>,
+    cell: u32,
+    cell_base: tokio::time::Instant,
+    /// Marks set in the current cell: name → (seq, cell ms) of the last one.
+    marks: std::collections::HashMap<String, (u64, u64)>,
+}
+
+/// When a journal rolls over: `events.jsonl` becomes `events.1.jsonl` (and
+/// so on up to `keep`) and a new file starts with the same header.
+struct Rotation {
+    path: std::path::PathBuf,
+    header: Header,
+    max_bytes: u64,
+    keep: usize,
+    written: u64,
+}
+
+impl Rotation {
+    fn rotated(&self, n: usize) -> std::path::PathBuf {
+        let stem = self
+            .path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        self.path.with_file_name(format!("{stem}.{n}.jsonl"))
+    }
+
+    fn roll(&mut self) -> std::io::Result<BufWriter<File>> {
+        for n in (1..self.keep).rev() {
+            let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        self.written = 0;
+        let f = crate::fsutil::create_new(&self.path, 0o644).map_err(std::io::Error::other)?;
+        let mut w = BufWriter::new(f);
+        serde_json::to_writer(&mut w, &self.header)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        Ok(w)
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    notify: watch::Sender<u64>,
+}
+
+/// Cheap-to-clone handle on the run's timeline.
+#[derive(Clone)]
+pub struct Timeline {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Timeline")
+    }
+}
+
+impl Timeline {
+    /// A timeline kept only in memory (unit tests, benchmarks).
+    pub fn in_memory() -> Timeline {
+        Timeline::with_journal(None)
+    }
+
+    /// A timeline journaled to `path`, starting with `header`.
+    pub fn create(path: &Path, header: &Header) -> std::io::Result<Timeline> {
+        // A new file: never an old journal truncated, never a planted link.
+        let f = crate::fsutil::create_new(path, 0o644).map_err(std::io::Error::other)?;
+        let mut w = BufWriter::new(f);
+        serde_json::to_writer(&mut w, header)?;
+        w.write_all(b"\n")?;
+        w.flush()?;
+        Ok(Timeline::with_journal(Some(w)))
+    }
+
+    /// [`Timeline::create`] for a process that runs for days: when the file
+    /// passes `max_bytes` it rolls over, keeping `keep` older files, so the
+    /// disk it uses is bounded whatever peers send.
+    pub fn create_rotating(path: &Path, header: &Header, max_bytes: u64, keep: usize) -> std::io::Result<Timeline> {
+        let tl = Timeline::create(path, header)?;
+        tl.lock().rotation = Some(Rotation {
+            path: path.to_owned(),
+            header: header.clone(),
+            max_bytes,
+            keep: keep.max(1),
+            written: 0,
+        });
+        Ok(tl)
+    }
+
+    /// Keeps only about the last `n` events in memory (0: none); the journal
+    /// still gets every one. For long-running processes (`rig cloud serve`,
+    /// `rig bench`) whose events nothing reads back from memory.
+    pub fn retain_last(self, n: usize) -> Timeline {
+        self.lock().retain = Some(n);
+        self
+    }
+
+    fn with_journal(journal: Option<BufWriter<File>>) -> Timeline {
+        let (notify, _) = watch::channel(0);
+        Timeline {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    events: Vec::new(),
+                    base: 0,
+                    retain: None,
+                    journal,
+                    journal_error: None,
+                    rotation: None,
+                    cell: 0,
+                    cell_base: tokio::time::Instant::now(),
+                    marks: std::collections::HashMap::new(),
+                }),
+                notify,
+            }),
+        }
+    }
+
+    // A std Mutex, not tokio's: it is held only to push one event and write
+    // one line, never across an await.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a matrix cell: later events carry `cell` and times from now.
+    /// Call from inside the cell's runtime so a virtual clock is used.
+    pub fn begin_cell(&self, cell: u32) {
+        let mut s = self.lock();
+        s.cell = cell;
+        s.cell_base = tokio::time::Instant::now();
+        s.marks.clear();
+    }
+
+    /// Milliseconds since the current cell began.
+    pub fn now_ms(&self) -> u64 {
+        let s = self.lock();
+        tokio::time::Instant::now()
+            .saturating_duration_since(s.cell_base)
+            .as_millis() as u64
+    }
+
+    /// Appends an event, journals and flushes it, and wakes waiters.
+    pub fn emit(&self, device: Option<&str>, source: Source, kind: EventKind) -> u64 {
+        self.emit_at(device, source, kind, tokio::time::Instant::now())
+    }
+
+    /// [`Timeline::emit`] for something observed at `at` (a console line is
+    /// timestamped when its first byte arrived, not when it ended).
+    pub fn emit_at(&self, device: Option<&str>, source: Source, kind: EventKind, at: tokio::time::Instant) -> u64 {
+        let wall = OffsetDateTime::now_utc();
+        let mut s = self.lock();
+        let t_ms = at.saturating_duration_since(s.cell_base).as_millis() as u64;
+        let seq = s.base + s.events.len() as u64;
+        let ev = Event {
+            seq,
+            cell: s.cell,
+            t_ms,
+            wall,
+            device: device.map(str::to_owned),
+            source,
+            kind,
+        };
+        if let Some(w) = s.journal.as_mut() {
+            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            line.push(b'\n');
+            let mut res = w.write_all(&line).and_then(|_| w.flush());
+            if res.is_ok()
+                && let Some(r) = s.rotation.as_mut()
+            {
+                r.written += line.len() as u64;
+                if r.written > r.max_bytes {
+                    match r.roll() {
+                        Ok(new) => s.journal = Some(new),
+                        Err(e) => res = Err(e),
+                    }
+                }
+            }
+            if let Err(e) = res {
+                // Stop journaling at the first failure (a full disk would
+                // otherwise fail, and be reported, once per event) and let
+                // the runner stop the run: a verdict that is not on disk is
+                // no verdict.
+                s.journal = None;
+                s.journal_error = Some(e.to_string());
+            }
+        }
+        if let EventKind::PlanMark { name } = &ev.kind {
+            s.marks.insert(name.clone(), (seq, t_ms));
+        }
+        s.events.push(ev);
+        if let Some(n) = s.retain
+            && s.events.len() > n.max(1) * 2
+        {
+            // Drop the older half at once: amortised O(1) per event.
+            let drop_n = s.events.len() - n;
+            s.events.drain(..drop_n);
+            s.base += drop_n as u64;
+        }
+        drop(s);
+        self.shared.notify.send_replace(seq + 1);
+        seq
+    }
+
+    pub fn emit_device(&self, device: &str, source: Source, kind: EventKind) -> u64 {
+        self.emit(Some(device), source, kind)
+    }
+
+    /// Number of events so far; the seq the next event will get.
+    pub fn len(&self) -> u64 {
+        let s = self.lock();
+        s.base + s.events.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The last `plan.mark` named `name` in the current cell: (seq, cell ms).
+    pub fn mark(&self, name: &str) -> Option<(u64, u64)> {
+        self.lock().marks.get(name).copied()
+    }
+
+    /// A journal write error, if one happened.
+    pub fn journal_error(&self) -> Option<String> {
+        self.lock().journal_error.clone()
+    }
+
+    /// Resolves once writing the journal has failed (at once if it already has).
+    pub async fn journal_failed(&self) -> String {
+        let mut rx = self.shared.notify.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(e) = self.journal_error() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Runs `f` over all (retained) events so far without copying them.
+    pub fn read<R>(&self, f: impl FnOnce(&[Event]) -> R) -> R {
+        f(&self.lock().events)
+    }
+
+    /// Copies all events so far.
+    pub fn snapshot(&self) -> Vec<Event> {
+        self.lock().events.clone()
+    }
+
+    /// Feeds every event from `from_seq` on, in order, to `f` (including
+    /// events appended while waiting) until `f` returns true; false if
+    /// `limit` elapses first. `f` sees each event exactly once.
+    pub async fn wait(&self, from_seq: u64, limit: Option<Duration>, mut f: impl FnMut(&Event) -> bool) -> bool {
+        let mut rx = self.shared.notify.subscribe();
+        let mut next = from_seq;
+        let deadline = limit.map(|l| tokio::time::Instant::now() + l);
+        loop {
+            rx.borrow_and_update();
+            let done = {
+                let s = self.lock();
+                let mut done = false;
+                // Events no longer retained are skipped.
+                next = next.max(s.base);
+                while next < s.base + s.events.len() as u64 {
+                    let hit = f(&s.events[(next - s.base) as usize]);
+                    next += 1;
+                    if hit {
+                        done = true;
+                        break;
+                    }
+                }
+                done
+            };
+            if done {
+                return true;
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, changed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return false,
+                    Err(_) => return false,
+                },
+                None => {
+                    if changed.await.is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}

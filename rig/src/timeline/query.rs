@@ -1,0 +1,164 @@
+//! What checks and reports ask of a timeline, answered in one place: where a
+//! mark was set, how a device's wake cycles went, its last console lines.
+//! The runner, the checks, JUnit and the sign-off all use these, so "a wake
+//! cycle" or "the last console line" means the same thing everywhere.
+
+use super::{Event, EventKind};
+
+/// The last `plan.mark` named `name` in `cell`: (seq, cell milliseconds).
+pub fn mark(events: &[Event], cell: u32, name: &str) -> Option<(u64, u64)> {
+    events.iter().rev().find_map(|e| match &e.kind {
+        EventKind::PlanMark { name: n } if e.cell == cell && n == name => Some((e.seq, e.t_ms)),
+        _ => None,
+    })
+}
+
+/// The last `n` console lines of `device` in `cell` before event `before`
+/// (exclusive; `u64::MAX` for all), oldest first, with their cell times.
+pub fn console_tail(events: &[Event], cell: u32, device: &str, before: u64, n: usize) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = events
+        .iter()
+        .rev()
+        .filter(|e| e.seq < before)
+        .take_while(|e| e.cell >= cell)
+        .filter(|e| e.cell == cell && e.is(device))
+        .filter_map(|e| match &e.kind {
+            EventKind::ConsoleLine { line, .. } => Some((e.t_ms, line.clone())),
+            _ => None,
+        })
+        .take(n)
+        .collect();
+    out.reverse();
+    out
+}
+
+/// What one event did to a device's wake cycles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cycle {
+    /// The device woke (a `device.wake`).
+    Woke,
+    /// It went back to sleep after a wake this tracker saw begin: one
+    /// completed cycle, awake from `from` to `to` (cell milliseconds).
+    Slept { from: u64, to: u64 },
+    /// Power went while it was awake (the awake window ends there).
+    Cut { from: u64, to: u64 },
+}
+
+/// Counts one device's wake cycles from the events it is fed: a wake cycle
+/// is a `device.wake` (the board's own console said so); it is completed
+/// by the next `device.sleep`.
+#[derive(Debug, Clone, Default)]
+pub struct WakeCycles {
+    /// Wakes seen.
+    pub wakes: u32,
+    /// Sleeps that followed a wake seen here (at most one per wake).
+    pub completed: u32,
+    awake_since: Option<u64>,
+    asleep: bool,
+}
+
+impl WakeCycles {
+    /// Feeds one event of the device.
+    pub fn feed(&mut self, e: &Event) -> Option<Cycle> {
+        match &e.kind {
+            EventKind::DeviceWake { .. } => {
+                self.wakes += 1;
+                self.asleep = false;
+                self.awake_since = Some(e.t_ms);
+                Some(Cycle::Woke)
+            }
+            EventKind::DeviceSleep { .. } => {
+                self.asleep = true;
+                if self.completed < self.wakes {
+                    self.completed += 1;
+                }
+                let from = self.awake_since.take()?;
+                Some(Cycle::Slept { from, to: e.t_ms })
+            }
+            EventKind::PowerOff => {
+                let from = self.awake_since.take()?;
+                Some(Cycle::Cut { from, to: e.t_ms })
+            }
+            _ => None,
+        }
+    }
+
+    /// Asleep since its last wake (the last wake's cycle is complete).
+    pub fn asleep_since_last_wake(&self) -> bool {
+        self.asleep
+    }
+
+    /// Awake since this time, if it is awake now.
+    pub fn awake_since(&self) -> Option<u64> {
+        self.awake_since
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Source;
+
+    fn ev(seq: u64, cell: u32, t: u64, device: &str, kind: EventKind) -> Event {
+        Event {
+            seq,
+            cell,
+            t_ms: t,
+            wall: time::OffsetDateTime::UNIX_EPOCH,
+            device: Some(device.into()),
+            source: Source::Console,
+            kind,
+        }
+    }
+
+    fn line(s: &str) -> EventKind {
+        EventKind::ConsoleLine {
+            line: s.into(),
+            partial: false,
+        }
+    }
+
+    #[test]
+    fn console_tail_is_the_devices_last_lines_of_the_cell_before_an_event() {
+        let evs = vec![
+            ev(0, 0, 1, "a", line("old cell")),
+            ev(1, 1, 1, "a", line("one")),
+            ev(2, 1, 2, "b", line("other device")),
+            ev(3, 1, 3, "a", line("two")),
+            ev(4, 1, 4, "a", line("three")),
+            ev(5, 1, 5, "a", line("after")),
+        ];
+        assert_eq!(
+            console_tail(&evs, 1, "a", 5, 2),
+            vec![(3, "two".to_string()), (4, "three".to_string())]
+        );
+        assert_eq!(console_tail(&evs, 1, "a", u64::MAX, 10).len(), 4);
+        assert!(console_tail(&evs, 1, "c", u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn wake_cycles_count_wakes_completions_and_awake_windows() {
+        let mut w = WakeCycles::default();
+        let wake = EventKind::DeviceWake { reason: None };
+        let sleep = EventKind::DeviceSleep { secs: None };
+        assert_eq!(
+            w.feed(&ev(0, 0, 5, "a", sleep.clone())),
+            None,
+            "a sleep before any wake"
+        );
+        assert_eq!(w.feed(&ev(1, 0, 10, "a", wake.clone())), Some(Cycle::Woke));
+        assert!(!w.asleep_since_last_wake());
+        assert_eq!(
+            w.feed(&ev(2, 0, 30, "a", sleep)),
+            Some(Cycle::Slept { from: 10, to: 30 })
+        );
+        assert_eq!((w.wakes, w.completed), (1, 1));
+        assert!(w.asleep_since_last_wake());
+        w.feed(&ev(3, 0, 40, "a", wake));
+        assert_eq!(
+            w.feed(&ev(4, 0, 45, "a", EventKind::PowerOff)),
+            Some(Cycle::Cut { from: 40, to: 45 })
+        );
+        assert_eq!((w.wakes, w.completed), (2, 1));
+    }
+}

@@ -1,0 +1,111 @@
+//! The stored form: `events.jsonl` read back (a header line, then one event
+//! per line; a torn last line is ignored).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use super::{Event, FORMAT, FORMAT_VERSION, Header};
+
+/// Errors reading a stored timeline.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}:{line}: {message}")]
+    Parse { path: String, line: usize, message: String },
+}
+
+/// Reads `events.jsonl`. A torn last line (the rig was killed mid-write) is
+/// ignored: everything before it is intact by construction.
+pub fn read_jsonl(path: &Path) -> Result<(Header, Vec<Event>), ReadError> {
+    let p = path.display().to_string();
+    let file = crate::fsutil::open_read_nofollow(path).map_err(|e| ReadError::Io {
+        path: p.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    read_jsonl_named(BufReader::new(file), &p)
+}
+
+/// [`read_jsonl`] on bytes already in memory.
+pub fn read_jsonl_from(data: &[u8]) -> Result<(Header, Vec<Event>), ReadError> {
+    read_jsonl_named(data, "events.jsonl")
+}
+
+/// Longest line `events.jsonl` may hold: a garbled file must not make the
+/// reader buffer gigabytes looking for a newline.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// The next line (without its end), bounded by [`MAX_LINE`].
+fn next_line<R: BufRead>(r: &mut R, p: &str) -> Result<Option<String>, ReadError> {
+    use std::io::Read as _;
+    let mut buf = Vec::new();
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .map_err(|source| ReadError::Io {
+            path: p.to_owned(),
+            source,
+        })?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.len() > MAX_LINE {
+        return Err(ReadError::Parse {
+            path: p.to_owned(),
+            line: 0,
+            message: format!("a line is longer than {MAX_LINE} bytes: not a rig journal"),
+        });
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned(),
+    ))
+}
+
+fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
+    let Some(header_line) = next_line(&mut r, p)? else {
+        return Err(ReadError::Parse {
+            path: p.to_owned(),
+            line: 1,
+            message: "empty file: expected a rig.events header line".into(),
+        });
+    };
+    let header: Header = serde_json::from_str(&header_line).map_err(|e| ReadError::Parse {
+        path: p.to_owned(),
+        line: 1,
+        message: format!("not a rig.events header: {e}"),
+    })?;
+    if header.format != FORMAT || header.version > FORMAT_VERSION {
+        return Err(ReadError::Parse {
+            path: p.to_owned(),
+            line: 1,
+            message: format!(
+                "format {} version {} is not readable by this rig (reads {FORMAT} up to version {FORMAT_VERSION})",
+                header.format, header.version
+            ),
+        });
+    }
+    let mut events = Vec::new();
+    let mut lineno = 1;
+    let mut next = next_line(&mut r, p)?;
+    while let Some(line) = next {
+        lineno += 1;
+        next = next_line(&mut r, p)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Event>(&line) {
+            Ok(ev) => events.push(ev),
+            // A torn last line: the rig was killed mid-write.
+            Err(_) if next.is_none() => break,
+            Err(e) => {
+                return Err(ReadError::Parse {
+                    path: p.to_owned(),
+                    line: lineno,
+                    message: e.to_string(),
+                });
+            }
+        }
+    }
+    Ok((header, events))
+}

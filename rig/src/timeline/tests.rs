@@ -1,0 +1,396 @@
+use super::*;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+mod basics {
+    use super::*;
+
+    fn samples() -> Vec<EventKind> {
+        vec![
+            EventKind::CellStart {
+                plan: "p".into(),
+                plan_path: "p.yaml".into(),
+                plan_sha256: "00".into(),
+                name: "c".into(),
+                vars: BTreeMap::from([("a".into(), "b".into())]),
+                expect_failure: true,
+                seed: 7,
+                bench: "sim".into(),
+                clock: "virtual".into(),
+            },
+            EventKind::CellEnd {
+                outcome: CellOutcome::Stopped,
+            },
+            EventKind::RigFault {
+                step: Some(2),
+                message: "m".into(),
+            },
+            EventKind::PowerOn,
+            EventKind::PowerOff,
+            EventKind::ResetSoft,
+            EventKind::FlashStart { fixture: "f".into() },
+            EventKind::FlashDone {
+                fixture: "f".into(),
+                version: "1".into(),
+                sha256: "ab".into(),
+                ms: 3,
+            },
+            EventKind::ConsoleLine {
+                line: "l".into(),
+                partial: true,
+            },
+            EventKind::ConsoleGap { ms: 5 },
+            EventKind::DeviceBoot,
+            EventKind::DeviceWake {
+                reason: Some("rtc".into()),
+            },
+            EventKind::DeviceSleep { secs: Some(900) },
+            EventKind::CloudConfig {
+                mitigation: "drop".into(),
+            },
+            EventKind::CloudHandshake { session: "s".into() },
+            EventKind::CloudResumed { session: "s".into() },
+            EventKind::CloudConnected {
+                via: ConnectVia::Resume,
+                session: "s".into(),
+            },
+            EventKind::CloudResumeUnknown {
+                session: "s".into(),
+                action: UnknownAction::Healed,
+                resume: true,
+            },
+            EventKind::CloudPublish {
+                session: "s".into(),
+                topic: "t".into(),
+            },
+            EventKind::CloudRx {
+                bytes: 80,
+                msg: "record".into(),
+                peer: "p".into(),
+            },
+            EventKind::CloudTx {
+                bytes: 80,
+                msg: "record".into(),
+                peer: "p".into(),
+            },
+            EventKind::CloudInvalid {
+                reason: "r".into(),
+                peer: "p".into(),
+                count: 3,
+                bytes: 9,
+            },
+            EventKind::CloudReplayAccepted {
+                session: "s".into(),
+                counter: 4,
+                highest: 9,
+            },
+            EventKind::CacheKill {
+                backend: "redis".into(),
+                pid: Some(4242),
+            },
+            EventKind::CacheStart {
+                backend: "memory".into(),
+                pid: None,
+            },
+            EventKind::CacheRestore {
+                from: "empty".into(),
+                sessions: 0,
+                pid: Some(4243),
+            },
+            EventKind::CacheSnapshot {
+                name: "n".into(),
+                sessions: 3,
+            },
+            EventKind::CacheFlush { sessions: 3 },
+            EventKind::CacheEvict {
+                fraction: 0.5,
+                sessions: vec!["a".into()],
+                devices: vec!["d".into()],
+            },
+            EventKind::CachePause { ms: 100 },
+            EventKind::CacheResume,
+            EventKind::CacheError {
+                op: "get".into(),
+                error: "down".into(),
+            },
+            EventKind::CacheDied {
+                backend: "redis".into(),
+                pid: 77,
+                how: "exit status: 0".into(),
+            },
+            EventKind::PlanMark { name: "crash".into() },
+            EventKind::PlanStep {
+                index: 1,
+                phase: "steps".into(),
+                step: "wait 30s".into(),
+            },
+            EventKind::CheckPass {
+                step: 1,
+                check: "expect".into(),
+                detail: "d".into(),
+                facts: None,
+            },
+            EventKind::CheckFail {
+                step: 1,
+                check: "expect_recovery".into(),
+                message: "m".into(),
+                facts: Some(RecoveryFacts {
+                    mark: "crash".into(),
+                    mark_t_ms: 1000,
+                    recovered: false,
+                    via: None,
+                    wakes: 5,
+                    ms: None,
+                    bytes: 4100,
+                    handshakes: 0,
+                    unknown_resumes: 12,
+                    power_cycled: false,
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_jsonl_and_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let header = Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec!["p".into()],
+            started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+        };
+        let tl = Timeline::create(&path, &header).unwrap();
+        let kinds = samples();
+        assert_eq!(kinds.len(), EventTag::ALL.len(), "a sample per kind");
+        for k in &kinds {
+            assert_eq!(k.name().parse::<EventTag>(), Ok(k.tag()), "{} listed", k.name());
+            tl.emit_device("dev", Source::Runner, k.clone());
+        }
+        let (h, evs) = read_jsonl(&path).unwrap();
+        assert_eq!(h, header);
+        // RFC 3339 keeps nanoseconds, so the stored events equal the live ones.
+        assert_eq!(evs, tl.snapshot());
+        let line = std::fs::read_to_string(&path).unwrap();
+        assert!(line.contains(r#""kind":"cloud.resume_unknown""#));
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let header = Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec![],
+            started: OffsetDateTime::now_utc(),
+        };
+        let tl = Timeline::create(&path, &header).unwrap();
+        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
+        let (_, evs) = read_jsonl(&path).unwrap();
+        assert_eq!(evs.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bounded_retention_keeps_seq_numbers_and_recent_events() {
+        let tl = Timeline::in_memory().retain_last(10);
+        for _ in 0..100 {
+            tl.emit(None, Source::Runner, EventKind::PowerOn);
+        }
+        assert_eq!(tl.len(), 100);
+        let kept = tl.snapshot();
+        assert!(kept.len() <= 20 && kept.len() >= 10, "{}", kept.len());
+        assert_eq!(kept.last().unwrap().seq, 99);
+        let mut seen = Vec::new();
+        let hit = tl.wait(95, Some(Duration::ZERO), |e| {
+            seen.push(e.seq);
+            e.seq == 99
+        });
+        assert!(hit.await);
+        assert_eq!(seen, [95, 96, 97, 98, 99]);
+        let none = Timeline::in_memory().retain_last(0);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        none.emit(None, Source::Runner, EventKind::PowerOn);
+        assert!(none.snapshot().len() <= 2);
+        assert_eq!(none.len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wait_sees_each_event_once_and_times_out() {
+        let tl = Timeline::in_memory();
+        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        let tl2 = tl.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tl2.emit(Some("a"), Source::Power, EventKind::PowerOff);
+        });
+        let mut seen = Vec::new();
+        let hit = tl
+            .wait(0, Some(Duration::from_secs(10)), |e| {
+                seen.push(e.seq);
+                e.kind == EventKind::PowerOff
+            })
+            .await;
+        assert!(hit);
+        assert_eq!(seen, vec![0, 1]);
+        assert_eq!(tl.now_ms(), 5000);
+        let hit = tl.wait(2, Some(Duration::from_secs(10)), |_| true).await;
+        assert!(!hit);
+        assert_eq!(tl.now_ms(), 15000);
+    }
+}
+
+mod roundtrip {
+    //! Property: whatever an event holds (any text, any numbers), the journal
+    //! gives back exactly what was emitted.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn text() -> impl Strategy<Value = String> {
+        // Any unicode, quotes, backslashes and line breaks included.
+        proptest::string::string_regex("(.|\n|\"|\\\\){0,40}").unwrap()
+    }
+
+    fn facts() -> impl Strategy<Value = Option<RecoveryFacts>> {
+        proptest::option::of(
+            (
+                text(),
+                any::<u64>(),
+                any::<bool>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+            )
+                .prop_map(
+                    |(mark, t, recovered, wakes, bytes, handshakes, unknown)| RecoveryFacts {
+                        mark,
+                        mark_t_ms: t,
+                        recovered,
+                        via: recovered.then_some(ConnectVia::Handshake),
+                        wakes,
+                        ms: recovered.then_some(t / 2),
+                        bytes,
+                        handshakes,
+                        unknown_resumes: unknown,
+                        power_cycled: !recovered,
+                    },
+                ),
+        )
+    }
+
+    fn kind() -> impl Strategy<Value = EventKind> {
+        prop_oneof![
+            (text(), text(), any::<bool>(), any::<u64>()).prop_map(|(plan, name, ef, seed)| EventKind::CellStart {
+                plan: plan.clone(),
+                plan_path: name.clone(),
+                plan_sha256: "ab".into(),
+                name,
+                vars: BTreeMap::from([(plan, "v".into())]),
+                expect_failure: ef,
+                seed,
+                bench: "b".into(),
+                clock: "virtual".into(),
+            }),
+            (proptest::option::of(any::<usize>()), text())
+                .prop_map(|(step, message)| EventKind::RigFault { step, message }),
+            Just(EventKind::PowerOn),
+            Just(EventKind::PowerOff),
+            (text(), text(), text(), any::<u64>()).prop_map(|(fixture, version, sha256, ms)| EventKind::FlashDone {
+                fixture,
+                version,
+                sha256,
+                ms
+            }),
+            (text(), any::<bool>()).prop_map(|(line, partial)| EventKind::ConsoleLine { line, partial }),
+            any::<u64>().prop_map(|ms| EventKind::ConsoleGap { ms }),
+            proptest::option::of(text()).prop_map(|reason| EventKind::DeviceWake { reason }),
+            proptest::option::of(any::<u64>()).prop_map(|secs| EventKind::DeviceSleep { secs }),
+            text().prop_map(|session| EventKind::CloudResumed { session }),
+            (text(), any::<bool>()).prop_map(|(session, resume)| EventKind::CloudResumeUnknown {
+                session,
+                action: if resume {
+                    UnknownAction::Healed
+                } else {
+                    UnknownAction::Dropped
+                },
+                resume
+            }),
+            (any::<u64>(), text(), text()).prop_map(|(bytes, msg, peer)| EventKind::CloudRx { bytes, msg, peer }),
+            (text(), text(), any::<u64>(), any::<u64>()).prop_map(|(reason, peer, count, bytes)| {
+                EventKind::CloudInvalid {
+                    reason,
+                    peer,
+                    count,
+                    bytes,
+                }
+            }),
+            (text(), any::<u64>(), any::<u64>()).prop_map(|(session, counter, highest)| {
+                EventKind::CloudReplayAccepted {
+                    session,
+                    counter,
+                    highest,
+                }
+            }),
+            (text(), proptest::option::of(any::<u32>()))
+                .prop_map(|(backend, pid)| EventKind::CacheKill { backend, pid }),
+            (any::<u64>(), proptest::collection::vec(text(), 0..3)).prop_map(|(n, sessions)| EventKind::CacheEvict {
+                fraction: (n % 1000) as f64 / 1000.0,
+                devices: sessions.clone(),
+                sessions,
+            }),
+            (text(), any::<u32>(), text()).prop_map(|(backend, pid, how)| EventKind::CacheDied { backend, pid, how }),
+            (any::<usize>(), text(), text(), facts()).prop_map(|(step, check, detail, facts)| EventKind::CheckPass {
+                step,
+                check,
+                detail,
+                facts
+            }),
+            (any::<usize>(), text(), text(), facts()).prop_map(|(step, check, message, facts)| EventKind::CheckFail {
+                step,
+                check,
+                message,
+                facts
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn whatever_is_emitted_is_read_back(events in proptest::collection::vec((proptest::option::of(text()), kind()), 0..30)) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("events.jsonl");
+            let header = Header {
+                format: FORMAT.into(),
+                version: FORMAT_VERSION,
+                run_id: "r".into(),
+                rig_version: "0".into(),
+                seed: 1,
+                bench: "b".into(),
+                plans: vec![],
+                started: OffsetDateTime::UNIX_EPOCH,
+            };
+            let tl = Timeline::create(&path, &header).unwrap();
+            for (device, kind) in events {
+                tl.emit(device.as_deref(), Source::Runner, kind);
+            }
+            let (h, evs) = read_jsonl(&path).unwrap();
+            prop_assert_eq!(h, header);
+            prop_assert_eq!(evs, tl.snapshot());
+        }
+    }
+}
