@@ -13,8 +13,14 @@ use rig_proto::Psk;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::board::sim::SimConsoleKind;
+use crate::board::{self, BoardKind, Drivers};
 use crate::cloud::Mitigation;
 use crate::diag::{Diagnostic, yaml_error};
+use crate::drivers::console::serial::SerialCfg;
+use crate::drivers::flash::FlashCfg;
+use crate::drivers::power::PowerCfg;
+use crate::drivers::reset::ResetCfg;
 use crate::units::Dur;
 
 /// The built-in simulated bench.
@@ -48,21 +54,6 @@ pub enum PowerState {
     Off,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheKind {
-    #[default]
-    Memory,
-    Redis,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct CacheCfg {
-    #[serde(default)]
-    pub kind: CacheKind,
-}
-
 /// Where the built-in cloud keeps its replay window (the highest record
 /// counter accepted per session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -83,7 +74,7 @@ pub struct CloudCfg {
     #[serde(default)]
     pub listen: Option<String>,
     #[serde(default)]
-    pub cache: CacheCfg,
+    pub cache: crate::cache::CacheCfg,
     /// One-way network latency between simulated boards and the cloud.
     #[serde(default = "default_latency")]
     pub latency: Dur,
@@ -102,7 +93,7 @@ impl Default for CloudCfg {
     fn default() -> Self {
         CloudCfg {
             listen: None,
-            cache: CacheCfg::default(),
+            cache: crate::cache::CacheCfg::default(),
             latency: default_latency(),
             mitigation: Mitigation::Drop,
             replay_window: ReplayWindow::Process,
@@ -110,191 +101,26 @@ impl Default for CloudCfg {
     }
 }
 
-/// How a device's supply is switched.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum PowerCfg {
-    Sim,
-    Gpio {
-        pin: u8,
-        #[serde(default)]
-        active_low: bool,
-        #[serde(default)]
-        settle: Option<Dur>,
-    },
-    SerialRelay {
-        port: String,
-        channel: u8,
-    },
-    Command(CommandPowerCfg),
-}
-
-/// `on`/`off` command templates. Parsed by hand because YAML 1.1 reads a
-/// bare `on:` or `off:` key as a boolean.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CommandPowerCfg {
-    pub on: String,
-    pub off: String,
-}
-
-impl<'de> Deserialize<'de> for CommandPowerCfg {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Key(String);
-        impl<'de> Deserialize<'de> for Key {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct KV;
-                impl serde::de::Visitor<'_> for KV {
-                    type Value = Key;
-                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                        f.write_str("`on` or `off`")
-                    }
-                    fn visit_str<E>(self, v: &str) -> Result<Key, E> {
-                        Ok(Key(v.to_owned()))
-                    }
-                    fn visit_bool<E>(self, v: bool) -> Result<Key, E> {
-                        Ok(Key(if v { "on" } else { "off" }.to_owned()))
-                    }
-                }
-                d.deserialize_any(KV)
-            }
-        }
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = CommandPowerCfg;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("`on:` and `off:` command templates")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<CommandPowerCfg, A::Error> {
-                let (mut on, mut off) = (None, None);
-                while let Some(Key(k)) = map.next_key::<Key>()? {
-                    match k.as_str() {
-                        "on" => on = Some(map.next_value::<String>()?),
-                        "off" => off = Some(map.next_value::<String>()?),
-                        other => return Err(serde::de::Error::unknown_field(other, &["on", "off"])),
-                    }
-                }
-                Ok(CommandPowerCfg {
-                    on: on.ok_or_else(|| serde::de::Error::missing_field("on"))?,
-                    off: off.ok_or_else(|| serde::de::Error::missing_field("off"))?,
-                })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ConsoleKind {
-    #[default]
-    Serial,
-    Sim,
-}
-
-/// How a device's console is read.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConsoleCfg {
-    #[serde(default)]
-    pub kind: ConsoleKind,
-    #[serde(default)]
-    pub port: Option<String>,
-    #[serde(default)]
-    pub baud: Option<u32>,
-}
-
-/// How a device is flashed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum FlashCfg {
-    Sim,
-    ProbeRs { probe: String, chip: String },
-    Command { command: String },
-}
-
-/// How a device is soft-reset (its core restarted, retained RAM kept).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum ResetCfg {
-    /// Pulse a GPIO line wired to the board's reset pin.
-    Gpio {
-        pin: u8,
-        #[serde(default = "yes")]
-        active_low: bool,
-        #[serde(default = "default_pulse")]
-        pulse: Dur,
-    },
-    /// Type a command on the board's console.
-    Console {
-        #[serde(default = "default_reset_command")]
-        command: String,
-    },
-    /// Core reset through the debug probe.
-    ProbeRs,
-}
-
-fn yes() -> bool {
-    true
-}
-fn default_pulse() -> Dur {
-    Dur(Duration::from_millis(100))
-}
-fn default_reset_command() -> String {
-    "reset".into()
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeviceRaw {
     id: Spanned<String>,
     board: String,
+    /// The board kind (`sim`, `hardware`); by default from `board:`.
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
     #[serde(default)]
     tags: Vec<String>,
     #[serde(default)]
     power: Option<PowerCfg>,
     #[serde(default)]
-    console: Option<ConsoleCfg>,
+    console: Option<SerialCfg>,
     #[serde(default)]
     flash: Option<FlashCfg>,
     #[serde(default)]
     reset: Option<ResetCfg>,
     #[serde(default)]
     key: Option<Spanned<String>>,
-}
-
-/// Settings of simulated boards.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SimCfg {
-    /// Multiplies every duration of a fixture's behaviour (sleep interval,
-    /// attach time, retransmits...). 0.005 turns 15-minute cycles into 4.5 s.
-    #[serde(default = "one")]
-    pub time_scale: f64,
-    /// `channel` (in-process) or `pty`: each board's console on a
-    /// pseudo-terminal, read through the serial driver used for hardware.
-    #[serde(default)]
-    pub console: SimConsoleKind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SimConsoleKind {
-    #[default]
-    Channel,
-    Pty,
-}
-
-fn one() -> f64 {
-    1.0
-}
-
-impl Default for SimCfg {
-    fn default() -> Self {
-        SimCfg {
-            time_scale: 1.0,
-            console: SimConsoleKind::Channel,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,18 +134,11 @@ struct SimRaw {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CacheRaw {
-    #[serde(default)]
-    kind: Option<Spanned<CacheKind>>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct CloudRaw {
     #[serde(default)]
     listen: Option<String>,
     #[serde(default)]
-    cache: Option<CacheRaw>,
+    cache: Option<Spanned<crate::cache::CacheCfg>>,
     #[serde(default)]
     latency: Option<Dur>,
     #[serde(default)]
@@ -366,13 +185,12 @@ pub fn is_safe_name(name: &str) -> bool {
 pub struct Device {
     pub id: String,
     pub board: String,
+    /// What it is, and so how it is built.
+    pub kind: &'static dyn BoardKind,
     pub tags: Vec<String>,
-    pub power: PowerCfg,
-    pub console: ConsoleCfg,
-    pub flash: FlashCfg,
-    pub reset: Option<ResetCfg>,
     pub key: Psk,
-    pub is_sim: bool,
+    /// Its driver sections (hardware).
+    pub drivers: Drivers,
 }
 
 /// A validated bench.
@@ -382,7 +200,7 @@ pub struct Bench {
     /// Where it came from (a path or [`BUILTIN_SIM_NAME`]).
     pub source: String,
     pub clock: Clock,
-    pub sim: SimCfg,
+    pub sim: crate::board::sim::SimCfg,
     pub cloud: CloudCfg,
     pub safe_state: PowerState,
     pub devices: Vec<Device>,
@@ -440,7 +258,23 @@ impl Bench {
             if !seen.insert(id.clone()) {
                 errors.push(at(&d.id.referenced, format!("duplicate device id `{id}`")));
             }
-            let is_sim = d.board == "sim";
+            let kind = match &d.kind {
+                None => board::kind_for_board(&d.board),
+                Some(k) => match board::kind(&k.value) {
+                    Some(kind) => kind,
+                    None => {
+                        errors.push(at(
+                            &k.referenced,
+                            format!(
+                                "unknown board kind `{}` (kinds: {})",
+                                k.value,
+                                board::KINDS.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                        continue;
+                    }
+                },
+            };
             let key = match &d.key {
                 Some(k) => match Psk::from_hex(&k.value) {
                     Some(psk) => psk,
@@ -452,7 +286,7 @@ impl Bench {
                         continue;
                     }
                 },
-                None if is_sim => Psk::derive_for(&id),
+                None if kind.derives_key() => Psk::derive_for(&id),
                 None => {
                     errors.push(at(
                         &d.id.referenced,
@@ -461,68 +295,54 @@ impl Bench {
                     continue;
                 }
             };
-            let sim_default = |what: &str, errors: &mut Vec<Diagnostic>| {
-                if !is_sim {
-                    errors.push(at(
-                        &d.id.referenced,
-                        format!("device `{id}` (board `{}`) needs a `{what}:` section", d.board),
-                    ));
-                }
+            let drivers = Drivers {
+                power: d.power,
+                console: d.console,
+                flash: d.flash,
+                reset: d.reset,
             };
-            let power = d.power.clone().unwrap_or_else(|| {
-                sim_default("power", &mut errors);
-                PowerCfg::Sim
-            });
-            let console = d.console.clone().unwrap_or_else(|| {
-                sim_default("console", &mut errors);
-                ConsoleCfg {
-                    kind: ConsoleKind::Sim,
-                    port: None,
-                    baud: None,
-                }
-            });
-            let flash = d.flash.clone().unwrap_or_else(|| {
-                sim_default("flash", &mut errors);
-                FlashCfg::Sim
-            });
-            if console.kind == ConsoleKind::Serial && console.port.is_none() {
-                errors.push(at(
-                    &d.id.referenced,
-                    format!("device `{id}`: a serial console needs `port:` (a /dev/serial/by-id/... path is stable across re-plugging)"),
-                ));
+            for problem in kind.validate(&id, &d.board, &drivers) {
+                errors.push(at(&d.id.referenced, problem));
             }
             lines.push(d.id.referenced);
             devices.push(Device {
                 id,
                 board: d.board,
+                kind,
                 tags: d.tags,
-                power,
-                console,
-                flash,
-                reset: d.reset,
-                key: key.clone(),
-                is_sim,
+                key,
+                drivers,
             });
         }
         errors.extend(reject_shared_resources(&devices, &lines, path, text));
-        let all_sim = devices.iter().all(|d| d.is_sim);
         let clock = match &raw.clock {
-            Some(c) if c.value == Clock::Virtual && !all_sim => {
-                errors.push(at(
-                    &c.referenced,
-                    "`clock: virtual` needs every device to be simulated (board: sim); real hardware runs on the real clock".into(),
-                ));
-                Clock::Real
+            Some(c) => {
+                if let Some(d) = devices.iter().find(|d| !d.kind.runs_on(c.value)) {
+                    errors.push(at(
+                        &c.referenced,
+                        format!(
+                            "`clock: {}` cannot drive device `{}` (a {} board){}",
+                            c.value,
+                            d.id,
+                            d.kind.name(),
+                            if c.value == Clock::Virtual {
+                                "; real hardware runs on the real clock"
+                            } else {
+                                ""
+                            }
+                        ),
+                    ));
+                }
+                c.value
             }
-            Some(c) => c.value,
-            None if all_sim => Clock::Virtual,
+            None if devices.iter().all(|d| d.kind.runs_on(Clock::Virtual)) => Clock::Virtual,
             None => Clock::Real,
         };
         let sim_raw = raw.sim.unwrap_or(SimRaw {
             time_scale: None,
             console: None,
         });
-        let sim = SimCfg {
+        let sim = crate::board::sim::SimCfg {
             time_scale: sim_raw.time_scale.as_ref().map_or(1.0, |t| t.value),
             console: sim_raw.console.as_ref().map_or(SimConsoleKind::Channel, |c| c.value),
         };
@@ -550,22 +370,21 @@ impl Bench {
             mitigation: None,
             replay_window: ReplayWindow::Process,
         });
-        let cache_kind = cloud_raw.cache.as_ref().and_then(|c| c.kind.clone());
-        if let Some(k) = &cache_kind
+        if let Some(c) = &cloud_raw.cache
             && clock == Clock::Virtual
-            && k.value == CacheKind::Redis
+            && !c.value.backend().virtual_clock()
         {
             errors.push(at(
-                &k.referenced,
-                "`cache: { kind: redis }` needs `clock: real`: a real redis-server cannot follow a virtual clock"
-                    .into(),
+                &c.referenced,
+                format!(
+                    "`cache: {{ kind: {} }}` needs `clock: real`: a real server cannot follow a virtual clock",
+                    c.value.backend().name()
+                ),
             ));
         }
         let cloud = CloudCfg {
             listen: cloud_raw.listen,
-            cache: CacheCfg {
-                kind: cache_kind.map_or(CacheKind::Memory, |k| k.value),
-            },
+            cache: cloud_raw.cache.map(|c| c.value).unwrap_or_default(),
             latency: cloud_raw.latency.unwrap_or_else(default_latency),
             mitigation: cloud_raw.mitigation.unwrap_or_default(),
             replay_window: cloud_raw.replay_window,
@@ -580,7 +399,7 @@ impl Bench {
             sim,
             cloud,
             safe_state: raw.safe_state,
-            lock: raw.lock || !all_sim,
+            lock: raw.lock || devices.iter().any(|d| d.kind.physical()),
             lock_dir: raw.lock_dir,
             devices,
         })
@@ -598,22 +417,8 @@ fn reject_shared_resources(
     let mut claims: std::collections::BTreeMap<String, (usize, &'static str)> = std::collections::BTreeMap::new();
     let mut errors = Vec::new();
     for (i, d) in devices.iter().enumerate() {
-        let mut mine: Vec<(String, &'static str)> = Vec::new();
-        match &d.power {
-            PowerCfg::Gpio { pin, .. } => mine.push((format!("GPIO {pin}"), "power relay")),
-            PowerCfg::SerialRelay { port, channel } => mine.push((
-                format!("channel {channel} of relay module {}", port_id(port)),
-                "power relay",
-            )),
-            PowerCfg::Command(_) | PowerCfg::Sim => {}
-        }
-        if let Some(ResetCfg::Gpio { pin, .. }) = &d.reset {
-            mine.push((format!("GPIO {pin}"), "reset line"));
-        }
-        if let Some(port) = &d.console.port {
-            mine.push((format!("serial port {}", port_id(port)), "console"));
-        }
-        if !d.is_sim {
+        let mut mine = d.kind.claims_resources(d);
+        if !d.kind.derives_key() {
             mine.push((format!("key {}…", &hex(&d.key.0)[..8]), "key"));
         }
         for (res, role) in mine {
@@ -644,7 +449,7 @@ fn reject_shared_resources(
 
 /// A port as the kernel sees it: two paths to one device (a by-id link and
 /// its /dev/ttyACM0) are the same port.
-fn port_id(port: &str) -> String {
+pub fn port_id(port: &str) -> String {
     std::fs::canonicalize(port).map_or_else(|_| port.to_owned(), |p| p.display().to_string())
 }
 
@@ -663,10 +468,10 @@ mod tests {
         assert!(
             b.devices
                 .iter()
-                .all(|d| d.is_sim && d.tags.contains(&"sleepy".to_string()))
+                .all(|d| d.kind.name() == "sim" && d.tags.contains(&"sleepy".to_string()))
         );
         assert_eq!(b.clock, Clock::Virtual);
-        assert_eq!(b.cloud.cache.kind, CacheKind::Memory);
+        assert_eq!(b.cloud.cache.backend().name(), "memory");
         let keys: BTreeSet<_> = b.devices.iter().map(|d| d.key.0).collect();
         assert_eq!(keys.len(), 8, "distinct keys");
     }
@@ -689,14 +494,14 @@ devices:
         let b = Bench::parse(Path::new("b.yaml"), text).unwrap();
         assert_eq!(b.clock, Clock::Real);
         assert_eq!(
-            b.devices[0].power,
-            PowerCfg::Gpio {
+            b.devices[0].drivers.power,
+            Some(PowerCfg::Gpio(crate::drivers::power::gpio::GpioCfg {
                 pin: 17,
                 active_low: true,
                 settle: None
-            }
+            }))
         );
-        assert_eq!(b.cloud.cache.kind, CacheKind::Redis);
+        assert_eq!(b.cloud.cache.backend().name(), "redis");
     }
 
     #[test]

@@ -12,17 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rig_proto::client::{Handshake, Progress, Session};
 use rig_proto::frame::FLAG_RESUME;
-use rig_proto::{
-    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Psk, Record, RecordHeader, SessionId, SessionKeys,
-    Transcript,
-};
+use rig_proto::{Frame, Inner, InnerKind, Psk};
 
-use crate::cache::SessionCache;
-use crate::cache::memory::MemoryCache;
-use crate::cache::redis::RedisCache;
+use crate::cache::{CacheCfg, OpenCtx};
 use crate::cloud::durable::DurableKeys;
-use crate::cloud::{CloudConfig, CloudHandle, Mitigation, Server, serve};
+use crate::cloud::{CloudConfig, Mitigation, Secrets};
 use crate::timeline::Timeline;
 
 /// What one phase achieved.
@@ -47,7 +43,7 @@ struct Client {
     sock: tokio::net::UdpSocket,
     id: String,
     psk: Psk,
-    session: Option<(SessionId, SessionKeys, u64)>,
+    session: Option<Session>,
     nonce: u64,
 }
 
@@ -64,70 +60,50 @@ impl Client {
         Frame::decode(&buf[..n]).ok()
     }
 
+    /// One full handshake, flight by flight, through the device-side state
+    /// machine every device model uses.
     async fn handshake(&mut self, cloud: SocketAddr) -> bool {
         self.nonce += 1;
         let mut nonce = [0u8; 16];
         nonce[..8].copy_from_slice(&self.nonce.to_be_bytes());
         nonce[8..].copy_from_slice(&(self.id.len() as u64).to_be_bytes());
-        let hello = |cookie| {
-            Frame::ClientHello(ClientHello {
-                device_id: self.id.clone(),
-                client_nonce: nonce,
-                cookie,
-                padding: rig_proto::CLIENT_HELLO_PADDING as u16,
-            })
-        };
-        let Some(Frame::HelloVerify(hv)) = self.exchange(&hello(None), cloud).await else {
-            return false;
-        };
-        let Some(Frame::ServerHello(sh)) = self.exchange(&hello(Some(hv.cookie)), cloud).await else {
-            return false;
-        };
-        let keys = SessionKeys::derive(&self.psk, &self.id, &nonce, &sh.server_nonce, sh.session_id);
-        let t = Transcript {
-            client_nonce: nonce,
-            server_nonce: sh.server_nonce,
-            session_id: sh.session_id,
-        };
-        if !t.verify_server_hello(&keys, &sh.cert, &sh.mac) {
-            return false;
+        let mut hs = Handshake::new(
+            &self.id,
+            self.psk.clone(),
+            nonce,
+            rig_proto::CLIENT_HELLO_PADDING as u16,
+        );
+        loop {
+            let Some(answer) = self.exchange(&hs.flight(), cloud).await else {
+                return false;
+            };
+            match hs.on_frame(answer) {
+                Progress::Next => {}
+                Progress::Done(s) => {
+                    self.session = Some(s);
+                    return true;
+                }
+                Progress::Ignored | Progress::Failed(_) => return false,
+            }
         }
-        let cert = rig_proto::handshake::certificate(rig_proto::CLIENT_CERT_LEN, 1);
-        let fin = Frame::ClientFinished(ClientFinished {
-            session_id: sh.session_id,
-            mac: t.client_finished_mac(&keys, &cert),
-            cert,
-        });
-        let Some(Frame::ServerFinished(sf)) = self.exchange(&fin, cloud).await else {
-            return false;
-        };
-        if !t.verify_server_finished(&keys, &sf.mac) {
-            return false;
-        }
-        self.session = Some((sh.session_id, keys, 0));
-        true
     }
 
+    /// A resume: a ping flagged as the first record after a wake, and its pong.
     async fn resume(&mut self, cloud: SocketAddr) -> bool {
-        let Some((id, keys, counter)) = self.session.as_mut() else {
+        let Some(s) = self.session.as_mut() else {
             return false;
-        };
-        *counter += 1;
-        let header = RecordHeader {
-            flags: FLAG_RESUME,
-            session_id: *id,
-            counter: *counter,
         };
         let ping = Inner {
             kind: InnerKind::Ping,
-            msg_id: (*counter & 0xffff) as u16,
+            msg_id: ((s.tx_counter + 1) & 0xffff) as u16,
             payload: vec![b' '; 40],
         };
-        let frame = Frame::Record(Record::seal(keys, Direction::ToCloud, header, &ping));
-        let keys = keys.clone();
+        let frame = s.seal(FLAG_RESUME, &ping);
         match self.exchange(&frame, cloud).await {
-            Some(Frame::Record(r)) => r
-                .open(&keys, Direction::ToDevice)
+            Some(Frame::Record(r)) => self
+                .session
+                .as_mut()
+                .and_then(|s| s.open(&r))
                 .is_some_and(|i| i.kind == InnerKind::Pong),
             _ => false,
         }
@@ -150,26 +126,26 @@ fn summarize(mut lat: Vec<u64>, failures: u64, took: Duration) -> Phase {
     }
 }
 
-/// Runs both phases for `each` long with `clients` concurrent clients.
-/// `redis_dir`: use a redis-server (started there) instead of the memory cache.
-pub async fn run(clients: usize, each: Duration, redis_dir: Option<&Path>) -> anyhow::Result<Figures> {
+/// Runs both phases for `each` long with `clients` concurrent clients,
+/// with the cloud's session cache as `cache` says (its files in `dir`).
+pub async fn run(clients: usize, each: Duration, cache: &CacheCfg, dir: &Path) -> anyhow::Result<Figures> {
     // Events are produced (that is part of the cost) but not kept.
     let timeline = Timeline::in_memory().retain_last(0);
-    let (cache, name): (Arc<dyn SessionCache>, &str) = match redis_dir {
-        Some(dir) => (Arc::new(RedisCache::start_in(dir, 1).await?), "redis"),
-        None => (Arc::new(MemoryCache::new(1)), "memory"),
-    };
+    let name = cache.backend().name();
+    let cache = crate::cache::open(cache, &OpenCtx { dir, seed: 1 }).await?;
     let ids: Vec<String> = (0..clients).map(|i| format!("bench-{i:04}")).collect();
     let keys: BTreeMap<String, Psk> = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
-    let handle = CloudHandle::new(Mitigation::Drop, timeline.clone());
-    let cfg = CloudConfig::with_secrets(keys, crate::cloud::server::Secrets::Os);
-    let server = Server::new(cfg, cache, DurableKeys::new(), handle, timeline);
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let cloud = sock.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cloud_task = tokio::spawn(serve(Arc::new(sock), server, async {
-        let _ = stop_rx.await;
-    }));
+    let cfg = CloudConfig::with_secrets(keys, Secrets::Os);
+    let running = crate::cloud::start(
+        Arc::new(sock),
+        cfg,
+        cache,
+        DurableKeys::new(),
+        Mitigation::Drop,
+        &timeline,
+    );
 
     let mut all = Vec::new();
     for id in ids {
@@ -183,8 +159,7 @@ pub async fn run(clients: usize, each: Duration, redis_dir: Option<&Path>) -> an
     }
     let handshakes = phase(&mut all, each, cloud, true).await;
     let resumes = phase(&mut all, each, cloud, false).await;
-    let _ = stop_tx.send(());
-    let _ = cloud_task.await;
+    running.stop().await;
     Ok(Figures {
         clients,
         cache: name.into(),

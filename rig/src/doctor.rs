@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::bench::{Bench, ConsoleKind, FlashCfg, PowerCfg};
+use crate::bench::Bench;
 
 /// One line of the inventory.
 #[derive(Debug, Clone)]
@@ -13,22 +13,6 @@ pub struct Finding {
     pub ok: bool,
     pub what: String,
     pub detail: String,
-}
-
-fn on_path(program: &str) -> Option<String> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-}
-
-fn gpio() -> Result<(), String> {
-    rppal::gpio::Gpio::new().map(|_| ()).map_err(|e| match e {
-        rppal::gpio::Error::UnknownModel => "not a Raspberry Pi (rppal: Unknown Raspberry Pi model)".into(),
-        rppal::gpio::Error::PermissionDenied(p) => format!("no permission on {p}: add the user to the `gpio` group"),
-        other => other.to_string(),
-    })
 }
 
 /// What the machine offers, whatever the bench.
@@ -76,19 +60,13 @@ pub fn machine() -> Vec<Finding> {
             });
         }
     }
-    out.push(match gpio() {
-        Ok(()) => Finding {
-            ok: true,
-            what: "GPIO".into(),
-            detail: "available".into(),
-        },
-        Err(e) => Finding {
-            ok: false,
-            what: "GPIO".into(),
-            detail: e,
-        },
+    let gpio = crate::drivers::power::gpio::availability();
+    out.push(Finding {
+        ok: gpio.ok(),
+        what: "GPIO".into(),
+        detail: gpio.detail(),
     });
-    let probes = crate::drivers::probe::list();
+    let probes = crate::drivers::flash::probe_rs::list();
     if probes.is_empty() {
         out.push(Finding {
             ok: true,
@@ -107,7 +85,7 @@ pub fn machine() -> Vec<Finding> {
         ("redis-server", "the redis session cache (Debian package redis-server)"),
         ("chromium", "the sign-off browser test (Debian package chromium)"),
     ] {
-        out.push(match on_path(program) {
+        out.push(match crate::drivers::on_path(program) {
             Some(p) => Finding {
                 ok: true,
                 what: program.into(),
@@ -123,77 +101,18 @@ pub fn machine() -> Vec<Finding> {
     out
 }
 
-/// Which of a bench's configured resources are missing here.
+/// Which of a bench's configured resources are missing here: each
+/// device's board kind says what it needs, each backend whether it is here.
 pub fn bench(b: &Bench) -> Vec<Finding> {
-    let mut out = Vec::new();
-    let gpio_state = gpio();
-    for d in b.devices.iter().filter(|d| !d.is_sim) {
-        let mut check = |ok: bool, what: String, detail: String| out.push(Finding { ok, what, detail });
-        match &d.power {
-            PowerCfg::Gpio { pin, active_low, .. } => check(
-                gpio_state.is_ok(),
-                format!(
-                    "{}: power relay on GPIO {pin}{}",
-                    d.id,
-                    if *active_low { " (active low)" } else { "" }
-                ),
-                gpio_state.clone().err().unwrap_or_else(|| "GPIO available".into()),
-            ),
-            PowerCfg::SerialRelay { port, channel } => check(
-                Path::new(port).exists(),
-                format!("{}: serial relay {port} channel {channel}", d.id),
-                if Path::new(port).exists() {
-                    "present".into()
-                } else {
-                    "missing".into()
-                },
-            ),
-            PowerCfg::Command(c) => {
-                let prog = c.on.split_whitespace().next().unwrap_or("");
-                let found = on_path(prog);
-                check(
-                    found.is_some(),
-                    format!("{}: power command `{prog}`", d.id),
-                    found.unwrap_or_else(|| "not on PATH".into()),
-                )
-            }
-            PowerCfg::Sim => {}
-        }
-        if d.console.kind == ConsoleKind::Serial {
-            let port = d.console.port.clone().unwrap_or_default();
-            let exists = Path::new(&port).exists();
-            check(
-                exists,
-                format!("{}: console {port}", d.id),
-                if exists {
-                    "present".into()
-                } else {
-                    "missing (board unplugged or unpowered?)".into()
-                },
-            );
-        }
-        match &d.flash {
-            FlashCfg::ProbeRs { probe, chip } => {
-                let r = crate::drivers::probe::open_probe(probe);
-                check(
-                    r.is_ok(),
-                    format!("{}: probe-rs probe {probe} ({chip})", d.id),
-                    r.err().map_or_else(|| "attached".into(), |e| e.to_string()),
-                )
-            }
-            FlashCfg::Command { command } => {
-                let prog = command.split_whitespace().next().unwrap_or("");
-                let found = on_path(prog);
-                check(
-                    found.is_some(),
-                    format!("{}: flash command `{prog}`", d.id),
-                    found.unwrap_or_else(|| "not on PATH".into()),
-                )
-            }
-            FlashCfg::Sim => {}
-        }
-    }
-    out
+    b.devices
+        .iter()
+        .flat_map(|d| d.kind.checks(d))
+        .map(|c| Finding {
+            ok: c.availability.ok(),
+            what: c.what,
+            detail: c.availability.detail(),
+        })
+        .collect()
 }
 
 pub fn render(title: &str, findings: &[Finding]) -> String {

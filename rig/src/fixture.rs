@@ -11,13 +11,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use regex::Regex;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use crate::diag::{Diagnostic, yaml_error};
-use crate::drivers::console::Patterns;
 use crate::units::Dur;
+
+/// Compiled console patterns of a fixture.
+#[derive(Debug, Clone)]
+pub struct Patterns {
+    pub boot: Regex,
+    /// May capture `reason`.
+    pub wake: Regex,
+    /// May capture `secs`.
+    pub sleep: Regex,
+}
 
 /// What firmware does with a session whose resume went unanswered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod benchmark;
+pub mod board;
 pub mod cache;
 pub mod checks;
 pub mod cli;
@@ -22,6 +23,5 @@ pub mod report;
 pub mod runner;
 pub mod serve;
 pub mod signals;
-pub mod sim;
 pub mod timeline;
 pub mod units;

@@ -178,11 +178,11 @@ enum CacheArg {
     Redis,
 }
 
-impl From<CacheArg> for rig::bench::CacheKind {
+impl From<CacheArg> for rig::cache::CacheCfg {
     fn from(c: CacheArg) -> Self {
         match c {
-            CacheArg::Memory => rig::bench::CacheKind::Memory,
-            CacheArg::Redis => rig::bench::CacheKind::Redis,
+            CacheArg::Memory => rig::cache::CacheCfg::Memory(rig::cache::memory::MemoryCfg {}),
+            CacheArg::Redis => rig::cache::CacheCfg::Redis(rig::cache::redis::RedisCfg {}),
         }
     }
 }

@@ -8,18 +8,16 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use time::OffsetDateTime;
 
-use crate::bench::{Bench, CacheKind};
-use crate::cache::memory::MemoryCache;
-use crate::cache::redis::RedisCache;
-use crate::cache::{Cache, CacheCommand, SessionCache};
+use crate::bench::Bench;
+use crate::cache::{Cache, CacheCommand};
 use crate::cloud::durable::DurableKeys;
-use crate::cloud::{CloudConfig, CloudHandle, Mitigation, Server, serve};
+use crate::cloud::{CloudConfig, Mitigation};
 use crate::timeline::{EventKind, FORMAT, FORMAT_VERSION, Header, Timeline};
 
 pub struct ServeOptions<'a> {
     pub bench: &'a Bench,
     pub listen: &'a str,
-    pub cache: CacheKind,
+    pub cache: &'a crate::cache::CacheCfg,
     pub mitigation: Mitigation,
     pub dir: &'a Path,
     pub seed: u64,
@@ -155,37 +153,27 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     // Everything goes to the journal; memory keeps only what the printer needs.
     let timeline = Timeline::create_rotating(&events, &header, JOURNAL_MAX_BYTES, JOURNAL_KEEP)?.retain_last(10_000);
     timeline.begin_cell(0);
-    let cache: Arc<dyn SessionCache> = match o.cache {
-        CacheKind::Memory => Arc::new(MemoryCache::new(o.seed)),
-        CacheKind::Redis => Arc::new(RedisCache::start_in(&o.dir.join("redis"), o.seed).await?),
-    };
-    timeline.emit(
-        None,
-        crate::timeline::Source::Cache,
-        EventKind::CacheStart {
-            backend: cache.backend().into(),
-            pid: cache.pid(),
+    let cache = crate::cache::open(
+        o.cache,
+        &crate::cache::OpenCtx {
+            dir: o.dir,
+            seed: o.seed,
         },
-    );
-    let admin_cache = Cache::new(cache.clone(), timeline.clone());
+    )
+    .await?;
+    let backend_name = cache.backend();
     let durable = DurableKeys::with_file(&o.dir.join("durable-keys.jsonl"))?;
     let keys = o.bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
-    let handle = CloudHandle::new(o.mitigation, timeline.clone());
     // Reachable from the network: secrets from the OS RNG, never a seed.
-    let cfg = CloudConfig::with_secrets(keys, crate::cloud::server::Secrets::Os);
-    let server = Server::new(cfg, cache, durable, handle, timeline.clone());
+    let cfg = CloudConfig::with_secrets(keys, crate::cloud::Secrets::Os);
     let sock = tokio::net::UdpSocket::bind(o.listen)
         .await
         .with_context(|| format!("cannot listen on UDP {}", o.listen))?;
     eprintln!(
-        "rig cloud: listening on udp://{} for {} devices of bench `{}`, {} cache, mitigation {}; events in {}",
+        "rig cloud: listening on udp://{} for {} devices of bench `{}`, {backend_name} cache, mitigation {}; events in {}",
         sock.local_addr()?,
         o.bench.devices.len(),
         o.bench.name,
-        match o.cache {
-            CacheKind::Memory => "memory",
-            CacheKind::Redis => "redis",
-        },
         o.mitigation,
         events.display()
     );
@@ -220,10 +208,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
             .await;
         })
     };
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let cloud = tokio::spawn(serve(Arc::new(sock), server, async {
-        let _ = rx.await;
-    }));
+    let cloud = crate::cloud::start(Arc::new(sock), cfg, cache, durable, o.mitigation, &timeline);
     let admin = admin_socket(o.dir);
     // Only a stale socket of ours can be here: the folder is private and locked.
     let _ = std::fs::remove_file(&admin);
@@ -235,15 +220,14 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
             .with_context(|| format!("cannot restrict {}", admin.display()))?;
     }
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
-    let admin_task = tokio::spawn(admin_loop(listener, admin_cache, stop_tx));
+    let admin_task = tokio::spawn(admin_loop(listener, cloud.cache.clone(), stop_tx));
     tokio::select! {
         _ = interrupt.recv() => {}
         _ = stop_rx.recv() => {}
     }
     admin_task.abort();
     let _ = std::fs::remove_file(&admin);
-    let _ = tx.send(());
-    let _ = cloud.await;
+    cloud.stop().await;
     printer.abort();
     eprintln!("rig cloud: stopped");
     Ok(())

@@ -202,7 +202,7 @@ enum Plan {
 const HANDS_ON: &[&str] = &["run", "power", "flash", "reset", "console"];
 
 fn is_hardware_bench(path: &Path) -> bool {
-    rig::bench::Bench::load(path).is_ok_and(|b| b.devices.iter().any(|d| !d.is_sim))
+    rig::bench::Bench::load(path).is_ok_and(|b| b.devices.iter().any(|d| d.kind.physical()))
 }
 
 fn expected_exit(comment: &str) -> i32 {

@@ -13,7 +13,10 @@
 //! - [`crypto`]: key schedule (HKDF-SHA256), handshake MACs (HMAC-SHA256),
 //!   stateless cookies, and record protection (ChaCha20-Poly1305).
 //! - [`handshake`]: the MAC transcripts of the handshake flights.
+//! - [`client`]: the device side as a state machine without I/O (handshake
+//!   flights, sealing and opening records), which every device model drives.
 
+pub mod client;
 pub mod crypto;
 pub mod frame;
 pub mod handshake;

@@ -6,8 +6,9 @@
 //! administrative operations and records each one as a `cache.*` event. The
 //! cloud owns its own data-path error handling (timeouts, `cache.error`).
 //!
-//! Backends: [`memory`] (inside the rig, the default). A Redis backend is a
-//! separate process the rig controls, added behind the same trait.
+//! Backends, one folder each, registered in [`CacheCfg`] and opened by
+//! [`open`]: [`memory`] (inside the rig, the default) and [`redis`] (a real
+//! `redis-server` child process the rig controls).
 
 pub mod memory;
 pub mod redis;
@@ -20,6 +21,44 @@ use rig_proto::{SessionId, SessionKeys};
 use serde::{Deserialize, Serialize};
 
 use crate::timeline::{EventKind, Source, Timeline};
+
+/// What a cache backend may use when it is opened.
+pub struct OpenCtx<'a> {
+    /// A folder of its own for data and snapshots (a server's files).
+    pub dir: &'a std::path::Path,
+    /// Seeds its random choices (which sessions `evict` takes).
+    pub seed: u64,
+}
+
+/// A cache backend, configured.
+#[async_trait]
+pub trait CacheBackend: std::fmt::Debug + Send + Sync {
+    /// Its `kind:` name.
+    fn name(&self) -> &'static str;
+    /// Whether it can run on the virtual clock (an outside server cannot).
+    fn virtual_clock(&self) -> bool;
+    async fn open(&self, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError>;
+}
+
+crate::drivers::backends! {
+    /// The session cache of a bench's cloud: `cache: { kind: redis }`.
+    pub enum CacheCfg: CacheBackend {
+        "memory" => Memory(memory::MemoryCfg),
+        "redis" => Redis(redis::RedisCfg),
+    }
+}
+
+impl Default for CacheCfg {
+    fn default() -> Self {
+        CacheCfg::Memory(memory::MemoryCfg {})
+    }
+}
+
+/// Opens the configured cache: the one way `rig run`, `rig cloud serve`
+/// and `rig bench` get a session cache.
+pub async fn open(cfg: &CacheCfg, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError> {
+    cfg.backend().open(ctx).await
+}
 
 /// What the cloud stores per session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::CliError;
-use crate::bench::{Bench, CacheKind};
+use crate::bench::Bench;
+use crate::cache::CacheCfg;
 use crate::cloud::Mitigation;
 use crate::report::Overall;
 
@@ -16,7 +17,7 @@ pub const MAX_BENCH_SECONDS: f64 = 3600.0;
 pub struct ServeOpts {
     pub bench: Option<PathBuf>,
     pub listen: String,
-    pub cache: CacheKind,
+    pub cache: CacheCfg,
     pub mitigation: Mitigation,
     pub out: PathBuf,
 }
@@ -119,7 +120,7 @@ pub fn serve(o: &ServeOpts) -> Result<Overall, CliError> {
     let opts = crate::serve::ServeOptions {
         bench: &bench,
         listen: &o.listen,
-        cache: o.cache,
+        cache: &o.cache,
         mitigation: o.mitigation,
         dir: &o.out,
         seed: 1,
@@ -130,7 +131,7 @@ pub fn serve(o: &ServeOpts) -> Result<Overall, CliError> {
 }
 
 /// `rig bench`: the cloud's throughput over UDP loopback.
-pub fn bench(clients: usize, seconds: f64, cache: CacheKind) -> Result<Overall, CliError> {
+pub fn bench(clients: usize, seconds: f64, cache: CacheCfg) -> Result<Overall, CliError> {
     if clients == 0 || clients > MAX_BENCH_CLIENTS {
         return Err(CliError::Usage(format!(
             "--clients must be between 1 and {MAX_BENCH_CLIENTS}, not {clients}"
@@ -148,11 +149,11 @@ pub fn bench(clients: usize, seconds: f64, cache: CacheKind) -> Result<Overall, 
         .prefix("rig-bench-")
         .tempdir()
         .map_err(|e| CliError::Fault(format!("cannot create a temporary folder: {e}")))?;
-    let redis_dir = matches!(cache, CacheKind::Redis).then(|| dir.path().join("redis"));
     let res = rt.block_on(crate::benchmark::run(
         clients,
         Duration::from_secs_f64(seconds),
-        redis_dir.as_deref(),
+        &cache,
+        dir.path(),
     ));
     let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
     print!("{f}");

@@ -10,7 +10,6 @@ use super::{CliError, inputs, run::take_lock};
 use crate::bench::{Bench, Device};
 use crate::report::Overall;
 use crate::runner::device::DeviceHandle;
-use crate::runner::world;
 use crate::timeline::{EventKind, Timeline};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,9 +29,10 @@ pub fn bench_device(bench: &Path, device: &str) -> Result<(Bench, usize), CliErr
             b.devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>().join(", ")
         )));
     };
-    if b.devices[i].is_sim {
+    if !b.devices[i].kind.physical() {
         return Err(CliError::Usage(format!(
-            "`{device}` is a simulated board; it exists only inside `rig run`"
+            "`{device}` is a {} board; it exists only inside `rig run`",
+            b.devices[i].kind.name()
         )));
     }
     Ok((b, i))
@@ -65,7 +65,8 @@ where
     let rt = super::runtime()?;
     let msg = rt.block_on(async {
         let tl = Timeline::in_memory().retain_last(1000);
-        let dev = world::hardware_device(&b.devices[i], &b, &tl, false).map_err(CliError::fault)?;
+        let d = &b.devices[i];
+        let dev = d.kind.hands_on(d, &b, &tl).map_err(|e| fault(device, e))?;
         f(dev, tl).await
     })?;
     done(device, msg)
@@ -89,7 +90,7 @@ pub fn power(
         PowerAction::Off | PowerAction::Cycle => false,
     };
     let msg = rt.block_on(async {
-        let power = world::build_power(d, &b, Some(initial)).map_err(|e| fault(device, e))?;
+        let power = d.kind.power(d, &b, initial).map_err(|e| fault(device, e))?;
         match action {
             PowerAction::On => power.set(true).await,
             PowerAction::Off => power.set(false).await,

@@ -18,12 +18,13 @@ mod tests;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::timeline::{EventKind, Source, Timeline};
 
-pub use server::{CloudConfig, Server, serve};
+pub use server::{CloudConfig, Secrets, Server, serve};
 
 /// What the cloud does with a record for a session its cache does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -78,5 +79,58 @@ impl CloudHandle {
                 mitigation: m.to_string(),
             },
         );
+    }
+}
+
+/// A cloud serving on a socket, and how to stop it.
+pub struct RunningCloud {
+    pub handle: CloudHandle,
+    /// Its administrative handle on the session cache.
+    pub cache: crate::cache::Cache,
+    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl RunningCloud {
+    /// Stops serving and waits (bounded) for the receive loop to end.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Starts the cloud on `socket` with `cache` behind it: the one way `rig
+/// run`, `rig cloud serve` and `rig bench` bring a cloud up. A cache that is
+/// a server process is announced with a `cache.start` naming its pid.
+pub fn start(
+    socket: Arc<dyn transport::Datagram>,
+    cfg: CloudConfig,
+    cache: Arc<dyn crate::cache::SessionCache>,
+    durable: durable::DurableKeys,
+    mitigation: Mitigation,
+    timeline: &Timeline,
+) -> RunningCloud {
+    if let Some(pid) = cache.pid() {
+        timeline.emit(
+            None,
+            Source::Cache,
+            EventKind::CacheStart {
+                backend: cache.backend().into(),
+                pid: Some(pid),
+            },
+        );
+    }
+    let admin = crate::cache::Cache::new(cache.clone(), timeline.clone());
+    let handle = CloudHandle::new(mitigation, timeline.clone());
+    let server = Server::new(cfg, cache, durable, handle.clone(), timeline.clone());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(socket, server, async {
+        let _ = rx.await;
+    }));
+    RunningCloud {
+        handle,
+        cache: admin,
+        task,
+        stop,
     }
 }

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rig_proto::client::{Handshake, Progress, Session};
 use rig_proto::frame::FLAG_RESUME;
 use rig_proto::{
-    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Psk, Record, RecordHeader, SessionId, SessionKeys,
-    Transcript,
+    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Psk, SessionId, SessionKeys, Transcript,
 };
 
 use super::durable::DurableKeys;
@@ -76,75 +76,54 @@ struct Dev {
 }
 
 impl Dev {
+    /// The next record, sealed by the device-side state machine.
     fn record(&mut self, flags: u8, kind: InnerKind, msg_id: u16) -> Vec<u8> {
-        self.tx += 1;
-        let header = RecordHeader {
-            flags,
-            session_id: self.id,
-            counter: self.tx,
+        let mut s = Session {
+            id: self.id,
+            keys: self.keys.clone(),
+            tx_counter: self.tx,
+            rx_counter: 0,
         };
         let inner = Inner {
             kind,
             msg_id,
             payload: b"sensors/temp\0{}".to_vec(),
         };
-        Frame::Record(Record::seal(&self.keys, Direction::ToCloud, header, &inner)).encode()
+        let frame = s.seal(flags, &inner).encode();
+        self.tx = s.tx_counter;
+        frame
     }
 }
 
+/// A full handshake of `device` from `from`, flight by flight through the
+/// device-side state machine, checking what the cloud answers at each one.
+/// Returns the device's session and its finished flight (for replays).
 async fn handshake(r: &mut Rig, device: &str, from: SocketAddr) -> (Dev, Vec<u8>) {
     let nonce = [device.len() as u8; 16];
-    let hello = |cookie| {
-        Frame::ClientHello(ClientHello {
-            device_id: device.into(),
-            client_nonce: nonce,
-            cookie,
-            padding: 120,
-        })
-        .encode()
-    };
-    let o = r.server.handle(&hello(None), from).await;
-    let Frame::HelloVerify(hv) = only_reply(&o) else {
-        panic!("expected hello verify")
-    };
-    let o = r.server.handle(&hello(Some(hv.cookie)), from).await;
-    let Frame::ServerHello(sh) = only_reply(&o).clone() else {
-        panic!("expected server hello")
-    };
-    let keys = SessionKeys::derive(
-        &Psk::derive_for(device),
-        device,
-        &nonce,
-        &sh.server_nonce,
-        sh.session_id,
-    );
-    let t = Transcript {
-        client_nonce: nonce,
-        server_nonce: sh.server_nonce,
-        session_id: sh.session_id,
-    };
-    assert!(
-        t.verify_server_hello(&keys, &sh.cert, &sh.mac),
+    let mut hs = Handshake::new(device, Psk::derive_for(device), nonce, 120);
+    let o = r.server.handle(&hs.flight().encode(), from).await;
+    assert!(matches!(only_reply(&o), Frame::HelloVerify(_)), "expected hello verify");
+    assert_eq!(hs.on_frame(only_reply(&o).clone()), Progress::Next);
+    let o = r.server.handle(&hs.flight().encode(), from).await;
+    assert!(matches!(only_reply(&o), Frame::ServerHello(_)), "expected server hello");
+    // The state machine refuses a server hello whose MAC is wrong: the
+    // cloud proves it knows the PSK.
+    assert_eq!(
+        hs.on_frame(only_reply(&o).clone()),
+        Progress::Next,
         "cloud proves it knows the PSK"
     );
-    let cert = vec![1u8; 100];
-    let finished = Frame::ClientFinished(ClientFinished {
-        session_id: sh.session_id,
-        mac: t.client_finished_mac(&keys, &cert),
-        cert,
-    })
-    .encode();
+    let finished = hs.flight().encode();
     let o = r.server.handle(&finished, from).await;
-    let Frame::ServerFinished(sf) = only_reply(&o) else {
-        panic!("expected server finished")
+    let Progress::Done(session) = hs.on_frame(only_reply(&o).clone()) else {
+        panic!("expected a valid server finished: {:?}", o.replies)
     };
-    assert!(t.verify_server_finished(&keys, &sf.mac));
     assert_eq!(names(&o), ["cloud.handshake", "cloud.connected"]);
     assert_eq!(o.device.as_deref(), Some(device));
     (
         Dev {
-            id: sh.session_id,
-            keys,
+            id: session.id,
+            keys: session.keys,
             tx: 0,
         },
         finished,

@@ -67,7 +67,7 @@ impl DeviceHandle {
         // the safe state, not skipped as already done.
         let Some(power) = &self.power else {
             return Err(DriverError::Unsupported {
-                driver: "hands-on".into(),
+                driver: "hands-on",
                 what: format!("switching the power of {}", self.id),
             });
         };
@@ -119,7 +119,7 @@ impl DeviceHandle {
     pub async fn soft_reset(&self) -> Result<(), DriverError> {
         let Some(r) = &self.reset else {
             return Err(DriverError::Unsupported {
-                driver: "bench".into(),
+                driver: "bench",
                 what: format!("soft reset of {} (no reset method configured)", self.id),
             });
         };

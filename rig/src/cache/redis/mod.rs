@@ -27,8 +27,29 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rig_proto::SessionId;
 
-use super::{CacheError, Evicted, RestoreFrom, SessionCache, SessionRecord};
+use super::{CacheBackend, CacheError, Evicted, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
 pub use server::RedisServer;
+
+/// `cache: { kind: redis }`: one redis-server the rig starts.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisCfg {}
+
+#[async_trait]
+impl CacheBackend for RedisCfg {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    // A real redis-server cannot follow a virtual clock.
+    fn virtual_clock(&self) -> bool {
+        false
+    }
+
+    async fn open(&self, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError> {
+        Ok(Arc::new(RedisCache::start_in(&ctx.dir.join("redis"), ctx.seed).await?))
+    }
+}
 
 const KEY_PREFIX: &str = "rig:session:";
 

@@ -12,7 +12,10 @@
 //! power loss and by flashing a new image.
 
 pub mod firmware;
+mod kind;
 pub(crate) mod pty;
+
+pub use kind::{Sim, SimCfg, SimConsoleKind};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,24 +24,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rig_proto::{Psk, SessionId, SessionKeys};
+use rig_proto::Psk;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Duration, Instant};
 
 use crate::cloud::transport::Datagram;
-use crate::drivers::{Console, DriverError, FlashReport, Flasher, Power, Reset};
+use crate::drivers::{Console, DriverError, Flasher, Power, Reset};
 use crate::fixture::Fixture;
 
-/// A session as firmware keeps it in retained RAM.
+/// A session as firmware keeps it in retained RAM: the protocol's session
+/// (keys and counters) and the firmware's own bookkeeping.
 #[derive(Debug, Clone)]
 pub struct DeviceSession {
-    pub id: SessionId,
-    pub keys: SessionKeys,
-    /// Last counter used towards the cloud.
-    pub tx_counter: u64,
-    /// Highest counter accepted from the cloud.
-    pub rx_counter: u64,
+    pub session: rig_proto::client::Session,
     /// Connects since the last authenticated reply from the cloud.
     pub unanswered_uses: u32,
 }
@@ -95,14 +94,6 @@ enum ConsoleOut {
         live: Mutex<Option<pty::PtyLink>>,
         input: mpsc::UnboundedSender<Vec<u8>>,
     },
-}
-
-/// How the rig reaches a board's console.
-pub enum ConsoleAccess {
-    /// Read it through this driver.
-    Channel(SimConsole),
-    /// Open this path with the serial driver (a symlink to the current pty).
-    Pty(PathBuf),
 }
 
 impl Inner {
@@ -210,14 +201,6 @@ impl SimBoard {
         board
     }
 
-    pub fn console_access(board: SimBoard, console: Option<SimConsole>) -> ConsoleAccess {
-        match (&board.inner.console_out, console) {
-            (ConsoleOut::Pty { link, .. }, _) => ConsoleAccess::Pty(link.clone()),
-            (ConsoleOut::Channel(_), Some(c)) => ConsoleAccess::Channel(c),
-            (ConsoleOut::Channel(_), None) => unreachable!("a channel console is returned by SimBoard::new"),
-        }
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn build(
         id: &str,
@@ -305,12 +288,12 @@ impl SimBoard {
         Ok(())
     }
 
-    async fn flash(&self, fixture: &Fixture) -> Result<FlashReport, DriverError> {
+    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
         if fixture.behaviour.is_none() {
-            return Err(DriverError::Io(format!(
-                "fixture {} has no `behaviour:` for simulated boards",
-                fixture.name
-            )));
+            return Err(DriverError::Unsupported {
+                driver: "simulated board",
+                what: format!("running fixture {} (it has no `behaviour:`)", fixture.name),
+            });
         }
         {
             let mut st = self.inner.lock();
@@ -337,7 +320,7 @@ impl SimBoard {
         // A new image does not trust the old image's retained RAM.
         st.retained = Retained::default();
         self.start_firmware(&mut st, BootReason::Flashed);
-        Ok(FlashReport { bytes: fixture.size })
+        Ok(())
     }
 
     fn console_input(&self, data: &[u8]) {
@@ -357,7 +340,7 @@ impl SimBoard {
                         .map(|f| format!("{} {}", f.name, f.version))
                         .unwrap_or_else(|| "none".into());
                     let sess = match &st.retained.session {
-                        Some(s) => format!("session {:016x} unanswered={}", s.id, s.unanswered_uses),
+                        Some(s) => format!("session {:016x} unanswered={}", s.session.id, s.unanswered_uses),
                         None => "no session".into(),
                     };
                     drop(st);
@@ -413,7 +396,7 @@ pub struct SimFlasher(pub SimBoard);
 
 #[async_trait]
 impl Flasher for SimFlasher {
-    async fn flash(&self, fixture: &Fixture) -> Result<FlashReport, DriverError> {
+    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
         self.0.flash(fixture).await
     }
     fn describe(&self) -> String {

@@ -9,9 +9,92 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
 use super::safe::{self, Registration};
-use crate::drivers::{DriverError, Power};
+use crate::drivers::{Availability, Check, DriverError, Power};
+use crate::units::Dur;
+
+/// `power: { kind: gpio, pin: 17, active_low: true, settle: 200ms }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioCfg {
+    /// BCM pin number.
+    pub pin: u8,
+    #[serde(default)]
+    pub active_low: bool,
+    /// Time the relay and the board's supply need after a switch.
+    #[serde(default)]
+    pub settle: Option<Dur>,
+}
+
+/// Failures of GPIO lines.
+#[derive(Debug, thiserror::Error)]
+pub enum GpioError {
+    #[error("GPIO is not available: {source}{hint}")]
+    Unavailable {
+        #[source]
+        source: rppal::gpio::Error,
+        hint: String,
+    },
+    #[error("GPIO {pin}: {source} (is another process using it?)")]
+    Pin {
+        pin: u8,
+        #[source]
+        source: rppal::gpio::Error,
+    },
+    #[error("fake GPIO {path}: {source}")]
+    Fake {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether GPIO lines can be driven here (a fake folder counts).
+pub fn availability() -> Availability {
+    if let Some(dir) = std::env::var_os("RIG_FAKE_GPIO_DIR") {
+        return Availability::Found(format!("fake GPIO lines in {}", std::path::Path::new(&dir).display()));
+    }
+    match rppal::gpio::Gpio::new() {
+        Ok(_) => Availability::Found("available".into()),
+        Err(rppal::gpio::Error::UnknownModel) => {
+            Availability::NotFound("not a Raspberry Pi (rppal: Unknown Raspberry Pi model)".into())
+        }
+        Err(rppal::gpio::Error::PermissionDenied(p)) => Availability::NoPermission {
+            detail: format!("no permission on {p}"),
+            fix: "add the user to the `gpio` group (sudo usermod -aG gpio $USER, then log in again)".into(),
+        },
+        Err(e) => Availability::NotFound(e.to_string()),
+    }
+}
+
+impl super::PowerBackend for GpioCfg {
+    fn open(&self, _device: &str, safe_on: bool, initially_on: bool) -> Result<Box<dyn Power>, DriverError> {
+        Ok(Box::new(GpioPower::open_at(
+            self.pin,
+            self.active_low,
+            self.settle.map_or(Duration::ZERO, |s| s.0),
+            safe_on,
+            initially_on,
+        )?))
+    }
+
+    fn check(&self, device: &str) -> Check {
+        Check {
+            what: format!(
+                "{device}: power relay on GPIO {}{}",
+                self.pin,
+                if self.active_low { " (active low)" } else { "" }
+            ),
+            availability: availability(),
+        }
+    }
+
+    fn claims(&self) -> Vec<(String, &'static str)> {
+        vec![(format!("GPIO {}", self.pin), "power relay")]
+    }
+}
 
 /// The seam under the driver: one output line.
 pub trait RelayPin: Send {
@@ -45,7 +128,13 @@ impl RelayPin for FilePin {
             .append(true)
             .open(&self.0)
             .and_then(|mut f| f.write_all(if high { b"1\n" } else { b"0\n" }))
-            .map_err(|e| DriverError::Io(format!("fake GPIO {}: {e}", self.0.display())))
+            .map_err(|source| {
+                GpioError::Fake {
+                    path: self.0.display().to_string(),
+                    source,
+                }
+                .into()
+            })
     }
 }
 
@@ -61,9 +150,9 @@ pub fn open_pin(bcm: u8, initial_high: bool) -> Result<Box<dyn RelayPin>, Driver
 }
 
 /// Opens BCM pin `bcm` as an output already at `initial_high`.
-pub fn open_rppal(bcm: u8, initial_high: bool) -> Result<RppalPin, DriverError> {
-    let gpio = rppal::gpio::Gpio::new().map_err(|e| {
-        let hint = match &e {
+pub fn open_rppal(bcm: u8, initial_high: bool) -> Result<RppalPin, GpioError> {
+    let gpio = rppal::gpio::Gpio::new().map_err(|source| {
+        let hint = match &source {
             rppal::gpio::Error::UnknownModel => {
                 " (this is not a Raspberry Pi; GPIO relays need the bench's Pi)".to_string()
             }
@@ -72,11 +161,9 @@ pub fn open_rppal(bcm: u8, initial_high: bool) -> Result<RppalPin, DriverError> 
             }
             _ => String::new(),
         };
-        DriverError::Io(format!("GPIO is not available: {e}{hint}"))
+        GpioError::Unavailable { source, hint }
     })?;
-    let pin = gpio
-        .get(bcm)
-        .map_err(|e| DriverError::Io(format!("GPIO {bcm}: {e} (is another process using it?)")))?;
+    let pin = gpio.get(bcm).map_err(|source| GpioError::Pin { pin: bcm, source })?;
     let mut out = if initial_high {
         pin.into_output_high()
     } else {

@@ -17,7 +17,27 @@ use rand_chacha::ChaCha8Rng;
 use rig_proto::SessionId;
 use tokio::time::Instant;
 
-use super::{CacheError, Evicted, RestoreFrom, SessionCache, SessionRecord};
+use super::{CacheBackend, CacheError, Evicted, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
+
+/// `cache: { kind: memory }`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryCfg {}
+
+#[async_trait]
+impl CacheBackend for MemoryCfg {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
+    fn virtual_clock(&self) -> bool {
+        true
+    }
+
+    async fn open(&self, ctx: &OpenCtx<'_>) -> Result<std::sync::Arc<dyn SessionCache>, CacheError> {
+        Ok(std::sync::Arc::new(MemoryCache::new(ctx.seed)))
+    }
+}
 
 type Sessions = BTreeMap<SessionId, (SessionRecord, Instant)>;
 

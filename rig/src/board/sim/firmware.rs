@@ -10,10 +10,9 @@
 use std::sync::Arc;
 
 use rand::{Rng, RngExt};
+use rig_proto::client::{Handshake, Progress};
 use rig_proto::frame::FLAG_RESUME;
-use rig_proto::{
-    ClientFinished, ClientHello, Direction, Frame, Inner, InnerKind, Record, RecordHeader, SessionKeys, Transcript,
-};
+use rig_proto::{Frame, Inner, InnerKind};
 use tokio::time::{Duration, Instant};
 
 use super::{BootReason, DeviceSession, Inner as Board};
@@ -109,7 +108,7 @@ impl Firmware {
             ),
         );
         if let Some(s) = self.session() {
-            self.log("boot", "INFO", &format!("retained session {:016x} found", s.id));
+            self.log("boot", "INFO", &format!("retained session {:016x} found", s.session.id));
         }
         let mut wake_reason = "boot";
         loop {
@@ -158,13 +157,16 @@ impl Firmware {
             self.log(
                 "cloud",
                 "WARN",
-                &format!("session {:016x} unanswered on {n} connects; discarding it", s.id),
+                &format!(
+                    "session {:016x} unanswered on {n} connects; discarding it",
+                    s.session.id
+                ),
             );
             self.set_session(None);
         }
         if let Some(mut s) = self.session() {
             s.unanswered_uses += 1;
-            let id = s.id;
+            let id = s.session.id;
             self.set_session(Some(s));
             self.log("cloud", "INFO", &format!("resuming session {id:016x}"));
             let resume_deadline = match self.b.session_policy {
@@ -289,26 +291,17 @@ impl Firmware {
 
     /// Seals `inner` with the next counter of the retained session and sends it.
     async fn send_record(&self, kind: InnerKind, msg_id: u16, payload: &[u8], flags: u8) -> Option<u64> {
-        let (keys, header) = self.board.with_retained(|r| {
-            let s = r.session.as_mut()?;
-            s.tx_counter += 1;
-            Some((
-                s.keys.clone(),
-                RecordHeader {
-                    flags,
-                    session_id: s.id,
-                    counter: s.tx_counter,
-                },
-            ))
-        })?;
         let inner = Inner {
             kind,
             msg_id,
             payload: payload.to_vec(),
         };
-        let rec = Record::seal(&keys, Direction::ToCloud, header, &inner);
-        self.send(&Frame::Record(rec)).await;
-        Some(header.counter)
+        let (frame, counter) = self.board.with_retained(|r| {
+            let s = &mut r.session.as_mut()?.session;
+            Some((s.seal(flags, &inner), s.tx_counter))
+        })?;
+        self.send(&frame).await;
+        Some(counter)
     }
 
     /// Sends confirmable messages and waits for their answers with CoAP-like
@@ -360,19 +353,14 @@ impl Firmware {
             }
             match self.recv_until(wake_at).await {
                 Some(Frame::Record(r)) => {
-                    let Some(s) = self.session() else { continue };
-                    if r.header.session_id != s.id || r.header.counter <= s.rx_counter {
-                        continue;
-                    }
-                    let Some(inner) = r.open(&s.keys, Direction::ToDevice) else {
-                        continue;
-                    };
-                    self.board.with_retained(|ret| {
-                        if let Some(sess) = ret.session.as_mut() {
-                            sess.rx_counter = r.header.counter;
-                            sess.unanswered_uses = 0;
-                        }
+                    // Ours, fresh and authentic, or ignored.
+                    let opened = self.board.with_retained(|ret| {
+                        let sess = ret.session.as_mut()?;
+                        let inner = sess.session.open(&r)?;
+                        sess.unanswered_uses = 0;
+                        Some(inner)
                     });
+                    let Some(inner) = opened else { continue };
                     authed = true;
                     let answers = match inner.kind {
                         InnerKind::Pong => InnerKind::Ping,
@@ -382,8 +370,8 @@ impl Firmware {
                     out.retain(|o| !(o.msg_id == inner.msg_id && o.kind == answers));
                 }
                 Some(Frame::SessionUnknown(su)) => {
-                    let ours =
-                        self.session().is_some_and(|s| s.id == su.session_id) && sent_counters.contains(&su.counter);
+                    let ours = self.session().is_some_and(|s| s.session.id == su.session_id)
+                        && sent_counters.contains(&su.counter);
                     if !ours {
                         continue;
                     }
@@ -461,73 +449,33 @@ impl Firmware {
         self.log("cloud", "INFO", "starting full handshake");
         let mut nonce = [0u8; 16];
         self.board.with_rng(|g| g.fill_bytes(&mut nonce));
-        let device_id = self.board.id.clone();
-        let hello = |cookie| {
-            Frame::ClientHello(ClientHello {
-                device_id: device_id.clone(),
-                client_nonce: nonce,
-                cookie,
-                padding: rig_proto::CLIENT_HELLO_PADDING as u16,
-            })
+        let mut hs = Handshake::new(
+            &self.board.id,
+            self.board.psk.clone(),
+            nonce,
+            rig_proto::CLIENT_HELLO_PADDING as u16,
+        );
+        let session = loop {
+            // Each flight is resent on the handshake schedule until answered.
+            let step = self
+                .flight(hs.flight(), deadline, |f| match hs.on_frame(f) {
+                    Progress::Ignored => None,
+                    p => Some(p),
+                })
+                .await;
+            match step {
+                None => return false,
+                Some(Progress::Next | Progress::Ignored) => continue,
+                Some(Progress::Done(s)) => break s,
+                Some(Progress::Failed(e)) => {
+                    self.log("cloud", "ERROR", &e.to_string());
+                    return false;
+                }
+            }
         };
-        let Some(cookie) = self
-            .flight(hello(None), deadline, |f| match f {
-                Frame::HelloVerify(h) => Some(h.cookie),
-                _ => None,
-            })
-            .await
-        else {
-            return false;
-        };
-        let Some(sh) = self
-            .flight(hello(Some(cookie)), deadline, |f| match f {
-                Frame::ServerHello(h) => Some(h),
-                _ => None,
-            })
-            .await
-        else {
-            return false;
-        };
-        let keys = SessionKeys::derive(&self.board.psk, &device_id, &nonce, &sh.server_nonce, sh.session_id);
-        let t = Transcript {
-            client_nonce: nonce,
-            server_nonce: sh.server_nonce,
-            session_id: sh.session_id,
-        };
-        if !t.verify_server_hello(&keys, &sh.cert, &sh.mac) {
-            self.log(
-                "cloud",
-                "ERROR",
-                "server hello fails authentication (wrong device key?)",
-            );
-            return false;
-        }
-        let cert = rig_proto::handshake::certificate(rig_proto::CLIENT_CERT_LEN, device_id.len() as u8);
-        let mac = t.client_finished_mac(&keys, &cert);
-        let finished = Frame::ClientFinished(ClientFinished {
-            session_id: sh.session_id,
-            cert,
-            mac,
-        });
-        let sid = sh.session_id;
-        let Some(sf) = self
-            .flight(finished, deadline, |f| match f {
-                Frame::ServerFinished(s) if s.session_id == sid => Some(s),
-                _ => None,
-            })
-            .await
-        else {
-            return false;
-        };
-        if !t.verify_server_finished(&keys, &sf.mac) {
-            self.log("cloud", "ERROR", "server finished fails authentication");
-            return false;
-        }
+        let sid = session.id;
         self.set_session(Some(DeviceSession {
-            id: sid,
-            keys,
-            tx_counter: 0,
-            rx_counter: 0,
+            session,
             unanswered_uses: 0,
         }));
         self.log("cloud", "INFO", &format!("handshake complete, session {sid:016x}"));

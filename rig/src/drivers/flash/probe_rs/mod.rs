@@ -8,7 +8,6 @@
 //! (an indicatif bar on a terminal, lines in CI).
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use probe_rs::flashing::{
@@ -17,50 +16,128 @@ use probe_rs::flashing::{
 use probe_rs::probe::list::Lister;
 use probe_rs::probe::{DebugProbeSelector, Probe};
 use probe_rs::{Permissions, Session};
+use serde::Deserialize;
 
-use super::{DriverError, FlashReport, Flasher, Reset};
+use crate::drivers::{Availability, Check, DriverError, Flasher, Reset};
 use crate::fixture::Fixture;
 
+/// `flash: { kind: probe-rs, probe: "VID:PID[:SERIAL]", chip: nRF52840_xxAA }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeRsCfg {
+    pub probe: String,
+    pub chip: String,
+}
+
+impl super::FlashBackend for ProbeRsCfg {
+    fn open(&self, _device: &str) -> Result<Box<dyn Flasher>, DriverError> {
+        Ok(Box::new(ProbeRsFlasher::new(&self.probe, &self.chip)?))
+    }
+
+    fn check(&self, device: &str) -> Check {
+        let availability = match open_probe(&self.probe) {
+            Ok(_) => Availability::Found("attached".into()),
+            Err(ProbeError::Open {
+                source: probe_rs::probe::DebugProbeError::Usb(ref e),
+                ..
+            }) if e.kind() == std::io::ErrorKind::PermissionDenied => Availability::NoPermission {
+                detail: format!("no permission on probe {}", self.probe),
+                fix: "install probe-rs' udev rules (https://probe.rs/docs/getting-started/probe-setup/) and replug"
+                    .into(),
+            },
+            Err(e) => Availability::NotFound(e.to_string()),
+        };
+        Check {
+            what: format!("{device}: probe-rs probe {} ({})", self.probe, self.chip),
+            availability,
+        }
+    }
+}
+
+/// Failures of flashing and resetting through a debug probe.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("probe selector `{selector}`: {source} (expected VID:PID or VID:PID:SERIAL, e.g. 0d28:0204:ABC123)")]
+    Selector {
+        selector: String,
+        // probe-rs does not export the parse error's type.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("debug probe {selector}: {source} ({attached})")]
+    Open {
+        selector: String,
+        attached: String,
+        #[source]
+        source: probe_rs::probe::DebugProbeError,
+    },
+    #[error("cannot attach to chip `{chip}`: {source} (chip names as `probe-rs chip list` prints them)")]
+    Attach {
+        chip: String,
+        #[source]
+        source: probe_rs::Error,
+    },
+    #[error("image {0} is missing")]
+    ImageMissing(String),
+    #[error("fixture {0} has no `image:` to flash")]
+    NoImage(String),
+    #[error("flashing {image}: {causes}")]
+    Flash { image: String, causes: String },
+    #[error("core 0 of {chip}: {source}")]
+    Core {
+        chip: String,
+        #[source]
+        source: probe_rs::Error,
+    },
+    #[error("reset of {chip}: {source}")]
+    Reset {
+        chip: String,
+        #[source]
+        source: probe_rs::Error,
+    },
+    #[error("probe task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Parses a `VID:PID[:SERIAL]` probe selector with a message that says what is expected.
-pub fn selector(s: &str) -> Result<DebugProbeSelector, DriverError> {
-    s.parse::<DebugProbeSelector>().map_err(|e| {
-        DriverError::Io(format!(
-            "probe selector `{s}`: {e} (expected VID:PID or VID:PID:SERIAL, e.g. 0d28:0204:ABC123)"
-        ))
+pub fn selector(s: &str) -> Result<DebugProbeSelector, ProbeError> {
+    s.parse::<DebugProbeSelector>().map_err(|e| ProbeError::Selector {
+        selector: s.to_owned(),
+        source: Box::new(e),
     })
 }
 
 /// Opens the selected probe, naming what is attached when it is not there.
-pub fn open_probe(sel: &str) -> Result<Probe, DriverError> {
+pub fn open_probe(sel: &str) -> Result<Probe, ProbeError> {
     let parsed = selector(sel)?;
     let lister = Lister::new();
-    lister.open(parsed).map_err(|e| {
+    lister.open(parsed).map_err(|source| {
         let attached: Vec<String> = lister.list_all().iter().map(|p| format!("{p}")).collect();
-        let seen = if attached.is_empty() {
+        let attached = if attached.is_empty() {
             "no probes are attached".to_string()
         } else {
             format!("attached: {}", attached.join("; "))
         };
-        DriverError::Io(format!("debug probe {sel}: {e} ({seen})"))
+        ProbeError::Open {
+            selector: sel.to_owned(),
+            attached,
+            source,
+        }
     })
 }
 
 /// Attaches to `chip` through `probe`.
-pub fn attach(probe: Probe, chip: &str) -> Result<Session, DriverError> {
-    probe.attach(chip, Permissions::default()).map_err(|e| {
-        DriverError::Io(format!(
-            "cannot attach to chip `{chip}`: {e} (chip names as `probe-rs chip list` prints them)"
-        ))
-    })
+pub fn attach(probe: Probe, chip: &str) -> Result<Session, ProbeError> {
+    probe
+        .attach(chip, Permissions::default())
+        .map_err(|source| ProbeError::Attach {
+            chip: chip.to_owned(),
+            source,
+        })
 }
 
 /// Writes `image` through `session`, reporting percent done.
-pub fn download(
-    session: &mut Session,
-    image: &Path,
-    verify: bool,
-    progress: impl FnMut(u8),
-) -> Result<(), DriverError> {
+pub fn download(session: &mut Session, image: &Path, verify: bool, progress: impl FnMut(u8)) -> Result<(), ProbeError> {
     download_with(session, image, verify, false, progress)
 }
 
@@ -71,9 +148,9 @@ pub fn download_with(
     verify: bool,
     dry_run: bool,
     mut progress: impl FnMut(u8),
-) -> Result<(), DriverError> {
+) -> Result<(), ProbeError> {
     if !image.is_file() {
-        return Err(DriverError::Io(format!("image {} is missing", image.display())));
+        return Err(ProbeError::ImageMissing(image.display().to_string()));
     }
     let (mut total, mut done) = (0u64, 0u64);
     let mut options = DownloadOptions::default();
@@ -110,7 +187,10 @@ pub fn download_with(
         }
         _ => probe_rs::flashing::download_file_with_options(session, image, ElfLoader(ElfOptions::default()), options),
     };
-    r.map_err(|e| DriverError::Io(format!("flashing {}: {}", image.display(), chain(&e))))
+    r.map_err(|e| ProbeError::Flash {
+        image: image.display().to_string(),
+        causes: chain(&e),
+    })
 }
 
 /// An error with its causes: probe-rs's top-level messages are generic.
@@ -128,22 +208,19 @@ fn chain(e: &dyn std::error::Error) -> String {
 pub struct ProbeRsFlasher {
     probe: String,
     chip: String,
-    /// Latest percentage, for the progress display.
-    pub progress: Arc<Mutex<u8>>,
 }
 
 impl ProbeRsFlasher {
-    pub fn new(probe: &str, chip: &str) -> Result<ProbeRsFlasher, DriverError> {
+    pub fn new(probe: &str, chip: &str) -> Result<ProbeRsFlasher, ProbeError> {
         selector(probe)?;
         Ok(ProbeRsFlasher {
             probe: probe.to_owned(),
             chip: chip.to_owned(),
-            progress: Arc::new(Mutex::new(0)),
         })
     }
 }
 
-fn flash_blocking(probe: &str, chip: &str, image: &Path, progress: Arc<Mutex<u8>>) -> Result<(), DriverError> {
+fn flash_blocking(probe: &str, chip: &str, image: &Path) -> Result<(), ProbeError> {
     let mut session = attach(open_probe(probe)?, chip)?;
     // An indicatif bar on a terminal, a line per 10 % in CI logs.
     let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
@@ -152,39 +229,39 @@ fn flash_blocking(probe: &str, chip: &str, image: &Path, progress: Arc<Mutex<u8>
         b
     });
     let mut last = 0u8;
-    download(&mut session, image, true, |pct| {
-        *progress.lock().unwrap_or_else(|p| p.into_inner()) = pct;
-        match &bar {
-            Some(b) => b.set_position(u64::from(pct)),
-            None if pct >= last.saturating_add(10) || (pct == 100 && last != 100) => {
-                last = pct;
-                eprintln!("  flash {probe}: {pct}%");
-            }
-            None => {}
+    download(&mut session, image, true, |pct| match &bar {
+        Some(b) => b.set_position(u64::from(pct)),
+        None if pct >= last.saturating_add(10) || (pct == 100 && last != 100) => {
+            last = pct;
+            eprintln!("  flash {probe}: {pct}%");
         }
+        None => {}
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let mut core = session
-        .core(0)
-        .map_err(|e| DriverError::Io(format!("core 0 of {chip}: {e}")))?;
-    core.reset()
-        .map_err(|e| DriverError::Io(format!("reset of {chip} after flashing: {e}")))
+    let mut core = session.core(0).map_err(|source| ProbeError::Core {
+        chip: chip.to_owned(),
+        source,
+    })?;
+    core.reset().map_err(|source| ProbeError::Reset {
+        chip: chip.to_owned(),
+        source,
+    })
 }
 
 #[async_trait]
 impl Flasher for ProbeRsFlasher {
-    async fn flash(&self, fixture: &Fixture) -> Result<FlashReport, DriverError> {
+    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
         let image = fixture
             .image
             .clone()
-            .ok_or_else(|| DriverError::Io(format!("fixture {} has no `image:` to flash", fixture.name)))?;
-        let (probe, chip, progress) = (self.probe.clone(), self.chip.clone(), self.progress.clone());
-        tokio::task::spawn_blocking(move || flash_blocking(&probe, &chip, &image, progress))
+            .ok_or_else(|| ProbeError::NoImage(fixture.name.clone()))?;
+        let (probe, chip) = (self.probe.clone(), self.chip.clone());
+        tokio::task::spawn_blocking(move || flash_blocking(&probe, &chip, &image))
             .await
-            .map_err(|e| DriverError::Io(format!("flash task failed: {e}")))??;
-        Ok(FlashReport { bytes: fixture.size })
+            .map_err(ProbeError::from)??;
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -204,14 +281,15 @@ impl Reset for ProbeRsReset {
         let (probe, chip) = (self.probe.clone(), self.chip.clone());
         tokio::task::spawn_blocking(move || {
             let mut session = attach(open_probe(&probe)?, &chip)?;
-            let mut core = session
-                .core(0)
-                .map_err(|e| DriverError::Io(format!("core 0 of {chip}: {e}")))?;
-            core.reset()
-                .map_err(|e| DriverError::Io(format!("reset of {chip}: {e}")))
+            let mut core = session.core(0).map_err(|source| ProbeError::Core {
+                chip: chip.clone(),
+                source,
+            })?;
+            core.reset().map_err(|source| ProbeError::Reset { chip, source })
         })
         .await
-        .map_err(|e| DriverError::Io(format!("reset task failed: {e}")))?
+        .map_err(ProbeError::from)?
+        .map_err(DriverError::from)
     }
 }
 

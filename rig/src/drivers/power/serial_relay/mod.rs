@@ -9,9 +9,68 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
 use super::safe::{self, Registration};
-use crate::drivers::{DriverError, Power};
+use crate::drivers::{Availability, Check, DriverError, Power};
+
+/// `power: { kind: serial-relay, port: /dev/serial/by-id/..., channel: 1 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialRelayCfg {
+    pub port: String,
+    /// From 1.
+    pub channel: u8,
+}
+
+/// Failures of serial relay modules.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialRelayError {
+    #[error("serial relay channels are numbered from 1")]
+    Channel,
+    #[error("relay module {port}: {source}")]
+    Open {
+        port: String,
+        #[source]
+        source: serialport::Error,
+    },
+    #[error("relay module {port}: write failed: {source}")]
+    Write {
+        port: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("relay task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl super::PowerBackend for SerialRelayCfg {
+    fn open(&self, _device: &str, safe_on: bool, _initially_on: bool) -> Result<Box<dyn Power>, DriverError> {
+        Ok(Box::new(SerialRelayPower::new(
+            self.port.clone().into(),
+            self.channel,
+            safe_on,
+        )?))
+    }
+
+    fn check(&self, device: &str) -> Check {
+        Check {
+            what: format!("{device}: serial relay {} channel {}", self.port, self.channel),
+            availability: Availability::of_path(&self.port, "present"),
+        }
+    }
+
+    fn claims(&self) -> Vec<(String, &'static str)> {
+        vec![(
+            format!(
+                "channel {} of relay module {}",
+                self.channel,
+                crate::bench::port_id(&self.port)
+            ),
+            "power relay",
+        )]
+    }
+}
 
 /// The frame that switches `channel` on or off.
 pub fn frame(channel: u8, on: bool) -> [u8; 4] {
@@ -29,20 +88,26 @@ pub struct SerialRelayPower {
     _safe: Registration,
 }
 
-fn send(port: &Path, data: &[u8]) -> Result<(), DriverError> {
+fn send(port: &Path, data: &[u8]) -> Result<(), SerialRelayError> {
     let mut p = serialport::new(port.to_string_lossy(), 9600)
         .timeout(Duration::from_millis(500))
         .open()
-        .map_err(|e| DriverError::Io(format!("relay module {}: {e}", port.display())))?;
+        .map_err(|source| SerialRelayError::Open {
+            port: port.display().to_string(),
+            source,
+        })?;
     p.write_all(data)
         .and_then(|_| p.flush())
-        .map_err(|e| DriverError::Io(format!("relay module {}: write failed: {e}", port.display())))
+        .map_err(|source| SerialRelayError::Write {
+            port: port.display().to_string(),
+            source,
+        })
 }
 
 impl SerialRelayPower {
-    pub fn new(port: PathBuf, channel: u8, safe_on: bool) -> Result<SerialRelayPower, DriverError> {
+    pub fn new(port: PathBuf, channel: u8, safe_on: bool) -> Result<SerialRelayPower, SerialRelayError> {
         if channel == 0 {
-            return Err(DriverError::Io("serial relay channels are numbered from 1".into()));
+            return Err(SerialRelayError::Channel);
         }
         let lock = Arc::new(Mutex::new(()));
         let (p, l) = (port.clone(), lock.clone());
@@ -70,7 +135,8 @@ impl Power for SerialRelayPower {
             send(&port, &frame(channel, on))
         })
         .await
-        .map_err(|e| DriverError::Io(format!("relay task failed: {e}")))?
+        .map_err(SerialRelayError::from)?
+        .map_err(DriverError::from)
     }
 
     fn describe(&self) -> String {
@@ -97,7 +163,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_driver_sends_exactly_the_module_frames() {
         let (mut module, slave) = TTYPort::pair().unwrap();
-        crate::sim::pty::make_raw(&slave).unwrap();
+        crate::board::sim::pty::make_raw(&slave).unwrap();
         module.set_timeout(Duration::from_secs(5)).unwrap();
         let path = PathBuf::from(slave.name().unwrap());
         let relay = SerialRelayPower::new(path, 3, false).unwrap();

@@ -17,9 +17,51 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{Console, DriverError};
+use crate::drivers::{Availability, Check, Console, DriverError};
+
+/// `console: { port: /dev/serial/by-id/..., baud: 115200 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialCfg {
+    /// Use the stable `/dev/serial/by-id/...` path: `/dev/ttyACM0` changes
+    /// when a board re-enumerates.
+    pub port: String,
+    #[serde(default)]
+    pub baud: Option<u32>,
+}
+
+impl SerialCfg {
+    pub fn baud(&self) -> u32 {
+        self.baud.unwrap_or(115_200)
+    }
+
+    pub fn check(&self, device: &str) -> Check {
+        Check {
+            what: format!("{device}: console {}", self.port),
+            availability: Availability::of_path(&self.port, "present"),
+        }
+    }
+}
+
+/// Failures of a serial console.
+#[derive(Debug, thiserror::Error)]
+pub enum SerialError {
+    #[error("console thread for {0} ended")]
+    ThreadEnded(String),
+    #[error("console {path}: write failed: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("console {0} is not open (board unplugged or unpowered?)")]
+    NotOpen(String),
+    #[error("console reader has stopped")]
+    ReaderStopped,
+}
 
 /// How often a vanished port is looked for again.
 const REOPEN_EVERY: Duration = Duration::from_millis(50);
@@ -152,12 +194,7 @@ impl Console for SerialConsole {
             match self.rx.recv().await {
                 Some(Chunk::Data(d)) => self.pending = d,
                 Some(Chunk::Gone) => return Err(DriverError::LinkGone),
-                None => {
-                    return Err(DriverError::Io(format!(
-                        "console thread for {} ended",
-                        self.path.display()
-                    )));
-                }
+                None => return Err(SerialError::ThreadEnded(self.path.display().to_string()).into()),
             }
         }
         let n = self.pending.len().min(buf.len());
@@ -171,21 +208,13 @@ impl Console for SerialConsole {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.tx_write
             .send((data.to_vec(), ack))
-            .map_err(|_| DriverError::Io(format!("console thread for {} ended", self.path.display())))?;
+            .map_err(|_| SerialError::ThreadEnded(self.path.display().to_string()))?;
+        let path = self.path.display().to_string();
         match tokio::time::timeout(Duration::from_secs(5), done).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(DriverError::Io(format!(
-                "console {}: write failed: {e}",
-                self.path.display()
-            ))),
-            Ok(Err(_)) => Err(DriverError::Io(format!(
-                "console thread for {} ended",
-                self.path.display()
-            ))),
-            Err(_) => Err(DriverError::Io(format!(
-                "console {} is not open (board unplugged or unpowered?)",
-                self.path.display()
-            ))),
+            Ok(Ok(Err(source))) => Err(SerialError::Write { path, source }.into()),
+            Ok(Err(_)) => Err(SerialError::ThreadEnded(path).into()),
+            Err(_) => Err(SerialError::NotOpen(path).into()),
         }
     }
 }
@@ -203,7 +232,7 @@ mod tests {
     /// A pty whose slave is reachable at `link`, as a powered board's is.
     fn plug(link: &Path) -> (TTYPort, TTYPort) {
         let (master, slave) = TTYPort::pair().unwrap();
-        crate::sim::pty::make_raw(&slave).unwrap();
+        crate::board::sim::pty::make_raw(&slave).unwrap();
         let _ = std::fs::remove_file(link);
         std::os::unix::fs::symlink(slave.name().unwrap(), link).unwrap();
         (master, slave)

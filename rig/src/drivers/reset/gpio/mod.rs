@@ -1,20 +1,52 @@
-//! Soft reset drivers: restart a board's core without removing power, so
-//! retained RAM (and the session in it) survives, as the incident requires.
-//!
-//! - [`GpioReset`]: a pulse on a GPIO line wired to the board's reset pin.
-//! - [`ConsoleReset`]: a command typed on the board's console.
-//!
-//! A core reset through the debug probe is in [`super::probe`].
+//! Soft reset by a pulse on a GPIO line wired to the board's reset pin: the
+//! core restarts, power and retained RAM stay.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 
-use super::console::ConsoleSender;
-use super::power::gpio::{RelayPin, open_pin};
-use super::power::safe::{self, Registration};
-use super::{DriverError, Reset};
+use crate::drivers::power::gpio::{RelayPin, open_pin};
+use crate::drivers::power::safe::{self, Registration};
+use crate::drivers::{Check, DriverError, Reset};
+use crate::units::Dur;
+
+/// `reset: { kind: gpio, pin: 13, active_low: true, pulse: 100ms }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioResetCfg {
+    pub pin: u8,
+    #[serde(default = "yes")]
+    pub active_low: bool,
+    #[serde(default = "default_pulse")]
+    pub pulse: Dur,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_pulse() -> Dur {
+    Dur(Duration::from_millis(100))
+}
+
+impl super::ResetBackend for GpioResetCfg {
+    fn open(&self, _ctx: &super::ResetCtx<'_>) -> Result<Box<dyn Reset>, DriverError> {
+        Ok(Box::new(GpioReset::open(self.pin, self.active_low, self.pulse.0)?))
+    }
+
+    fn check(&self, device: &str) -> Check {
+        Check {
+            what: format!("{device}: reset line on GPIO {}", self.pin),
+            availability: crate::drivers::power::gpio::availability(),
+        }
+    }
+
+    fn claims(&self) -> Vec<(String, &'static str)> {
+        vec![(format!("GPIO {}", self.pin), "reset line")]
+    }
+}
 
 pub struct GpioReset {
     pin: Arc<Mutex<Box<dyn RelayPin>>>,
@@ -63,28 +95,6 @@ impl Reset for GpioReset {
     }
 }
 
-pub struct ConsoleReset {
-    tx: ConsoleSender,
-    command: String,
-}
-
-impl ConsoleReset {
-    pub fn new(tx: ConsoleSender, command: &str) -> ConsoleReset {
-        ConsoleReset {
-            tx,
-            command: command.to_owned(),
-        }
-    }
-}
-
-#[async_trait]
-impl Reset for ConsoleReset {
-    async fn soft_reset(&self) -> Result<(), DriverError> {
-        // Confirmed: a reset is done when the command reached the board.
-        self.tx.send_confirmed(format!("{}\n", self.command).into_bytes()).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,37 +124,5 @@ mod tests {
         let r = GpioReset::new(Box::new(pin.clone()), false, Duration::from_millis(1));
         r.soft_reset().await.unwrap();
         assert_eq!(*pin.0.lock().unwrap(), [true, false]);
-    }
-
-    struct Recorder(Arc<Mutex<Vec<u8>>>);
-    #[async_trait]
-    impl crate::drivers::Console for Recorder {
-        async fn read(&mut self, _: &mut [u8]) -> Result<usize, DriverError> {
-            std::future::pending().await
-        }
-        async fn write(&mut self, data: &[u8]) -> Result<(), DriverError> {
-            self.0.lock().unwrap().extend_from_slice(data);
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn a_console_reset_types_its_command_and_waits_for_the_write() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        let h = crate::drivers::console::watch(
-            "d".into(),
-            Box::new(Recorder(written.clone())),
-            crate::timeline::Timeline::in_memory(),
-            Arc::new(Mutex::new(None)),
-        );
-        ConsoleReset::new(h.sender(), "system reset")
-            .soft_reset()
-            .await
-            .unwrap();
-        assert_eq!(
-            *written.lock().unwrap(),
-            b"system reset\n",
-            "written before soft_reset returned"
-        );
     }
 }

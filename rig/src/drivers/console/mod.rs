@@ -1,4 +1,5 @@
-//! Turns a board's console byte stream into timeline events.
+//! Turns a board's console byte stream into timeline events; [`serial`] is
+//! the serial port driver (hardware and pty consoles alike).
 //!
 //! Every complete line becomes a `console.line`; lines matching the flashed
 //! fixture's console patterns also become `device.boot`, `device.wake` and
@@ -9,23 +10,15 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use regex::Regex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::{Console, DriverError};
-use crate::timeline::{EventKind, Source, Timeline};
+pub mod serial;
 
-/// Compiled console patterns of a fixture.
-#[derive(Debug, Clone)]
-pub struct Patterns {
-    pub boot: Regex,
-    /// May capture `reason`.
-    pub wake: Regex,
-    /// May capture `secs`.
-    pub sleep: Regex,
-}
+use super::{Console, DriverError};
+use crate::fixture::Patterns;
+use crate::timeline::{EventKind, Source, Timeline};
 
 /// Which patterns apply now; the runner swaps them when it flashes a fixture.
 pub type PatternSlot = Arc<Mutex<Option<Arc<Patterns>>>>;
@@ -41,7 +34,7 @@ impl ConsoleSender {
     pub fn send(&self, data: Vec<u8>) -> Result<(), DriverError> {
         self.0
             .send((data, None))
-            .map_err(|_| DriverError::Io("console reader has stopped".into()))
+            .map_err(|_| DriverError::from(serial::SerialError::ReaderStopped))
     }
 
     /// Sends bytes and waits until the driver has written them.
@@ -49,9 +42,9 @@ impl ConsoleSender {
         let (ack, done) = tokio::sync::oneshot::channel();
         self.0
             .send((data, Some(ack)))
-            .map_err(|_| DriverError::Io("console reader has stopped".into()))?;
+            .map_err(|_| DriverError::from(serial::SerialError::ReaderStopped))?;
         done.await
-            .map_err(|_| DriverError::Io("console reader has stopped".into()))?
+            .map_err(|_| DriverError::from(serial::SerialError::ReaderStopped))?
     }
 }
 
@@ -212,6 +205,7 @@ pub fn classify(p: &Patterns, line: &str) -> Option<EventKind> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regex::Regex;
 
     #[test]
     fn lines_are_split_across_chunks_and_crlf_is_stripped() {
