@@ -51,26 +51,46 @@ impl Diagnostic {
     }
 }
 
+/// The header is the compiler-style `file:line:col: error: message` on one
+/// line, which editors and CI problem matchers (gcc's errorformat, GitHub
+/// Actions and VS Code `$gcc` matchers) parse; annotate-snippets (rustc's
+/// renderer) has no such layout (its location is a separate ` --> ` line),
+/// so the header is ours and the snippet under it — gutter, source line,
+/// caret at the character's display column — is annotate-snippets'.
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.line == 0 {
             return write!(f, "{}: error: {}", self.file, self.message);
         }
-        writeln!(f, "{}:{}:{}: error: {}", self.file, self.line, self.col, self.message)?;
+        write!(f, "{}:{}:{}: error: {}", self.file, self.line, self.col, self.message)?;
         if let Some(src) = &self.source_line {
-            let num = self.line.to_string();
-            let pad = " ".repeat(num.len());
-            writeln!(f, "{pad} |")?;
-            writeln!(f, "{num} | {src}")?;
-            let caret_pad: String = src
-                .chars()
-                .take(self.col.saturating_sub(1))
-                .map(|c| if c == '\t' { '\t' } else { ' ' })
-                .collect();
-            write!(f, "{pad} | {caret_pad}^")?;
+            f.write_str("\n")?;
+            f.write_str(&snippet(src, self.line, self.col))?;
         }
         Ok(())
     }
+}
+
+/// The source line with a caret under column `col` (1-based, characters).
+fn snippet(src: &str, line: usize, col: usize) -> String {
+    use annotate_snippets::{Level, Renderer, Snippet};
+    let start = src
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(src.len(), |(i, _)| i);
+    let end = src[start..].chars().next().map_or(start, |c| start + c.len_utf8());
+    let message = Level::Error.title("").snippet(
+        Snippet::source(src)
+            .line_start(line)
+            .annotation(Level::Error.span(start..end)),
+    );
+    let rendered = Renderer::plain().render(message).to_string();
+    // The title line (ours is above) and the closing empty gutter go.
+    let mut lines: Vec<&str> = rendered.lines().skip(1).collect();
+    if lines.last().is_some_and(|l| l.trim() == "|") {
+        lines.pop();
+    }
+    lines.iter().map(|l| l.trim_end()).collect::<Vec<_>>().join("\n")
 }
 
 /// Largest plan, bench or fixture file the rig reads: far above any real
@@ -187,28 +207,30 @@ pub const MAX_REGEX_LEN: usize = 1000;
 /// Compiled size limit for those regexes (the `regex` crate's default is 10 MiB).
 pub const MAX_REGEX_COMPILED: usize = 1024 * 1024;
 
+/// A user-supplied regex the rig will not use.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BadRegex {
+    #[error("the pattern is {0} characters long; at most {MAX_REGEX_LEN} are accepted")]
+    TooLong(usize),
+    #[error("it compiles to more than {} KiB (limit {} KiB)", .0 / 1024, .0 / 1024)]
+    TooBig(usize),
+    #[error("{0}")]
+    Syntax(#[source] regex::Error),
+}
+
 /// Compiles a user-supplied regex with bounded size, so a short pattern
 /// like `(a{1000}){1000}` cannot take the rig's memory.
-pub fn regex(pattern: &str) -> Result<regex::Regex, String> {
+pub fn regex(pattern: &str) -> Result<regex::Regex, BadRegex> {
     if pattern.len() > MAX_REGEX_LEN {
-        return Err(format!(
-            "the pattern is {} characters long; at most {MAX_REGEX_LEN} are accepted",
-            pattern.len()
-        ));
+        return Err(BadRegex::TooLong(pattern.len()));
     }
     regex::RegexBuilder::new(pattern)
         .size_limit(MAX_REGEX_COMPILED)
         .dfa_size_limit(MAX_REGEX_COMPILED)
         .build()
         .map_err(|e| match e {
-            regex::Error::CompiledTooBig(limit) => {
-                format!(
-                    "it compiles to more than {} KiB (limit {} KiB)",
-                    limit / 1024,
-                    limit / 1024
-                )
-            }
-            other => other.to_string(),
+            regex::Error::CompiledTooBig(limit) => BadRegex::TooBig(limit),
+            other => BadRegex::Syntax(other),
         })
 }
 

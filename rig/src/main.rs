@@ -168,7 +168,7 @@ enum PowerArg {
     Cycle,
 }
 
-fn parse_dur(s: &str) -> Result<Duration, String> {
+fn parse_dur(s: &str) -> Result<Duration, rig::units::BadDuration> {
     rig::units::Dur::parse(s).map(|d| d.0)
 }
 
@@ -204,11 +204,9 @@ impl From<MitigationArg> for rig::cloud::Mitigation {
     }
 }
 
+/// What plans run against: shared by `rig run` and `rig check`.
 #[derive(Args)]
-struct InputArgs {
-    /// Test plan files (YAML).
-    #[arg(required = true)]
-    plans: Vec<PathBuf>,
+struct Against {
     /// Bench file; without it, the built-in simulated bench.
     #[arg(long)]
     bench: Option<PathBuf>,
@@ -220,15 +218,24 @@ struct InputArgs {
     fixtures: Option<PathBuf>,
 }
 
-impl From<InputArgs> for run::InputOpts {
-    fn from(a: InputArgs) -> Self {
+impl Against {
+    fn with(self, plans: Vec<PathBuf>) -> run::InputOpts {
         run::InputOpts {
-            plans: a.plans,
-            bench: a.bench,
-            sets: a.sets,
-            fixtures: a.fixtures,
+            plans,
+            bench: self.bench,
+            sets: self.sets,
+            fixtures: self.fixtures,
         }
     }
+}
+
+#[derive(Args)]
+struct InputArgs {
+    /// Test plan files (YAML).
+    #[arg(required = true)]
+    plans: Vec<PathBuf>,
+    #[command(flatten)]
+    against: Against,
 }
 
 #[derive(Args)]
@@ -236,12 +243,8 @@ struct CheckArgs {
     /// Test plan files (YAML); none to check only the --bench file.
     #[arg(required_unless_present = "bench")]
     plans: Vec<PathBuf>,
-    #[arg(long)]
-    bench: Option<PathBuf>,
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = rig::plan::parse_set)]
-    sets: Vec<(String, String)>,
-    #[arg(long)]
-    fixtures: Option<PathBuf>,
+    #[command(flatten)]
+    against: Against,
 }
 
 #[derive(Args)]
@@ -276,17 +279,12 @@ fn main() -> ExitCode {
 fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
     match cmd {
         Cmd::Run(a) => run::run(&run::RunOpts {
-            input: a.input.into(),
+            input: a.input.against.with(a.input.plans),
             seed: a.seed,
             out: a.out,
             wait_lock: a.wait_lock,
         }),
-        Cmd::Check(a) => run::check(&run::InputOpts {
-            plans: a.plans,
-            bench: a.bench,
-            sets: a.sets,
-            fixtures: a.fixtures,
-        }),
+        Cmd::Check(a) => run::check(&a.against.with(a.plans)),
         Cmd::Report {
             cmd: Some(ReportCmd::Merge { run_dirs, out }),
             ..

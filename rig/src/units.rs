@@ -13,20 +13,34 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Dur(pub Duration);
 
+/// Text that is not a duration, with what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadDuration {
+    #[error("expected a duration such as 30s, 15m or 1h30m, found an empty string")]
+    Empty,
+    #[error("expected a duration with a unit such as {0}s or {0}m, found a bare number `{0}`")]
+    BareNumber(String),
+    #[error("expected a duration such as 30s, 15m or 1h30m, found `{0}`")]
+    Other(String),
+}
+
+/// Text that is not a byte size.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a byte size such as 16KiB, 512B or 2MB, found `{0}`")]
+pub struct BadBytes(pub String);
+
 impl Dur {
-    pub fn parse(s: &str) -> Result<Dur, String> {
+    pub fn parse(s: &str) -> Result<Dur, BadDuration> {
         let s = s.trim();
         if s.is_empty() {
-            return Err("expected a duration such as 30s, 15m or 1h30m, found an empty string".into());
+            return Err(BadDuration::Empty);
         }
         if s.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!(
-                "expected a duration with a unit such as {s}s or {s}m, found a bare number `{s}`"
-            ));
+            return Err(BadDuration::BareNumber(s.to_owned()));
         }
         humantime::parse_duration(s)
             .map(Dur)
-            .map_err(|_| format!("expected a duration such as 30s, 15m or 1h30m, found `{s}`"))
+            .map_err(|_| BadDuration::Other(s.to_owned()))
     }
 
     pub fn secs_f64(self) -> f64 {
@@ -93,11 +107,11 @@ impl Serialize for Dur {
 pub struct Bytes(pub u64);
 
 impl Bytes {
-    pub fn parse(s: &str) -> Result<Bytes, String> {
+    pub fn parse(s: &str) -> Result<Bytes, BadBytes> {
         let t = s.trim();
         t.parse::<bytesize::ByteSize>()
             .map(|b| Bytes(b.as_u64()))
-            .map_err(|_| format!("expected a byte size such as 16KiB, 512B or 2MB, found `{t}`"))
+            .map_err(|_| BadBytes(t.to_owned()))
     }
 }
 
@@ -149,8 +163,13 @@ mod tests {
         assert_eq!(Dur::parse("15m").unwrap().0, Duration::from_secs(900));
         assert_eq!(Dur::parse("1h30m").unwrap().0, Duration::from_secs(5400));
         assert_eq!(Dur::parse("500ms").unwrap().0, Duration::from_millis(500));
-        assert!(Dur::parse("30").unwrap_err().contains("bare number"));
-        assert!(Dur::parse("soon").unwrap_err().contains("expected a duration"));
+        assert!(Dur::parse("30").unwrap_err().to_string().contains("bare number"));
+        assert!(
+            Dur::parse("soon")
+                .unwrap_err()
+                .to_string()
+                .contains("expected a duration")
+        );
     }
 
     #[test]

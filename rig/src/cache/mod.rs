@@ -177,7 +177,7 @@ impl std::str::FromStr for CacheCommand {
             },
             ["pause", d] => match crate::units::Dur::parse(d) {
                 Ok(d) => Ok(CacheCommand::Pause(d.0)),
-                Err(e) => bad(e),
+                Err(e) => bad(format!("pause takes a duration: {e}")),
             },
             _ => bad(format!("unknown cache command `{}`", line.trim())),
         }

@@ -63,17 +63,9 @@ pub fn serve_in_background(out: &std::path::Path, args: &[std::ffi::OsString]) -
         }
         if let Ok(Some(status)) = child.try_wait() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let tail: Vec<&str> = log
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
             return Err(CliError::Fault(format!(
                 "the cloud exited at start ({status}): {}",
-                tail.join(" | ")
+                crate::drivers::shell::tail(&log, 5)
             )));
         }
         if std::time::Instant::now() > deadline {

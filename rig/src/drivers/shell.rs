@@ -56,18 +56,10 @@ pub async fn run(command: &str, timeout: Duration) -> Result<String, CommandErro
     if out.status.success() {
         Ok(text)
     } else {
-        let tail: Vec<&str> = text
-            .lines()
-            .rev()
-            .take(5)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         Err(CommandError::Failed {
             command: command.into(),
             status: out.status,
-            tail: tail.join(" | "),
+            tail: tail(&text, 5),
         })
     }
 }
@@ -75,4 +67,11 @@ pub async fn run(command: &str, timeout: Duration) -> Result<String, CommandErro
 /// The program a template runs (its first word), for `rig doctor`.
 pub fn program(template: &str) -> &str {
     template.split_whitespace().next().unwrap_or("")
+}
+
+/// The last `n` lines of `text`, joined with ` | ` (for one-line messages).
+pub fn tail(text: &str, n: usize) -> String {
+    let mut lines: Vec<&str> = text.lines().rev().take(n).collect();
+    lines.reverse();
+    lines.join(" | ")
 }

@@ -169,12 +169,17 @@ pub struct Plan {
 }
 
 /// `--set key=value`, parsed.
-pub fn parse_set(s: &str) -> Result<(String, String), String> {
+pub fn parse_set(s: &str) -> Result<(String, String), BadSet> {
     match s.split_once('=') {
         Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
-        _ => Err(format!("expected KEY=VALUE, found `{s}`")),
+        _ => Err(BadSet(s.to_owned())),
     }
 }
+
+/// A `--set` that is not `KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected KEY=VALUE, found `{0}`")]
+pub struct BadSet(pub String);
 
 struct Ctx<'a> {
     path: &'a Path,

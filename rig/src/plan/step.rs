@@ -58,9 +58,14 @@ struct CycleOpts {
 
 const DEFAULT_OFF_FOR: Dur = Dur(std::time::Duration::from_secs(2));
 
+/// A `power:` value that is not an action.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected `on`, `off` or `cycle`, found `{0}`")]
+pub struct BadPowerAction(pub String);
+
 impl TryFrom<PowerRaw> for PowerAction {
-    type Error = String;
-    fn try_from(r: PowerRaw) -> Result<Self, String> {
+    type Error = BadPowerAction;
+    fn try_from(r: PowerRaw) -> Result<Self, BadPowerAction> {
         match r {
             PowerRaw::Bool(true) => Ok(PowerAction::On),
             PowerRaw::Bool(false) => Ok(PowerAction::Off),
@@ -70,7 +75,7 @@ impl TryFrom<PowerRaw> for PowerAction {
                 "cycle" => Ok(PowerAction::Cycle {
                     off_for: DEFAULT_OFF_FOR,
                 }),
-                other => Err(format!("expected `on`, `off` or `cycle`, found `{other}`")),
+                other => Err(BadPowerAction(other.to_owned())),
             },
             PowerRaw::Cycle { cycle } => Ok(PowerAction::Cycle { off_for: cycle.off_for }),
         }

@@ -15,7 +15,7 @@ use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event as Xml};
 
 use super::summary::{CellSummary, CellVerdict, Summary};
-use crate::timeline::{Event, EventKind};
+use crate::timeline::{Event, query};
 use crate::units::fmt_clock;
 
 /// Console lines shown before a failing check.
@@ -295,16 +295,10 @@ fn suite(summary: &Summary, cell: &CellSummary, events: &[Event]) -> Suite {
 /// The last console lines of `device` before event `seq`.
 fn excerpt(events: &[Event], cell: u32, device: Option<&str>, seq: u64) -> String {
     let Some(device) = device else { return String::new() };
-    let mut lines: Vec<String> = events
-        .iter()
-        .filter(|e| e.cell == cell && e.seq < seq && e.is(device))
-        .filter_map(|e| match &e.kind {
-            EventKind::ConsoleLine { line, .. } => Some(format!("[{}] {line}", fmt_clock(e.t_ms))),
-            _ => None,
-        })
+    let lines: Vec<String> = query::console_tail(events, cell, device, seq, EXCERPT_LINES)
+        .into_iter()
+        .map(|(t, l)| format!("[{}] {l}", fmt_clock(t)))
         .collect();
-    let start = lines.len().saturating_sub(EXCERPT_LINES);
-    lines.drain(..start);
     format!(
         "console of {device}, last {} lines:\n{}\n",
         lines.len(),

@@ -118,7 +118,38 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
             EventKind::PowerOff => "--- rig: power off ---".into(),
             EventKind::ResetSoft => "--- rig: soft reset ---".into(),
             EventKind::FlashDone { fixture, version, .. } => format!("--- rig: flashed {fixture} {version} ---"),
-            _ => continue,
+            // Not part of what a device's console log shows.
+            EventKind::CellStart { .. }
+            | EventKind::CellEnd { .. }
+            | EventKind::RigFault { .. }
+            | EventKind::FlashStart { .. }
+            | EventKind::DeviceBoot
+            | EventKind::DeviceWake { .. }
+            | EventKind::DeviceSleep { .. }
+            | EventKind::CloudConfig { .. }
+            | EventKind::CloudHandshake { .. }
+            | EventKind::CloudResumed { .. }
+            | EventKind::CloudConnected { .. }
+            | EventKind::CloudResumeUnknown { .. }
+            | EventKind::CloudPublish { .. }
+            | EventKind::CloudRx { .. }
+            | EventKind::CloudTx { .. }
+            | EventKind::CloudInvalid { .. }
+            | EventKind::CloudReplayAccepted { .. }
+            | EventKind::CacheKill { .. }
+            | EventKind::CacheDied { .. }
+            | EventKind::CacheStart { .. }
+            | EventKind::CacheRestore { .. }
+            | EventKind::CacheSnapshot { .. }
+            | EventKind::CacheFlush { .. }
+            | EventKind::CacheEvict { .. }
+            | EventKind::CachePause { .. }
+            | EventKind::CacheResume
+            | EventKind::CacheError { .. }
+            | EventKind::PlanMark { .. }
+            | EventKind::PlanStep { .. }
+            | EventKind::CheckPass { .. }
+            | EventKind::CheckFail { .. } => continue,
         };
         let log = logs.entry(d.clone()).or_default();
         if current.get(d) != Some(&e.cell) {

@@ -20,6 +20,7 @@ use maud::{DOCTYPE, Markup, PreEscaped, html};
 use plotters::prelude::*;
 
 use super::summary::{CellSummary, CellVerdict, Overall, Summary};
+use crate::timeline::query::{self, Cycle, WakeCycles};
 use crate::timeline::{ConnectVia, Event, EventKind, Header, RecoveryFacts};
 use crate::units::{fmt_bytes, fmt_clock, fmt_duration};
 
@@ -48,7 +49,6 @@ struct Track {
     unknown: Vec<u64>,
     /// (t, cumulative bytes) at each datagram.
     bytes: Vec<(u64, u64)>,
-    console: Vec<(u64, String)>,
 }
 
 /// Bench-wide marks: plan marks and cache operations.
@@ -61,6 +61,7 @@ struct Mark {
 
 struct CellView<'a> {
     cell: &'a CellSummary,
+    events: &'a [Event],
     tracks: BTreeMap<String, Track>,
     marks: Vec<Mark>,
     end: u64,
@@ -72,29 +73,67 @@ fn close(open: &mut Option<u64>, t: u64, into: &mut Vec<(u64, u64)>) {
     }
 }
 
-fn view<'a>(cell: &'a CellSummary, events: &[Event]) -> CellView<'a> {
+fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
     let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
     let mut marks = Vec::new();
     let mut power_on: BTreeMap<String, u64> = BTreeMap::new();
-    let mut awake_from: BTreeMap<String, u64> = BTreeMap::new();
+    let mut cycles: BTreeMap<String, WakeCycles> = BTreeMap::new();
     let mut end = 0;
     for e in events.iter().filter(|e| e.cell == cell.index) {
         end = end.max(e.t_ms);
         let Some(d) = e.device.as_deref() else {
-            let (label, kind) = match &e.kind {
-                EventKind::PlanMark { name } => (format!("mark {name}"), "mark"),
-                EventKind::CacheKill { .. } => ("cache killed".to_string(), "kill"),
-                EventKind::CacheStart { .. } => ("cache started".to_string(), "restore"),
-                EventKind::CacheRestore { from, .. } => (format!("cache restored ({from})"), "restore"),
-                EventKind::CachePause { .. } => ("cache paused".to_string(), "kill"),
-                EventKind::CacheFlush { .. } => ("cache flushed".to_string(), "kill"),
-                EventKind::CacheEvict { .. } => ("cache evicted".to_string(), "kill"),
-                _ => continue,
+            let mark = match &e.kind {
+                EventKind::PlanMark { name } => Some((format!("mark {name}"), "mark")),
+                EventKind::CacheKill { .. } => Some(("cache killed".to_string(), "kill")),
+                EventKind::CacheDied { .. } => Some(("cache died".to_string(), "kill")),
+                EventKind::CacheStart { .. } => Some(("cache started".to_string(), "restore")),
+                EventKind::CacheRestore { from, .. } => Some((format!("cache restored ({from})"), "restore")),
+                EventKind::CachePause { .. } => Some(("cache paused".to_string(), "kill")),
+                EventKind::CacheFlush { .. } => Some(("cache flushed".to_string(), "kill")),
+                EventKind::CacheEvict { .. } => Some(("cache evicted".to_string(), "kill")),
+                // Bench-wide events that draw nothing on a timeline.
+                EventKind::CellStart { .. }
+                | EventKind::CellEnd { .. }
+                | EventKind::RigFault { .. }
+                | EventKind::CacheSnapshot { .. }
+                | EventKind::CacheResume
+                | EventKind::CacheError { .. }
+                | EventKind::CloudConfig { .. }
+                | EventKind::PlanStep { .. }
+                | EventKind::CheckPass { .. }
+                | EventKind::CheckFail { .. } => None,
+                // Device events without a device (a peer no device spoke from).
+                EventKind::PowerOn
+                | EventKind::PowerOff
+                | EventKind::ResetSoft
+                | EventKind::FlashStart { .. }
+                | EventKind::FlashDone { .. }
+                | EventKind::ConsoleLine { .. }
+                | EventKind::ConsoleGap { .. }
+                | EventKind::DeviceBoot
+                | EventKind::DeviceWake { .. }
+                | EventKind::DeviceSleep { .. }
+                | EventKind::CloudHandshake { .. }
+                | EventKind::CloudResumed { .. }
+                | EventKind::CloudConnected { .. }
+                | EventKind::CloudResumeUnknown { .. }
+                | EventKind::CloudPublish { .. }
+                | EventKind::CloudRx { .. }
+                | EventKind::CloudTx { .. }
+                | EventKind::CloudInvalid { .. }
+                | EventKind::CloudReplayAccepted { .. } => None,
             };
-            marks.push(Mark { t: e.t_ms, label, kind });
+            if let Some((label, kind)) = mark {
+                marks.push(Mark { t: e.t_ms, label, kind });
+            }
             continue;
         };
         let tr = tracks.entry(d.to_owned()).or_default();
+        // Awake windows are wake cycles, counted as everywhere else.
+        match cycles.entry(d.to_owned()).or_default().feed(e) {
+            Some(Cycle::Slept { from, to } | Cycle::Cut { from, to }) => tr.awake.push((from, to)),
+            Some(Cycle::Woke) | None => {}
+        }
         match &e.kind {
             EventKind::PowerOn => {
                 power_on.insert(d.to_owned(), e.t_ms);
@@ -102,25 +141,49 @@ fn view<'a>(cell: &'a CellSummary, events: &[Event]) -> CellView<'a> {
             EventKind::PowerOff => {
                 let mut open = power_on.remove(d);
                 close(&mut open, e.t_ms, &mut tr.powered);
-                let mut open = awake_from.remove(d);
-                close(&mut open, e.t_ms, &mut tr.awake);
-            }
-            EventKind::DeviceWake { .. } => {
-                awake_from.insert(d.to_owned(), e.t_ms);
-            }
-            EventKind::DeviceSleep { .. } => {
-                let mut open = awake_from.remove(d);
-                close(&mut open, e.t_ms, &mut tr.awake);
             }
             EventKind::CloudHandshake { .. } => tr.handshakes.push(e.t_ms),
             EventKind::CloudResumed { .. } => tr.resumes.push(e.t_ms),
-            EventKind::CloudResumeUnknown { resume: true, .. } => tr.unknown.push(e.t_ms),
+            EventKind::CloudResumeUnknown { resume, .. } => {
+                if *resume {
+                    tr.unknown.push(e.t_ms);
+                }
+            }
             EventKind::CloudRx { bytes, .. } | EventKind::CloudTx { bytes, .. } => {
                 let total = tr.bytes.last().map_or(0, |(_, b)| *b) + bytes;
                 tr.bytes.push((e.t_ms, total));
             }
-            EventKind::ConsoleLine { line, .. } => tr.console.push((e.t_ms, line.clone())),
-            _ => {}
+            // Drawn from the cycles above, or not drawn.
+            EventKind::ConsoleLine { .. }
+            | EventKind::DeviceWake { .. }
+            | EventKind::DeviceSleep { .. }
+            | EventKind::CellStart { .. }
+            | EventKind::CellEnd { .. }
+            | EventKind::RigFault { .. }
+            | EventKind::ResetSoft
+            | EventKind::FlashStart { .. }
+            | EventKind::FlashDone { .. }
+            | EventKind::ConsoleGap { .. }
+            | EventKind::DeviceBoot
+            | EventKind::CloudConfig { .. }
+            | EventKind::CloudConnected { .. }
+            | EventKind::CloudPublish { .. }
+            | EventKind::CloudInvalid { .. }
+            | EventKind::CloudReplayAccepted { .. }
+            | EventKind::CacheKill { .. }
+            | EventKind::CacheDied { .. }
+            | EventKind::CacheStart { .. }
+            | EventKind::CacheRestore { .. }
+            | EventKind::CacheSnapshot { .. }
+            | EventKind::CacheFlush { .. }
+            | EventKind::CacheEvict { .. }
+            | EventKind::CachePause { .. }
+            | EventKind::CacheResume
+            | EventKind::CacheError { .. }
+            | EventKind::PlanMark { .. }
+            | EventKind::PlanStep { .. }
+            | EventKind::CheckPass { .. }
+            | EventKind::CheckFail { .. } => {}
         }
     }
     for (d, from) in power_on {
@@ -128,13 +191,14 @@ fn view<'a>(cell: &'a CellSummary, events: &[Event]) -> CellView<'a> {
             tr.powered.push((from, end));
         }
     }
-    for (d, from) in awake_from {
-        if let Some(tr) = tracks.get_mut(&d) {
+    for (d, c) in cycles {
+        if let (Some(from), Some(tr)) = (c.awake_since(), tracks.get_mut(&d)) {
             tr.awake.push((from, end));
         }
     }
     CellView {
         cell,
+        events,
         tracks,
         marks,
         end: end.max(1),
@@ -360,11 +424,11 @@ fn cell_section(v: &CellView) -> Markup {
                             " — " (g.devices.len()) " devices: " (device_list(&g.devices))
                         }
                         br; (g.text)
-                        @if let Some(dev) = g.devices.first() { @if let Some(t) = v.tracks.get(dev) {
+                        @if let Some(dev) = g.devices.first() {
                             details { summary { "console of " (dev) " before the check" }
-                                pre { @for (tm, line) in t.console.iter().filter(|(tm, _)| *tm <= g.t_ms).rev().take(EXCERPT).collect::<Vec<_>>().into_iter().rev() { "[" (fmt_clock(*tm)) "] " (line) "\n" } }
+                                pre { @for (tm, line) in query::console_tail(v.events, c.index, dev, g.seq, EXCERPT) { "[" (fmt_clock(tm)) "] " (line) "\n" } }
                             }
-                        } }
+                        }
                     }
                 }
                 @if groups.len() > MAX_FAILED_DRAWN { p.muted { "… and " (groups.len() - MAX_FAILED_DRAWN) " more in junit.xml" } }
@@ -401,7 +465,8 @@ struct DiagGroup {
     /// line are what differs between devices, and are dropped).
     text: String,
     devices: Vec<String>,
-    t_ms: u64,
+    /// The first device's check event.
+    seq: u64,
 }
 
 /// A diagnosis without what is particular to its device: the `device: `
@@ -432,7 +497,7 @@ fn diagnosis_groups(c: &CellSummary) -> Vec<DiagGroup> {
                     check: f.check.clone(),
                     text: if f.device.is_some() { key } else { f.text.clone() },
                     devices: f.device.clone().into_iter().collect(),
-                    t_ms: f.t_ms,
+                    seq: f.seq,
                 });
             }
         }

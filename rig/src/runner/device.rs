@@ -22,7 +22,6 @@ pub struct DeviceHandle {
     /// Last power state the rig commanded, so re-asserting the safe state
     /// does not litter the timeline with no-op switch events.
     commanded: Mutex<Option<bool>>,
-    fixture: Mutex<Option<Arc<Fixture>>>,
 }
 
 impl DeviceHandle {
@@ -44,17 +43,11 @@ impl DeviceHandle {
             patterns,
             timeline,
             commanded: Mutex::new(None),
-            fixture: Mutex::new(None),
         }
     }
 
     fn emit(&self, source: Source, kind: EventKind) {
         self.timeline.emit_device(&self.id, source, kind);
-    }
-
-    /// The fixture last flashed by this rig, if any.
-    pub fn fixture(&self) -> Option<Arc<Fixture>> {
-        self.fixture.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     pub async fn power(&self, on: bool) -> Result<(), DriverError> {
@@ -103,7 +96,6 @@ impl DeviceHandle {
             *self.patterns.lock().unwrap_or_else(|p| p.into_inner()) = previous;
             return Err(e);
         }
-        *self.fixture.lock().unwrap_or_else(|p| p.into_inner()) = Some(fixture.clone());
         self.emit(
             Source::Flash,
             EventKind::FlashDone {

@@ -44,6 +44,51 @@ macro_rules! event_tags {
     };
 }
 
+impl EventKind {
+    /// The text of a console line, for the consumers that quote consoles.
+    pub fn console_line(&self) -> Option<&str> {
+        match self {
+            EventKind::ConsoleLine { line, .. } => Some(line),
+            EventKind::CellStart { .. }
+            | EventKind::CellEnd { .. }
+            | EventKind::RigFault { .. }
+            | EventKind::PowerOn
+            | EventKind::PowerOff
+            | EventKind::ResetSoft
+            | EventKind::FlashStart { .. }
+            | EventKind::FlashDone { .. }
+            | EventKind::ConsoleGap { .. }
+            | EventKind::DeviceBoot
+            | EventKind::DeviceWake { .. }
+            | EventKind::DeviceSleep { .. }
+            | EventKind::CloudConfig { .. }
+            | EventKind::CloudHandshake { .. }
+            | EventKind::CloudResumed { .. }
+            | EventKind::CloudConnected { .. }
+            | EventKind::CloudResumeUnknown { .. }
+            | EventKind::CloudPublish { .. }
+            | EventKind::CloudRx { .. }
+            | EventKind::CloudTx { .. }
+            | EventKind::CloudInvalid { .. }
+            | EventKind::CloudReplayAccepted { .. }
+            | EventKind::CacheKill { .. }
+            | EventKind::CacheDied { .. }
+            | EventKind::CacheStart { .. }
+            | EventKind::CacheRestore { .. }
+            | EventKind::CacheSnapshot { .. }
+            | EventKind::CacheFlush { .. }
+            | EventKind::CacheEvict { .. }
+            | EventKind::CachePause { .. }
+            | EventKind::CacheResume
+            | EventKind::CacheError { .. }
+            | EventKind::PlanMark { .. }
+            | EventKind::PlanStep { .. }
+            | EventKind::CheckPass { .. }
+            | EventKind::CheckFail { .. } => None,
+        }
+    }
+}
+
 /// No kind of that name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown event kind `{0}`")]

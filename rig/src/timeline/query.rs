@@ -7,10 +7,12 @@ use super::{Event, EventKind};
 
 /// The last `plan.mark` named `name` in `cell`: (seq, cell milliseconds).
 pub fn mark(events: &[Event], cell: u32, name: &str) -> Option<(u64, u64)> {
-    events.iter().rev().find_map(|e| match &e.kind {
-        EventKind::PlanMark { name: n } if e.cell == cell && n == name => Some((e.seq, e.t_ms)),
-        _ => None,
-    })
+    events
+        .iter()
+        .rev()
+        .filter(|e| e.cell == cell)
+        .find(|e| matches!(&e.kind, EventKind::PlanMark { name: n } if n == name))
+        .map(|e| (e.seq, e.t_ms))
 }
 
 /// The last `n` console lines of `device` in `cell` before event `before`
@@ -22,10 +24,7 @@ pub fn console_tail(events: &[Event], cell: u32, device: &str, before: u64, n: u
         .filter(|e| e.seq < before)
         .take_while(|e| e.cell >= cell)
         .filter(|e| e.cell == cell && e.is(device))
-        .filter_map(|e| match &e.kind {
-            EventKind::ConsoleLine { line, .. } => Some((e.t_ms, line.clone())),
-            _ => None,
-        })
+        .filter_map(|e| e.kind.console_line().map(|l| (e.t_ms, l.to_owned())))
         .take(n)
         .collect();
     out.reverse();
