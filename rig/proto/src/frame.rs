@@ -303,7 +303,11 @@ impl Frame {
                     _ => return Err(Malformed("cookie length must be 0 or 16")),
                 };
                 let padding = r.u16("padding length")?;
-                r.take(padding as usize, "padding")?;
+                // The padding is defined as zero bytes; accepting any bytes
+                // would make two encodings of one hello (and a covert channel).
+                if r.take(padding as usize, "padding")?.iter().any(|&b| b != 0) {
+                    return Err(Malformed("padding must be zero bytes"));
+                }
                 Frame::ClientHello(ClientHello {
                     device_id,
                     client_nonce,
@@ -525,6 +529,23 @@ mod tests {
         );
         assert_eq!(Frame::decode(b"RG\x01\x7f"), Err(Malformed("unknown message type")));
         assert!(Frame::decode(&vec![0u8; MAX_DATAGRAM + 1]).is_err());
+    }
+
+    /// Found by the proto_decode fuzz target: a hello whose padding is not
+    /// zero decoded, and encoded back as a different datagram.
+    #[test]
+    fn a_hello_with_non_zero_padding_is_malformed() {
+        let mut b = Frame::ClientHello(ClientHello {
+            device_id: "fuzz-dev".into(),
+            client_nonce: [7; NONCE_LEN],
+            cookie: None,
+            padding: 4,
+        })
+        .encode();
+        assert!(Frame::decode(&b).is_ok(), "zero padding is the canonical form");
+        let n = b.len();
+        b[n - 2] = 0xfd;
+        assert_eq!(Frame::decode(&b), Err(Malformed("padding must be zero bytes")));
     }
 }
 

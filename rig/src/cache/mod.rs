@@ -102,7 +102,7 @@ pub fn session_label(id: SessionId) -> String {
 }
 
 /// Failures of a cache operation.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("session cache is down ({0})")]
     Down(String),
@@ -110,8 +110,38 @@ pub enum CacheError {
     Timeout(Duration),
     #[error("no snapshot named `{0}` (snapshots taken so far: {1})")]
     NoSnapshot(String, String),
+    /// A file or process of the backend (its folder, config, snapshot,
+    /// the server binary) could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Fs(#[from] crate::fsutil::FsError),
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("corrupt session record: {0}")]
+    Corrupt(#[from] serde_json::Error),
+    /// The backend misbehaved in a way no lower error describes.
     #[error("session cache backend error: {0}")]
     Backend(String),
+}
+
+/// Two cache errors are the same when they are the same kind and say the
+/// same thing (the sources they wrap are not comparable themselves).
+impl PartialEq for CacheError {
+    fn eq(&self, other: &Self) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.to_string() == other.to_string()
+    }
+}
+
+impl CacheError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
+        let what = what.into();
+        move |source| CacheError::Io { what, source }
+    }
 }
 
 /// Where `restore` takes its data from.

@@ -81,18 +81,9 @@ pub fn verdict(who: &str, seen: u64, tag: EventTag, min: Option<u64>, max: Optio
 mod tests {
     use super::*;
     use crate::timeline::{ConnectVia, EventKind, Source};
-    use time::OffsetDateTime;
 
     fn ev(seq: u64, t_s: u64, kind: EventKind) -> Event {
-        Event {
-            seq,
-            cell: 0,
-            t_ms: t_s * 1000,
-            wall: OffsetDateTime::UNIX_EPOCH,
-            device: Some("d1".into()),
-            source: Source::Cloud,
-            kind,
-        }
+        Event::at(seq, t_s * 1000, "d1", Source::Cloud, kind)
     }
 
     fn connected(via: ConnectVia) -> EventKind {

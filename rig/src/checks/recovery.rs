@@ -299,18 +299,9 @@ mod tests {
     use super::*;
     use crate::timeline::Source;
     use std::time::Duration;
-    use time::OffsetDateTime;
 
     fn ev(seq: u64, t_s: u64, kind: EventKind) -> Event {
-        Event {
-            seq,
-            cell: 0,
-            t_ms: t_s * 1000,
-            wall: OffsetDateTime::UNIX_EPOCH,
-            device: Some("d1".into()),
-            source: Source::Cloud,
-            kind,
-        }
+        Event::at(seq, t_s * 1000, "d1", Source::Cloud, kind)
     }
 
     fn args(cycles: u32) -> RecoveryArgs {

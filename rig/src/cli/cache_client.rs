@@ -11,8 +11,7 @@ use crate::report::Overall;
 /// Sends `line` to the cloud serving from `cloud` and says what it answered.
 pub fn send(line: &str, cloud: &Path) -> Result<Overall, CliError> {
     // Parsed here too, so a typo is a usage error even with no cloud running.
-    line.parse::<crate::cache::CacheCommand>()
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+    line.parse::<crate::cache::CacheCommand>()?;
     let sock = crate::serve::admin_socket(cloud);
     let mut stream = std::os::unix::net::UnixStream::connect(&sock).map_err(|e| {
         CliError::Fault(format!(

@@ -55,6 +55,20 @@ fn render_input(errors: &[Diagnostic]) -> String {
     )
 }
 
+/// A journal that cannot be read is the user's input being wrong (a folder
+/// that is not a run folder, a damaged file), not the rig failing.
+impl From<crate::timeline::ReadError> for CliError {
+    fn from(e: crate::timeline::ReadError) -> CliError {
+        CliError::Usage(e.to_string())
+    }
+}
+
+impl From<crate::cache::BadCacheCommand> for CliError {
+    fn from(e: crate::cache::BadCacheCommand) -> CliError {
+        CliError::Usage(e.to_string())
+    }
+}
+
 impl CliError {
     pub fn exit_code(&self) -> u8 {
         match self {

@@ -112,7 +112,7 @@ pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
     let mut empty = false;
     for dir in dirs {
         let path = dir.join("events.jsonl");
-        let (header, events) = crate::timeline::read_jsonl(&path).map_err(|e| CliError::Usage(e.to_string()))?;
+        let (header, events) = crate::timeline::read_jsonl(&path)?;
         let summary = report::write_all(dir, &header, &events)
             .map_err(|e| CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())))?;
         print!("{}", report::verdict_table(&summary));
@@ -132,7 +132,7 @@ pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Overall, CliError> {
     let mut runs = Vec::new();
     for d in dirs {
-        runs.push(report::load(d).map_err(|e| CliError::Usage(e.to_string()))?);
+        runs.push(report::load(d)?);
     }
     report::merge(&runs, out).map_err(|e| CliError::Fault(format!("cannot write {}: {e}", out.display())))?;
     for r in &runs {

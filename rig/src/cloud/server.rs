@@ -305,7 +305,7 @@ impl Server {
         let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
         if let Err(e) = self.durable.put(&rec) {
             out.events
-                .push(cache_error("durable.put", &CacheError::Backend(e.to_string())));
+                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
         }
         if let Err(e) = self.cache_put(&rec).await {
             out.events.push(cache_error("put", &e));
@@ -430,7 +430,7 @@ impl Server {
         }
         if let Err(e) = self.durable.put(&rec) {
             out.events
-                .push(cache_error("durable.put", &CacheError::Backend(e.to_string())));
+                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
         }
         if let Err(e) = self.cache_put(&rec).await {
             out.events.push(cache_error("put", &e));

@@ -451,6 +451,20 @@ impl Event {
     pub fn is(&self, device: &str) -> bool {
         self.device.as_deref() == Some(device)
     }
+
+    /// An event for unit tests of checks and queries: cell 0, epoch wall time.
+    #[cfg(test)]
+    pub fn at(seq: u64, t_ms: u64, device: &str, source: Source, kind: EventKind) -> Event {
+        Event {
+            seq,
+            cell: 0,
+            t_ms,
+            wall: OffsetDateTime::UNIX_EPOCH,
+            device: Some(device.into()),
+            source,
+            kind,
+        }
+    }
 }
 
 /// The first line of `events.jsonl`.

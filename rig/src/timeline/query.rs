@@ -100,13 +100,8 @@ mod tests {
 
     fn ev(seq: u64, cell: u32, t: u64, device: &str, kind: EventKind) -> Event {
         Event {
-            seq,
             cell,
-            t_ms: t,
-            wall: time::OffsetDateTime::UNIX_EPOCH,
-            device: Some(device.into()),
-            source: Source::Console,
-            kind,
+            ..Event::at(seq, t, device, Source::Console, kind)
         }
     }
 

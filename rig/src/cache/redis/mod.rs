@@ -78,13 +78,13 @@ fn backend_err(e: redis::RedisError) -> CacheError {
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         CacheError::Down(e.to_string())
     } else {
-        CacheError::Backend(e.to_string())
+        CacheError::Redis(e)
     }
 }
 
 /// A lazily connecting manager with short timeouts.
 pub(crate) fn manager(url: &str) -> Result<ConnectionManager, CacheError> {
-    let client = redis::Client::open(url).map_err(|e| CacheError::Backend(e.to_string()))?;
+    let client = redis::Client::open(url)?;
     let cfg = ConnectionManagerConfig::new()
         .set_response_timeout(Some(Duration::from_millis(200)))
         .set_connection_timeout(Some(Duration::from_millis(200)))
@@ -252,14 +252,12 @@ impl SessionCache for RedisCache {
         let v: Option<String> = self.conn().get(key(id)).await.map_err(backend_err)?;
         match v {
             None => Ok(None),
-            Some(json) => serde_json::from_str(&json)
-                .map(Some)
-                .map_err(|e| CacheError::Backend(format!("corrupt session record: {e}"))),
+            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
         }
     }
 
     async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError> {
-        let json = serde_json::to_string(rec).map_err(|e| CacheError::Backend(e.to_string()))?;
+        let json = serde_json::to_string(rec)?;
         let ms = ttl.as_millis().max(1) as u64;
         let _: () = self
             .conn()
@@ -298,7 +296,7 @@ impl SessionCache for RedisCache {
             .await
             .map_err(backend_err)?;
         std::fs::copy(self.dump(), self.snapshot_path(name))
-            .map_err(|e| CacheError::Backend(format!("cannot keep snapshot `{name}`: {e}")))?;
+            .map_err(CacheError::io(format!("cannot keep snapshot `{name}`")))?;
         Ok(n)
     }
 
@@ -315,7 +313,7 @@ impl SessionCache for RedisCache {
             RestoreFrom::Snapshot(name) => {
                 let snap = self.snapshot_path(name);
                 std::fs::copy(&snap, self.dump())
-                    .map_err(|e| CacheError::Backend(format!("cannot restore snapshot `{name}`: {e}")))?;
+                    .map_err(CacheError::io(format!("cannot restore snapshot `{name}`")))?;
                 self.spawn(true).await?;
             }
         }

@@ -32,7 +32,10 @@ pub const ADMIN_USER: &str = "rig-admin";
 
 fn secret() -> Result<String, CacheError> {
     let mut b = [0u8; 24];
-    getrandom::fill(&mut b).map_err(|e| CacheError::Backend(format!("no OS randomness for a redis password: {e}")))?;
+    getrandom::fill(&mut b).map_err(|e| CacheError::Io {
+        what: "no OS randomness for a redis password".into(),
+        source: e.into(),
+    })?;
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
@@ -61,14 +64,13 @@ pub struct RedisServer {
 impl RedisServer {
     /// Prepares (does not start) a server in `dir`, which is created private.
     pub fn prepare(dir: &Path, extra_args: &[&str]) -> Result<RedisServer, CacheError> {
-        crate::fsutil::ensure_dir(dir, 0o700).map_err(|e| CacheError::Backend(e.to_string()))?;
-        crate::fsutil::ensure_dir(&dir.join("snapshots"), 0o700).map_err(|e| CacheError::Backend(e.to_string()))?;
+        crate::fsutil::ensure_dir(dir, 0o700)?;
+        crate::fsutil::ensure_dir(&dir.join("snapshots"), 0o700)?;
         // redis-server changes into `--dir` before it opens `--logfile`: a
         // relative folder (the default `--out reports`) would be looked up
         // twice and the log could not be opened.
-        let dir = std::path::absolute(dir)
-            .map_err(|e| CacheError::Backend(format!("cannot resolve {}: {e}", dir.display())))?;
-        let port = free_port().map_err(|e| CacheError::Backend(format!("no free loopback port: {e}")))?;
+        let dir = std::path::absolute(dir).map_err(CacheError::io(format!("cannot resolve {}", dir.display())))?;
+        let port = free_port().map_err(CacheError::io("no free loopback port"))?;
         Ok(RedisServer {
             port,
             dir,
@@ -121,7 +123,7 @@ impl RedisServer {
              user {ADMIN_USER} on >{} ~* resetchannels +@all -shutdown -config -debug -module -acl -replicaof -slaveof -failover -monitor\n",
             self.cloud_password, self.admin_password
         );
-        crate::fsutil::write_atomic(&conf, text.as_bytes(), 0o600).map_err(|e| CacheError::Backend(e.to_string()))?;
+        crate::fsutil::write_atomic(&conf, text.as_bytes(), 0o600)?;
         Ok(conf)
     }
 
@@ -165,7 +167,7 @@ impl RedisServer {
                     "redis-server is not installed (not found on PATH): install Debian's `redis-server` package (apt-get install redis-server)".into(),
                 )
             } else {
-                CacheError::Backend(format!("cannot start redis-server: {e}"))
+                CacheError::io("cannot start redis-server")(e)
             }
         })?;
         let pid = child.id();
