@@ -1,5 +1,6 @@
 //! The command line's library half: what each `rig` subcommand does, and
-//! the one place where an outcome becomes an exit code. `main.rs` only
+//! the one place where an outcome becomes an exit code ([`exit`],
+//! [`overall_code`], [`CliError::exit_code`]). `main.rs` only
 //! defines the arguments (clap) and dispatches here.
 //!
 //! # Layout

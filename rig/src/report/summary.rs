@@ -318,11 +318,25 @@ pub enum Overall {
 }
 
 impl Overall {
+    /// A fault beats a failure beats a pass; a run with no cell (a journal
+    /// holding only its header) judged nothing.
     pub fn of(cells: &[CellSummary]) -> Overall {
-        match exit_code(cells) {
-            0 => Overall::Passed,
-            1 => Overall::Failed,
-            _ => Overall::NoVerdict,
+        let fault = cells.iter().any(|c| match c.verdict {
+            CellVerdict::Fault | CellVerdict::Interrupted | CellVerdict::Incomplete => true,
+            CellVerdict::Passed
+            | CellVerdict::FailedAsExpected
+            | CellVerdict::Failed
+            | CellVerdict::UnexpectedlyPassed => false,
+        });
+        let failed = cells
+            .iter()
+            .any(|c| matches!(c.verdict, CellVerdict::Failed | CellVerdict::UnexpectedlyPassed));
+        if cells.is_empty() || fault {
+            Overall::NoVerdict
+        } else if failed {
+            Overall::Failed
+        } else {
+            Overall::Passed
         }
     }
 
@@ -369,26 +383,8 @@ impl Overall {
     }
 }
 
-/// The documented exit codes: 3 beats 1 beats 0; a run with no cell (a
-/// journal holding only its header) judged nothing and is a 3.
+/// The exit code a run with these cells ends with (kept in summary.json);
+/// the mapping itself is [`crate::cli::overall_code`], the one place.
 pub fn exit_code(cells: &[CellSummary]) -> i32 {
-    if cells.is_empty() {
-        return 3;
-    }
-    let fault = cells.iter().any(|c| {
-        matches!(
-            c.verdict,
-            CellVerdict::Fault | CellVerdict::Interrupted | CellVerdict::Incomplete
-        )
-    });
-    let failed = cells
-        .iter()
-        .any(|c| matches!(c.verdict, CellVerdict::Failed | CellVerdict::UnexpectedlyPassed));
-    if fault {
-        3
-    } else if failed {
-        1
-    } else {
-        0
-    }
+    i32::from(crate::cli::overall_code(Overall::of(cells)))
 }
