@@ -155,6 +155,9 @@ struct BenchRaw {
     clock: Option<Spanned<Clock>>,
     #[serde(default)]
     sim: Option<SimRaw>,
+    /// Settings of the emulated boards (`board: qemu`).
+    #[serde(default)]
+    qemu: Option<crate::board::qemu::QemuCfg>,
     #[serde(default)]
     cloud: Option<CloudRaw>,
     #[serde(default)]
@@ -201,6 +204,7 @@ pub struct Bench {
     pub source: String,
     pub clock: Clock,
     pub sim: crate::board::sim::SimCfg,
+    pub qemu: crate::board::qemu::QemuCfg,
     pub cloud: CloudCfg,
     pub safe_state: PowerState,
     pub devices: Vec<Device>,
@@ -397,6 +401,7 @@ impl Bench {
             source: path.display().to_string(),
             clock,
             sim,
+            qemu: raw.qemu.clone().unwrap_or_default(),
             cloud,
             safe_state: raw.safe_state,
             lock: raw.lock || devices.iter().any(|d| d.kind.physical()),

@@ -142,6 +142,8 @@ struct FixtureRaw {
     console: ConsoleRaw,
     #[serde(default)]
     behaviour: Option<Behaviour>,
+    #[serde(default)]
+    qemu: Option<Spanned<crate::board::qemu::fixture::QemuFixture>>,
 }
 
 /// A loaded fixture.
@@ -156,6 +158,8 @@ pub struct Fixture {
     pub image: Option<PathBuf>,
     pub patterns: Arc<Patterns>,
     pub behaviour: Option<Behaviour>,
+    /// How an emulated board boots it (`qemu:`); its image is relative to [`Fixture::dir`].
+    pub qemu: Option<crate::board::qemu::fixture::QemuFixture>,
     /// SHA-256 over fixture.yaml and the image, hex.
     pub sha256: String,
     /// Bytes a flash writes (the image, or the description for sim boards).
@@ -264,6 +268,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
             "a fixture for board `sim` needs a `behaviour:` section",
         ));
     }
+    if raw.boards.iter().any(|b| b == "qemu") && raw.qemu.is_none() {
+        errors.push(Diagnostic::file(
+            path,
+            "a fixture for board `qemu` needs a `qemu:` section naming its image",
+        ));
+    }
+    if let Some(q) = &raw.qemu {
+        for p in q.value.problems() {
+            errors.push(Diagnostic::at_loc(path, &text, &q.referenced, p));
+        }
+    }
     let mut hasher = Sha256::new();
     hasher.update(text.as_bytes());
     let mut size = text.len() as u64;
@@ -295,9 +310,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
             sleep: sleep.expect("checked above"),
         }),
         behaviour: raw.behaviour,
+        qemu: raw.qemu.map(|q| q.value),
         sha256,
         size,
     })
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Finds `firmware-fixtures/` beside or above `start` (a plan's folder), then

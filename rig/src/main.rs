@@ -103,8 +103,10 @@ enum Cmd {
         cloud: PathBuf,
     },
     /// Measure the cloud's throughput over UDP loopback (full handshakes and
-    /// session resumes per second).
+    /// session resumes per second); `rig bench qemu` measures emulated boards.
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         /// Concurrent clients (1 to 10000).
         #[arg(long, default_value_t = 32)]
         clients: usize,
@@ -205,6 +207,23 @@ impl From<MitigationArg> for rig::cloud::Mitigation {
 }
 
 /// What plans run against: shared by `rig run` and `rig check`.
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Wall time, CPU and memory of emulated boards running wake cycles
+    /// (needs qemu-system-arm and the images: make -C firmware-fixtures/sleepy-c).
+    Qemu {
+        /// Boards (1 to 256).
+        #[arg(long, default_value_t = 32)]
+        boards: usize,
+        /// Wake cycles per board.
+        #[arg(long, default_value_t = 10)]
+        cycles: u32,
+        /// The fixture every board runs.
+        #[arg(long, default_value = "sleepy-1.2")]
+        fixture: String,
+    },
+}
+
 #[derive(Args)]
 struct Against {
     /// Bench file; without it, the built-in simulated bench.
@@ -323,6 +342,16 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             out,
         }),
         Cmd::Bench {
+            what:
+                Some(BenchWhat::Qemu {
+                    boards,
+                    cycles,
+                    fixture,
+                }),
+            ..
+        } => cli::bench_qemu::run(boards, cycles, &fixture),
+        Cmd::Bench {
+            what: None,
             clients,
             seconds,
             cache,

@@ -262,4 +262,4 @@ fn the_headline_timeline_for_seed_7_is_the_stored_one() {
     assert_eq!(digest, EXPECTED_HEADLINE_DIGEST, "{} events: {kinds:?}", evs.len());
 }
 
-const EXPECTED_HEADLINE_DIGEST: &str = "62abd859514cb5dce2395f1ac64f77c157aeb91aa24c0980d0637649b45b194d";
+const EXPECTED_HEADLINE_DIGEST: &str = "5853960c3c7fc687990297217403e80128b085151a3264e82a82fe60033a3aa6";

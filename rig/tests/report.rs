@@ -209,7 +209,7 @@ fn a_thousand_device_signoff_stays_small() {
     );
     for i in 0..1000 {
         let d = format!("dev-{i:04}");
-        tl.emit_device(&d, Source::Power, EventKind::PowerOn);
+        tl.emit_device(&d, Source::Power, EventKind::PowerOn { pid: None });
         for w in 0..20 {
             tl.emit_device(&d, Source::Console, EventKind::DeviceWake { reason: None });
             tl.emit_device(

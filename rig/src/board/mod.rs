@@ -3,6 +3,8 @@
 //!
 //! - [`sim`]: a simulated board inside the rig (the firmware model of a
 //!   fixture's `behaviour:`), on the virtual clock or the real one.
+//! - [`qemu`]: an emulated Cortex-M board running a real firmware image,
+//!   one `qemu-system-arm` process per device.
 //! - [`hardware`]: a real board on the bench, driven by the backends of its
 //!   `power:`, `console:`, `flash:` and `reset:` sections.
 //!
@@ -12,6 +14,7 @@
 //! board; any other name is hardware).
 
 pub mod hardware;
+pub mod qemu;
 pub mod sim;
 
 use std::net::SocketAddr;
@@ -29,7 +32,7 @@ use crate::runner::device::DeviceHandle;
 use crate::timeline::Timeline;
 
 /// Every board kind, in the order they claim `board:` names. One line each.
-pub static KINDS: &[&dyn BoardKind] = &[&sim::Sim, &hardware::Hardware];
+pub static KINDS: &[&dyn BoardKind] = &[&sim::Sim, &qemu::Qemu, &hardware::Hardware];
 
 /// The kind named `name`.
 pub fn kind(name: &str) -> Option<&'static dyn BoardKind> {
@@ -204,6 +207,12 @@ pub trait BoardKind: std::fmt::Debug + Send + Sync {
     /// console ports), with the role it plays.
     fn claims_resources(&self, _d: &Device) -> Vec<(String, &'static str)> {
         Vec::new()
+    }
+
+    /// Why `f` cannot be flashed onto `d` (checked with the plan, so a
+    /// missing image is a usage error before anything runs).
+    fn check_fixture(&self, _d: &Device, _f: &crate::fixture::Fixture) -> Option<String> {
+        None
     }
 
     /// What `rig doctor` checks for the device.

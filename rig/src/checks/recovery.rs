@@ -91,7 +91,7 @@ impl RecoveryTracker {
             EventKind::DeviceSleep { .. } => {
                 self.cycles.feed(e);
             }
-            EventKind::PowerOff => {
+            EventKind::PowerOff { .. } => {
                 self.cycles.feed(e);
                 self.power_cycled = true;
             }
@@ -112,12 +112,13 @@ impl RecoveryTracker {
             EventKind::CellStart { .. }
             | EventKind::CellEnd { .. }
             | EventKind::RigFault { .. }
-            | EventKind::PowerOn
+            | EventKind::PowerOn { .. }
             | EventKind::ResetSoft
             | EventKind::FlashStart { .. }
             | EventKind::FlashDone { .. }
             | EventKind::ConsoleGap { .. }
             | EventKind::DeviceBoot
+            | EventKind::DeviceReset { .. }
             | EventKind::CloudConfig { .. }
             | EventKind::CloudResumed { .. }
             | EventKind::CloudPublish { .. }
@@ -439,7 +440,7 @@ mod tests {
     #[test]
     fn a_power_cycle_decides_failure_at_once_when_forbidden() {
         let mut tr = RecoveryTracker::new("d1", args(4), 0);
-        tr.feed(&ev(0, 10, EventKind::PowerOff));
+        tr.feed(&ev(0, 10, EventKind::PowerOff { pid: None }));
         let v = tr.decided(10_000).unwrap();
         assert!(!v.passed);
         assert!(v.text.contains("power-cycled"), "{}", v.text);
@@ -447,7 +448,7 @@ mod tests {
         let mut allowed = args(4);
         allowed.no_power_cycle = false;
         let mut tr = RecoveryTracker::new("d1", allowed, 0);
-        tr.feed(&ev(0, 10, EventKind::PowerOff));
+        tr.feed(&ev(0, 10, EventKind::PowerOff { pid: None }));
         assert!(tr.decided(10_000).is_none());
     }
 

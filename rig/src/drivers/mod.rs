@@ -50,6 +50,8 @@ pub enum DriverError {
     Probe(#[from] flash::probe_rs::ProbeError),
     #[error(transparent)]
     Serial(#[from] console::serial::SerialError),
+    #[error(transparent)]
+    Qemu(#[from] crate::board::qemu::QemuError),
 }
 
 /// Whether a configured resource is usable on this machine.
@@ -153,6 +155,11 @@ pub(crate) use backends;
 #[async_trait]
 pub trait Power: Send + Sync {
     async fn set(&self, on: bool) -> Result<(), DriverError>;
+    /// The process that is the board while it is on, for boards that are
+    /// processes (an emulator); recorded with power events.
+    fn pid(&self) -> Option<u32> {
+        None
+    }
     /// What this driver switches, for messages ("relay on GPIO 17, active low").
     fn describe(&self) -> String;
 }
@@ -160,7 +167,9 @@ pub trait Power: Send + Sync {
 /// Writes a fixture's image to a board and restarts it.
 #[async_trait]
 pub trait Flasher: Send + Sync {
-    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError>;
+    /// Returns the SHA-256 of the image bytes written, when the backend
+    /// knows it better than the fixture's own digest does.
+    async fn flash(&self, fixture: &Fixture) -> Result<Option<String>, DriverError>;
     fn describe(&self) -> String;
 }
 

@@ -360,6 +360,10 @@ pub(super) fn fixture(name: &str, loc: &Location, ctx: &Ctx<'_>, errors: &mut Ve
             ));
             return None;
         }
+        if let Some(why) = d.kind.check_fixture(d, &f) {
+            errors.push((ctx.at)(loc, why));
+            return None;
+        }
     }
     Some(f)
 }

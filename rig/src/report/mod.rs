@@ -114,9 +114,10 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
                 "--- console link gap of {} ---",
                 fmt_duration(std::time::Duration::from_millis(*ms))
             ),
-            EventKind::PowerOn => "--- rig: power on ---".into(),
-            EventKind::PowerOff => "--- rig: power off ---".into(),
+            EventKind::PowerOn { .. } => "--- rig: power on ---".into(),
+            EventKind::PowerOff { .. } => "--- rig: power off ---".into(),
             EventKind::ResetSoft => "--- rig: soft reset ---".into(),
+            EventKind::DeviceReset { reason } => format!("--- board reset itself ({reason}) ---"),
             EventKind::FlashDone { fixture, version, .. } => format!("--- rig: flashed {fixture} {version} ---"),
             // Not part of what a device's console log shows.
             EventKind::CellStart { .. }

@@ -103,14 +103,15 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 | EventKind::CheckPass { .. }
                 | EventKind::CheckFail { .. } => None,
                 // Device events without a device (a peer no device spoke from).
-                EventKind::PowerOn
-                | EventKind::PowerOff
+                EventKind::PowerOn { .. }
+                | EventKind::PowerOff { .. }
                 | EventKind::ResetSoft
                 | EventKind::FlashStart { .. }
                 | EventKind::FlashDone { .. }
                 | EventKind::ConsoleLine { .. }
                 | EventKind::ConsoleGap { .. }
                 | EventKind::DeviceBoot
+                | EventKind::DeviceReset { .. }
                 | EventKind::DeviceWake { .. }
                 | EventKind::DeviceSleep { .. }
                 | EventKind::CloudHandshake { .. }
@@ -135,10 +136,10 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
             Some(Cycle::Woke) | None => {}
         }
         match &e.kind {
-            EventKind::PowerOn => {
+            EventKind::PowerOn { .. } => {
                 power_on.insert(d.to_owned(), e.t_ms);
             }
-            EventKind::PowerOff => {
+            EventKind::PowerOff { .. } => {
                 let mut open = power_on.remove(d);
                 close(&mut open, e.t_ms, &mut tr.powered);
             }
@@ -165,6 +166,7 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
             | EventKind::FlashDone { .. }
             | EventKind::ConsoleGap { .. }
             | EventKind::DeviceBoot
+            | EventKind::DeviceReset { .. }
             | EventKind::CloudConfig { .. }
             | EventKind::CloudConnected { .. }
             | EventKind::CloudPublish { .. }

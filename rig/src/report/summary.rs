@@ -237,13 +237,14 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             }),
             // The rest is evidence for the checks, not verdict material.
             EventKind::CellStart { .. }
-            | EventKind::PowerOn
-            | EventKind::PowerOff
+            | EventKind::PowerOn { .. }
+            | EventKind::PowerOff { .. }
             | EventKind::ResetSoft
             | EventKind::FlashStart { .. }
             | EventKind::ConsoleLine { .. }
             | EventKind::ConsoleGap { .. }
             | EventKind::DeviceBoot
+            | EventKind::DeviceReset { .. }
             | EventKind::DeviceWake { .. }
             | EventKind::DeviceSleep { .. }
             | EventKind::CloudConfig { .. }

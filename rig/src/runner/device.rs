@@ -65,9 +65,15 @@ impl DeviceHandle {
             });
         };
         *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let before = power.pid();
         power.set(on).await?;
         *self.commanded.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
-        self.emit(Source::Power, if on { EventKind::PowerOn } else { EventKind::PowerOff });
+        let kind = if on {
+            EventKind::PowerOn { pid: power.pid() }
+        } else {
+            EventKind::PowerOff { pid: before }
+        };
+        self.emit(Source::Power, kind);
         Ok(())
     }
 
@@ -92,16 +98,19 @@ impl DeviceHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .replace(fixture.patterns.clone());
-        if let Err(e) = self.flasher.flash(fixture).await {
-            *self.patterns.lock().unwrap_or_else(|p| p.into_inner()) = previous;
-            return Err(e);
-        }
+        let written = match self.flasher.flash(fixture).await {
+            Ok(w) => w,
+            Err(e) => {
+                *self.patterns.lock().unwrap_or_else(|p| p.into_inner()) = previous;
+                return Err(e);
+            }
+        };
         self.emit(
             Source::Flash,
             EventKind::FlashDone {
                 fixture: fixture.name.clone(),
                 version: fixture.version.clone(),
-                sha256: fixture.sha256.clone(),
+                sha256: written.unwrap_or_else(|| fixture.sha256.clone()),
                 ms: started.elapsed().as_millis() as u64,
             },
         );

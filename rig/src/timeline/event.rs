@@ -52,13 +52,14 @@ impl EventKind {
             EventKind::CellStart { .. }
             | EventKind::CellEnd { .. }
             | EventKind::RigFault { .. }
-            | EventKind::PowerOn
-            | EventKind::PowerOff
+            | EventKind::PowerOn { .. }
+            | EventKind::PowerOff { .. }
             | EventKind::ResetSoft
             | EventKind::FlashStart { .. }
             | EventKind::FlashDone { .. }
             | EventKind::ConsoleGap { .. }
             | EventKind::DeviceBoot
+            | EventKind::DeviceReset { .. }
             | EventKind::DeviceWake { .. }
             | EventKind::DeviceSleep { .. }
             | EventKind::CloudConfig { .. }
@@ -187,10 +188,18 @@ pub enum EventKind {
         step: Option<usize>,
         message: String,
     },
+    /// `pid`: the process that is the board, for boards that are
+    /// processes (an emulator); absent for relays.
     #[serde(rename = "power.on")]
-    PowerOn,
+    PowerOn {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     #[serde(rename = "power.off")]
-    PowerOff,
+    PowerOff {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
+    },
     #[serde(rename = "reset.soft")]
     ResetSoft,
     #[serde(rename = "flash.start")]
@@ -213,6 +222,10 @@ pub enum EventKind {
     ConsoleGap { ms: u64 },
     #[serde(rename = "device.boot")]
     DeviceBoot,
+    /// A reset the board did itself (SYSRESETREQ, a watchdog), as its
+    /// emulator or debug probe reports it; `reason` in the reporter's words.
+    #[serde(rename = "device.reset")]
+    DeviceReset { reason: String },
     #[serde(rename = "device.wake")]
     DeviceWake {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -399,6 +412,7 @@ event_tags! {
     ConsoleLine = "console.line",
     ConsoleGap = "console.gap",
     DeviceBoot = "device.boot",
+    DeviceReset = "device.reset",
     DeviceWake = "device.wake",
     DeviceSleep = "device.sleep",
     CloudConfig = "cloud.config",

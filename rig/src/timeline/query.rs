@@ -74,7 +74,7 @@ impl WakeCycles {
                 let from = self.awake_since.take()?;
                 Some(Cycle::Slept { from, to: e.t_ms })
             }
-            EventKind::PowerOff => {
+            EventKind::PowerOff { .. } => {
                 let from = self.awake_since.take()?;
                 Some(Cycle::Cut { from, to: e.t_ms })
             }
@@ -150,7 +150,7 @@ mod tests {
         assert!(w.asleep_since_last_wake());
         w.feed(&ev(3, 0, 40, "a", wake));
         assert_eq!(
-            w.feed(&ev(4, 0, 45, "a", EventKind::PowerOff)),
+            w.feed(&ev(4, 0, 45, "a", EventKind::PowerOff { pid: None })),
             Some(Cycle::Cut { from: 40, to: 45 })
         );
         assert_eq!((w.wakes, w.completed), (2, 1));

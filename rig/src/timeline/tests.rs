@@ -27,8 +27,8 @@ mod basics {
                 step: Some(2),
                 message: "m".into(),
             },
-            EventKind::PowerOn,
-            EventKind::PowerOff,
+            EventKind::PowerOn { pid: None },
+            EventKind::PowerOff { pid: None },
             EventKind::ResetSoft,
             EventKind::FlashStart { fixture: "f".into() },
             EventKind::FlashDone {
@@ -196,7 +196,7 @@ mod basics {
             started: OffsetDateTime::now_utc(),
         };
         let tl = Timeline::create(&path, &header).unwrap();
-        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
         let (_, evs) = read_jsonl(&path).unwrap();
@@ -207,7 +207,7 @@ mod basics {
     async fn bounded_retention_keeps_seq_numbers_and_recent_events() {
         let tl = Timeline::in_memory().retain_last(10);
         for _ in 0..100 {
-            tl.emit(None, Source::Runner, EventKind::PowerOn);
+            tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
         }
         assert_eq!(tl.len(), 100);
         let kept = tl.snapshot();
@@ -221,9 +221,9 @@ mod basics {
         assert!(hit.await);
         assert_eq!(seen, [95, 96, 97, 98, 99]);
         let none = Timeline::in_memory().retain_last(0);
-        none.emit(None, Source::Runner, EventKind::PowerOn);
-        none.emit(None, Source::Runner, EventKind::PowerOn);
-        none.emit(None, Source::Runner, EventKind::PowerOn);
+        none.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
+        none.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
+        none.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
         assert!(none.snapshot().len() <= 2);
         assert_eq!(none.len(), 3);
     }
@@ -231,17 +231,17 @@ mod basics {
     #[tokio::test(start_paused = true)]
     async fn wait_sees_each_event_once_and_times_out() {
         let tl = Timeline::in_memory();
-        tl.emit(None, Source::Runner, EventKind::PowerOn);
+        tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
         let tl2 = tl.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            tl2.emit(Some("a"), Source::Power, EventKind::PowerOff);
+            tl2.emit(Some("a"), Source::Power, EventKind::PowerOff { pid: None });
         });
         let mut seen = Vec::new();
         let hit = tl
             .wait(0, Some(Duration::from_secs(10)), |e| {
                 seen.push(e.seq);
-                e.kind == EventKind::PowerOff
+                e.kind == EventKind::PowerOff { pid: None }
             })
             .await;
         assert!(hit);
@@ -307,8 +307,8 @@ mod roundtrip {
             }),
             (proptest::option::of(any::<usize>()), text())
                 .prop_map(|(step, message)| EventKind::RigFault { step, message }),
-            Just(EventKind::PowerOn),
-            Just(EventKind::PowerOff),
+            Just(EventKind::PowerOn { pid: None }),
+            Just(EventKind::PowerOff { pid: None }),
             (text(), text(), text(), any::<u64>()).prop_map(|(fixture, version, sha256, ms)| EventKind::FlashDone {
                 fixture,
                 version,

@@ -396,8 +396,8 @@ pub struct SimFlasher(pub SimBoard);
 
 #[async_trait]
 impl Flasher for SimFlasher {
-    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
-        self.0.flash(fixture).await
+    async fn flash(&self, fixture: &Fixture) -> Result<Option<String>, DriverError> {
+        self.0.flash(fixture).await.map(|()| None)
     }
     fn describe(&self) -> String {
         format!("simulated SWD port of {}", self.0.id())

@@ -67,10 +67,10 @@ impl CommandFlasher {
 
 #[async_trait]
 impl Flasher for CommandFlasher {
-    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
+    async fn flash(&self, fixture: &Fixture) -> Result<Option<String>, DriverError> {
         let cmd = self.command_for(fixture)?;
         run(&cmd, self.timeout).await?;
-        Ok(())
+        Ok(None)
     }
 
     fn describe(&self) -> String {

@@ -252,7 +252,7 @@ fn flash_blocking(probe: &str, chip: &str, image: &Path) -> Result<(), ProbeErro
 
 #[async_trait]
 impl Flasher for ProbeRsFlasher {
-    async fn flash(&self, fixture: &Fixture) -> Result<(), DriverError> {
+    async fn flash(&self, fixture: &Fixture) -> Result<Option<String>, DriverError> {
         let image = fixture
             .image
             .clone()
@@ -261,7 +261,7 @@ impl Flasher for ProbeRsFlasher {
         tokio::task::spawn_blocking(move || flash_blocking(&probe, &chip, &image))
             .await
             .map_err(ProbeError::from)??;
-        Ok(())
+        Ok(None)
     }
 
     fn describe(&self) -> String {
