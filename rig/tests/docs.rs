@@ -414,6 +414,11 @@ fn is_real_io(b: &Block) -> bool {
     b.lines.iter().any(|l| l.cmd.contains("bench/sim-real.yaml"))
 }
 
+/// Blocks that run the emulated boards (QEMU processes, minutes).
+fn is_qemu(b: &Block) -> bool {
+    b.lines.iter().any(|l| l.cmd.contains("bench/qemu.yaml"))
+}
+
 #[test]
 fn the_docs_have_commands_and_each_is_run_or_checked() {
     let clone = fresh_clone();
@@ -446,7 +451,7 @@ fn the_docs_have_commands_and_each_is_run_or_checked() {
 #[test]
 fn documented_commands_run_as_written_from_a_fresh_clone() {
     let clone = fresh_clone();
-    let blocks: Vec<Block> = blocks().into_iter().filter(|b| !is_real_io(b)).collect();
+    let blocks: Vec<Block> = blocks().into_iter().filter(|b| !is_real_io(b) && !is_qemu(b)).collect();
     run_blocks(&blocks, clone.path());
     // The headline command wrote its run folder under the default ./reports.
     let runs: Vec<PathBuf> = std::fs::read_dir(clone.path().join("reports"))
@@ -538,4 +543,83 @@ fn the_readme_real_io_command_gives_the_four_verdicts_over_udp_ptys_and_redis() 
     );
     // redis ran in the run folder, relative path and all: its log is there.
     assert!(dir.join("cell-1/redis/redis.log").is_file());
+}
+
+/// The README's virtual-boards commands, as typed in a fresh clone (the
+/// images built there by its `make` line): the same four verdicts from
+/// real firmware images in QEMU processes, with the same diagnoses.
+#[test]
+fn the_readme_virtual_boards_command_gives_the_four_verdicts_on_qemu() {
+    let clone = fresh_clone();
+    let blocks: Vec<Block> = blocks().into_iter().filter(is_qemu).collect();
+    assert!(!blocks.is_empty(), "the README documents the virtual boards");
+    run_blocks(&blocks, clone.path());
+    assert!(
+        clone
+            .path()
+            .join("firmware-fixtures/sleepy-c/build/sleepy-1.2.bin")
+            .is_file()
+    );
+    let dir = std::fs::read_dir(clone.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("events.jsonl").exists())
+        .expect("a run folder under ./reports");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let verdicts: Vec<(&str, &str)> = s["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap(), c["verdict"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("fixture=sleepy-1.1 mitigation=drop", "failed_as_expected"),
+            ("fixture=sleepy-1.1 mitigation=durable", "passed"),
+            ("fixture=sleepy-1.2 mitigation=drop", "passed"),
+            ("fixture=sleepy-1.2 mitigation=durable", "passed"),
+        ]
+    );
+    for c in recovery(cell(&s, "fixture=sleepy-1.1 mitigation=drop")) {
+        assert!(
+            c["text"].as_str().unwrap().contains("endless session-resume loop"),
+            "{c}"
+        );
+    }
+    for c in recovery(cell(&s, "fixture=sleepy-1.2 mitigation=drop")) {
+        assert_eq!(c["facts"]["via"], "handshake", "{c}");
+        assert_eq!(c["facts"]["wakes"], 4, "recovered on the 4th wake: {c}");
+        assert_eq!(c["facts"]["handshakes"], 1, "exactly one full handshake: {c}");
+    }
+    for name in [
+        "fixture=sleepy-1.1 mitigation=durable",
+        "fixture=sleepy-1.2 mitigation=durable",
+    ] {
+        for c in recovery(cell(&s, name)) {
+            assert_eq!(c["facts"]["via"], "resume", "{c}");
+            assert_eq!(c["facts"]["wakes"], 1, "healed at the first wake: {c}");
+        }
+    }
+    // The devices were processes running the images the fixtures name.
+    let evs = read_events(&dir);
+    let image = std::fs::read(clone.path().join("firmware-fixtures/sleepy-c/build/sleepy-1.2.bin")).unwrap();
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&image)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "flash.done" && e["fixture"] == "sleepy-1.2" && e["sha256"] == sha.as_str())
+    );
+    let pids: Vec<u64> = evs
+        .iter()
+        .filter(|e| e["kind"] == "power.off")
+        .filter_map(|e| e["pid"].as_u64())
+        .collect();
+    assert!(pids.len() >= 16, "every board of every cell was a process: {pids:?}");
+    assert!(pids.iter().all(|p| !pid_alive(*p)), "no qemu left behind");
 }

@@ -78,16 +78,27 @@ fn seq(e: &Value) -> u64 {
 #[test]
 fn on_qemu_a_soft_reset_keeps_the_stale_session_and_a_power_cycle_clears_it() {
     images();
+    // With the redis cache this time: the bench's cache kinds all work here.
+    let bench = std::fs::read_to_string(qemu_bench())
+        .unwrap()
+        .replace("cache: { kind: memory }", "cache: { kind: redis }");
+    assert!(bench.contains("kind: redis"));
+    let (_dir, bench_path) = temp_file("qemu-redis.yaml", &bench);
     let r = run(&[
         repo()
             .join("test-plans/soft-reset-vs-power-cycle.yaml")
             .to_str()
             .unwrap(),
         "--bench",
-        &qemu_bench(),
+        bench_path.to_str().unwrap(),
     ]);
     assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
     let evs = r.events();
+    assert!(
+        evs.iter()
+            .any(|e| e["kind"] == "cache.kill" && e["pid"].as_u64().is_some()),
+        "a real redis-server"
+    );
     for dev in ["vboard-01", "vboard-02", "vboard-03", "vboard-04"] {
         // The reboot's console lines can land before the reset.soft event
         // (the reset is done when QEMU answers); the mark comes before both.
@@ -130,7 +141,7 @@ fn on_qemu_a_soft_reset_keeps_the_stale_session_and_a_power_cycle_clears_it() {
 
 /// With `flash_resets: false` a flash only writes the flash file: the
 /// running image goes on until the board resets, and the hash reported is
-/// the image file's SHA-256.
+/// the image file's SHA-256. A reset the firmware makes itself is recorded.
 #[test]
 fn on_qemu_a_new_image_takes_effect_at_the_next_reset() {
     images();
@@ -165,7 +176,12 @@ fn on_qemu_a_new_image_takes_effect_at_the_next_reset() {
             .filter(|l| l.contains("booting"))
             .map(str::to_owned)
             .collect();
-        assert_eq!(boots.len(), 2, "{dev}: {boots:?}");
+        assert_eq!(boots.len(), 3, "{dev}: {boots:?}");
+        assert!(
+            boots[2].contains("sleepy-1.2 v1.2.1 booting (reset reason: soft-reset)"),
+            "{}",
+            boots[2]
+        );
         assert!(boots[0].contains("sleepy-1.1 v1.1.4"), "{}", boots[0]);
         // The new image does not trust the old one's retained RAM.
         assert!(
@@ -178,6 +194,10 @@ fn on_qemu_a_new_image_takes_effect_at_the_next_reset() {
             .filter(|e| e["device"] == dev && e["kind"] == "cloud.handshake" && seq(e) > seq(done[1]))
             .count();
         assert_eq!(after_reset, 1, "{dev}: the new image starts with a full handshake");
+        // The reset the firmware asked for itself, as QEMU reported it.
+        let own = of(&evs, dev, "device.reset");
+        assert_eq!(own.len(), 1, "{dev}: {own:?}");
+        assert_eq!(own[0]["reason"], "guest-reset", "{}", own[0]);
     }
 }
 
@@ -276,4 +296,63 @@ fn sigint_of_the_rig_tears_down_and_exits_3_with_no_qemu_left() {
         evs.iter()
             .any(|e| e["kind"] == "cell.end" && e["outcome"] == "interrupted")
     );
+}
+
+#[test]
+fn rig_doctor_names_the_packages_of_a_missing_emulator_and_toolchain() {
+    let out = std::process::Command::new(rig_bin())
+        .args(["doctor", "--bench", &qemu_bench()])
+        .current_dir(repo())
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    assert!(text.contains("apt-get install qemu-system-arm"), "{text}");
+    assert!(
+        text.contains("apt-get install gcc-arm-none-eabi libnewlib-arm-none-eabi"),
+        "{text}"
+    );
+}
+
+/// Images are built, not shipped: a plan that needs one that is not there
+/// is refused before anything runs, with the command that builds it.
+#[test]
+fn a_missing_image_is_a_usage_error_naming_the_make_command() {
+    let fixtures = tempfile::tempdir().unwrap();
+    for name in ["sleepy-1.1", "sleepy-1.2", "sleepy-ideal"] {
+        let dst = fixtures.path().join(name);
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::copy(
+            repo().join("firmware-fixtures").join(name).join("fixture.yaml"),
+            dst.join("fixture.yaml"),
+        )
+        .unwrap();
+    }
+    let out = rig(&[
+        "check",
+        repo().join("test-plans/session-cache-crash.yaml").to_str().unwrap(),
+        "--bench",
+        &qemu_bench(),
+        "--fixtures",
+        fixtures.path().to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is not built; build it with `make -C firmware-fixtures/sleepy-c`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("session-cache-crash.yaml:21:12"),
+        "points at the flash step: {err}"
+    );
+    // The same fixtures are fine for the simulated bench, which needs no image.
+    let sim = rig(&[
+        "check",
+        repo().join("test-plans/session-cache-crash.yaml").to_str().unwrap(),
+        "--fixtures",
+        fixtures.path().to_str().unwrap(),
+    ]);
+    assert_eq!(sim.status.code(), Some(0), "{}", String::from_utf8_lossy(&sim.stderr));
 }

@@ -27,7 +27,7 @@ mod basics {
                 step: Some(2),
                 message: "m".into(),
             },
-            EventKind::PowerOn { pid: None },
+            EventKind::PowerOn { pid: Some(4242) },
             EventKind::PowerOff { pid: None },
             EventKind::ResetSoft,
             EventKind::FlashStart { fixture: "f".into() },
@@ -43,6 +43,9 @@ mod basics {
             },
             EventKind::ConsoleGap { ms: 5 },
             EventKind::DeviceBoot,
+            EventKind::DeviceReset {
+                reason: "guest-reset".into(),
+            },
             EventKind::DeviceWake {
                 reason: Some("rtc".into()),
             },

@@ -642,8 +642,12 @@ impl BoardKind for Qemu {
     }
 
     fn build(&self, d: &Device, env: &BuildEnv<'_>) -> Result<Built, BoardError> {
-        let dir = env.cell_dir.join("qemu").join(&d.id);
-        crate::fsutil::ensure_dir(&env.cell_dir.join("qemu"), 0o700)
+        // Absolute: QEMU runs in this folder, and a relative run folder
+        // (the default `--out reports`) would be resolved against it.
+        let cell_dir =
+            std::path::absolute(env.cell_dir).map_err(|e| BoardError::Driver(io("cell folder")(e).into()))?;
+        let dir = cell_dir.join("qemu").join(&d.id);
+        crate::fsutil::ensure_dir(&cell_dir.join("qemu"), 0o700)
             .and_then(|_| crate::fsutil::ensure_dir(&dir, 0o700))
             .map_err(|e| {
                 BoardError::Driver(
