@@ -147,7 +147,7 @@ enum CloudCmd {
         #[arg(long, default_value = "memory")]
         cache: CacheArg,
         #[arg(long, default_value = "drop")]
-        mitigation: MitigationArg,
+        mitigation: rig::cloud::Mitigation,
         /// Folder for events.jsonl, the redis data and the durable key store.
         #[arg(long, default_value = "reports/cloud")]
         out: PathBuf,
@@ -185,23 +185,6 @@ impl From<CacheArg> for rig::cache::CacheCfg {
         match c {
             CacheArg::Memory => rig::cache::CacheCfg::Memory(rig::cache::memory::MemoryCfg {}),
             CacheArg::Redis => rig::cache::CacheCfg::Redis(rig::cache::redis::RedisCfg {}),
-        }
-    }
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum MitigationArg {
-    Drop,
-    Reject,
-    Durable,
-}
-
-impl From<MitigationArg> for rig::cloud::Mitigation {
-    fn from(m: MitigationArg) -> Self {
-        match m {
-            MitigationArg::Drop => rig::cloud::Mitigation::Drop,
-            MitigationArg::Reject => rig::cloud::Mitigation::Reject,
-            MitigationArg::Durable => rig::cloud::Mitigation::Durable,
         }
     }
 }
@@ -338,7 +321,7 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             bench,
             listen,
             cache: cache.into(),
-            mitigation: mitigation.into(),
+            mitigation,
             out,
         }),
         Cmd::Bench {

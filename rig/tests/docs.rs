@@ -476,16 +476,10 @@ fn pid_alive(pid: u64) -> bool {
             .contains(") Z ")
 }
 
-/// The README's real-IO command, as typed (default `--out reports`, a
-/// relative folder): the same four verdicts over UDP, ptys and a real
-/// redis-server that is really killed and restarted.
-#[test]
-fn the_readme_real_io_command_gives_the_four_verdicts_over_udp_ptys_and_redis() {
-    let clone = fresh_clone();
-    let blocks: Vec<Block> = blocks().into_iter().filter(is_real_io).collect();
-    assert!(!blocks.is_empty(), "the README documents the real-IO bench");
-    run_blocks(&blocks, clone.path());
-    let dir = std::fs::read_dir(clone.path().join("reports"))
+/// The run folder under `<clone>/reports` and its summary, checked for the
+/// headline plan's four verdicts and the negative control's diagnosis.
+fn the_four_headline_verdicts(clone: &Path) -> (PathBuf, Value) {
+    let dir = std::fs::read_dir(clone.join("reports"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.join("events.jsonl").exists())
@@ -512,6 +506,19 @@ fn the_readme_real_io_command_gives_the_four_verdicts_over_udp_ptys_and_redis() 
             "{c}"
         );
     }
+    (dir, s)
+}
+
+/// The README's real-IO command, as typed (default `--out reports`, a
+/// relative folder): the same four verdicts over UDP, ptys and a real
+/// redis-server that is really killed and restarted.
+#[test]
+fn the_readme_real_io_command_gives_the_four_verdicts_over_udp_ptys_and_redis() {
+    let clone = fresh_clone();
+    let blocks: Vec<Block> = blocks().into_iter().filter(is_real_io).collect();
+    assert!(!blocks.is_empty(), "the README documents the real-IO bench");
+    run_blocks(&blocks, clone.path());
+    let (dir, _) = the_four_headline_verdicts(clone.path());
     // The cache was a real process, really killed, and a new one started.
     let evs = read_events(&dir);
     for cell in 0..4 {
@@ -560,33 +567,7 @@ fn the_readme_virtual_boards_command_gives_the_four_verdicts_on_qemu() {
             .join("firmware-fixtures/sleepy-c/build/sleepy-1.2.bin")
             .is_file()
     );
-    let dir = std::fs::read_dir(clone.path().join("reports"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.join("events.jsonl").exists())
-        .expect("a run folder under ./reports");
-    let s: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
-    let verdicts: Vec<(&str, &str)> = s["cells"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| (c["name"].as_str().unwrap(), c["verdict"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        verdicts,
-        [
-            ("fixture=sleepy-1.1 mitigation=drop", "failed_as_expected"),
-            ("fixture=sleepy-1.1 mitigation=durable", "passed"),
-            ("fixture=sleepy-1.2 mitigation=drop", "passed"),
-            ("fixture=sleepy-1.2 mitigation=durable", "passed"),
-        ]
-    );
-    for c in recovery(cell(&s, "fixture=sleepy-1.1 mitigation=drop")) {
-        assert!(
-            c["text"].as_str().unwrap().contains("endless session-resume loop"),
-            "{c}"
-        );
-    }
+    let (dir, s) = the_four_headline_verdicts(clone.path());
     for c in recovery(cell(&s, "fixture=sleepy-1.2 mitigation=drop")) {
         assert_eq!(c["facts"]["via"], "handshake", "{c}");
         assert_eq!(c["facts"]["wakes"], 4, "recovered on the 4th wake: {c}");

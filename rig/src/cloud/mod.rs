@@ -27,7 +27,7 @@ use crate::timeline::{EventKind, Source, Timeline};
 pub use server::{CloudConfig, Secrets, Server, serve};
 
 /// What the cloud does with a record for a session its cache does not know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mitigation {
     /// Drop it silently: the behaviour during the incident.

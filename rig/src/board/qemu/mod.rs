@@ -360,7 +360,7 @@ impl QemuBoard {
             .custom_flags(libc::O_NOCTTY)
             .open(&pty)
             .map_err(io(format!("console pty {pty}")))?;
-        make_raw(&holder).map_err(io(format!("console pty {pty}")))?;
+        crate::board::sim::pty::make_raw(&holder).map_err(io(format!("console pty {pty}")))?;
         point_link(&self.console_link, Path::new(&pty)).map_err(io("console link"))?;
         qmp.execute("cont", json!({})).await?;
         self.pid.store(pid, Ordering::SeqCst);
@@ -473,24 +473,6 @@ fn point_link(link: &Path, target: &Path) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     std::os::unix::fs::symlink(target, &tmp)?;
     std::fs::rename(&tmp, link)
-}
-
-fn make_raw(f: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let fd = f.as_raw_fd();
-    // SAFETY: termios calls on a file descriptor we own; the struct is
-    // initialised by tcgetattr before use.
-    unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(fd, &mut t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::cfmakeraw(&mut t);
-        if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }
 
 /// Carries datagrams between the modem UART and the board's UDP socket

@@ -29,7 +29,7 @@ pub(crate) struct PtyLink {
 }
 
 /// Puts a tty in raw mode: no echo, no line editing, no `\n` translation.
-pub(crate) fn make_raw(port: &TTYPort) -> std::io::Result<()> {
+pub(crate) fn make_raw(port: &impl AsRawFd) -> std::io::Result<()> {
     let fd = port.as_raw_fd();
     // SAFETY: plain termios calls on a file descriptor we own; the struct is
     // fully initialised by tcgetattr before use.
