@@ -152,6 +152,17 @@ impl QemuFixture {
         if path.is_file() {
             return None;
         }
+        // `sleepy-1.2/../sleepy-c/build/x.bin` reads better without the detour.
+        let mut shown = PathBuf::new();
+        for c in path.components() {
+            match c {
+                std::path::Component::ParentDir if shown.file_name().is_some() => {
+                    shown.pop();
+                }
+                c => shown.push(c),
+            }
+        }
+        let path = shown;
         let build = self
             .build
             .as_ref()
