@@ -356,3 +356,31 @@ fn a_missing_image_is_a_usage_error_naming_the_make_command() {
     ]);
     assert_eq!(sim.status.code(), Some(0), "{}", String::from_utf8_lossy(&sim.stderr));
 }
+
+/// A board that dies on its own (here: its emulator killed by someone else)
+/// ends the cell at once as a rig fault naming the device, instead of the
+/// plan waiting on a board that is gone and judging the silence.
+#[test]
+fn an_emulator_that_dies_mid_run_is_a_rig_fault_naming_the_device() {
+    let out = tempfile::tempdir().unwrap();
+    let (mut child, pids, events) = start_waiting_run(out.path());
+    // SAFETY: kill(2) on a qemu process the rig started for this test.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGKILL) };
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(3));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the 2-minute wait was cut short"
+    );
+    assert!(gone_within(&pids, Duration::from_secs(5)), "{pids:?}");
+    let text = std::fs::read_to_string(events).unwrap();
+    let fault = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["kind"] == "rig.fault")
+        .expect("a rig.fault event");
+    let msg = fault["message"].as_str().unwrap();
+    assert!(msg.contains(&format!("(pid {}) exited on its own", pids[0])), "{msg}");
+    assert!(msg.starts_with("vboard-0"), "names the device: {msg}");
+}

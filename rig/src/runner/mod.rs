@@ -230,6 +230,7 @@ async fn run_cell(
             biased;
             _ = interrupt.recv() => None,
             _ = timeline.journal_failed() => Some(Err(Stop::JournalFailed)),
+            m = timeline.board_fault() => Some(Err(Stop::Fault(m))),
             r = run => Some(r),
         }
     };

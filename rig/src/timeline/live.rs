@@ -21,6 +21,8 @@ struct State {
     retain: Option<usize>,
     journal: Option<BufWriter<File>>,
     journal_error: Option<String>,
+    /// A board that failed on its own between steps (an emulator that died).
+    board_fault: Option<String>,
     /// Bounded journals (long-running `rig cloud serve`) roll over.
     rotation: Option<Rotation>,
     cell: u32,
@@ -131,6 +133,7 @@ impl Timeline {
                     retain: None,
                     journal,
                     journal_error: None,
+                    board_fault: None,
                     rotation: None,
                     cell: 0,
                     cell_base: tokio::time::Instant::now(),
@@ -256,6 +259,31 @@ impl Timeline {
         loop {
             rx.borrow_and_update();
             if let Some(e) = self.journal_error() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+
+    /// Says that a board failed on its own, outside any step's driver call
+    /// (an emulator process that died): the runner stops the cell with it as
+    /// a rig fault. The first one is kept.
+    pub fn board_failed(&self, message: String) {
+        let mut s = self.lock();
+        s.board_fault.get_or_insert(message);
+        let next = s.base + s.events.len() as u64;
+        drop(s);
+        self.shared.notify.send_replace(next);
+    }
+
+    /// Resolves once a board has failed (at once if one already has).
+    pub async fn board_fault(&self) -> String {
+        let mut rx = self.shared.notify.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(e) = self.lock().board_fault.clone() {
                 return e;
             }
             if rx.changed().await.is_err() {

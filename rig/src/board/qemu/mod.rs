@@ -146,7 +146,6 @@ struct Flashed {
 
 /// A running QEMU and what is attached to it.
 struct Running {
-    child: tokio::process::Child,
     pid: u32,
     qmp: qmp::Qmp,
     /// Holds the pty's slave open so QEMU's writes are kept in the pty
@@ -154,15 +153,68 @@ struct Running {
     /// nobody has open).
     _holder: std::fs::File,
     relay: JoinHandle<()>,
+    /// Tells the watcher to kill the process (a power-off, not a crash).
+    kill: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Resolves when the process is gone.
+    gone: Option<tokio::sync::oneshot::Receiver<()>>,
+    exited: Arc<std::sync::atomic::AtomicBool>,
     /// The image it started with.
     image: Option<String>,
+}
+
+impl Running {
+    fn alive(&self) -> bool {
+        !self.exited.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.relay.abort();
-        let _ = self.child.start_kill();
+        if let Some(k) = self.kill.take() {
+            let _ = k.send(());
+        }
     }
+}
+
+/// Owns the QEMU process: kills it when told, and reports it to the runner
+/// (a rig fault that ends the cell) if it exits on its own (a crash, a fatal
+/// lockup): the board is gone and the run must not be judged as if the
+/// firmware had gone quiet.
+fn watch(
+    mut child: tokio::process::Child,
+    id: String,
+    log: PathBuf,
+    timeline: Timeline,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::sync::oneshot::Receiver<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = exited.clone();
+    let pid = child.id().unwrap_or(0);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = kill_rx => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            status = child.wait() => {
+                let status = status.map_or_else(|e| e.to_string(), |s| s.to_string());
+                timeline.board_failed(format!(
+                    "{id}: the emulator (pid {pid}) exited on its own ({status}); its log {}: {}",
+                    log.display(),
+                    tail(&log)
+                ));
+            }
+        }
+        flag.store(true, Ordering::SeqCst);
+        let _ = gone_tx.send(());
+    });
+    (kill_tx, gone_rx, exited)
 }
 
 /// One emulated board.
@@ -364,12 +416,15 @@ impl QemuBoard {
         point_link(&self.console_link, Path::new(&pty)).map_err(io("console link"))?;
         qmp.execute("cont", json!({})).await?;
         self.pid.store(pid, Ordering::SeqCst);
+        let (kill, gone, exited) = watch(child, self.id.clone(), log_path, self.timeline.clone());
         st.running = Some(Running {
-            child,
             pid,
             qmp,
             _holder: holder,
             relay,
+            kill: Some(kill),
+            gone: Some(gone),
+            exited,
             image: flashed.map(|f| f.sha256),
         });
         Ok(())
@@ -379,8 +434,12 @@ impl QemuBoard {
     async fn stop(&self, st: &mut State) {
         if let Some(mut r) = st.running.take() {
             let _ = std::fs::remove_file(&self.console_link);
-            let _ = r.child.start_kill();
-            let _ = tokio::time::timeout(Duration::from_secs(5), r.child.wait()).await;
+            if let Some(k) = r.kill.take() {
+                let _ = k.send(());
+            }
+            if let Some(gone) = r.gone.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), gone).await;
+            }
             tracing::debug!("{}: qemu pid {} killed", self.id, r.pid);
         }
         self.pid.store(0, Ordering::SeqCst);
@@ -388,10 +447,7 @@ impl QemuBoard {
 
     async fn set_power(&self, on: bool) -> Result<(), QemuError> {
         let mut st = self.state.lock().await;
-        let alive = match st.running.as_mut() {
-            Some(r) => matches!(r.child.try_wait(), Ok(None)),
-            None => false,
-        };
+        let alive = st.running.as_ref().is_some_and(Running::alive);
         match (on, alive) {
             (true, true) => Ok(()),
             (true, false) => {
