@@ -274,6 +274,16 @@ fn sigint_of_the_rig_tears_down_and_exits_3_with_no_qemu_left() {
     let out = tempfile::tempdir().unwrap();
     let (mut child, pids, events) = start_waiting_run(out.path());
     assert_eq!(pids.len(), 2);
+    // What a board keeps on disk is this user's alone: the provisioning
+    // page holds its key, and nobody else may write into its console.
+    use std::os::unix::fs::PermissionsExt;
+    let board = events.parent().unwrap().join("cell-1/qemu/vboard-01");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&board), 0o700, "board folder");
+    for f in ["provision.bin", "flash.bin", "console.log", "qemu.log"] {
+        assert_eq!(mode(&board.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&board.join("console")), 0o600, "the console pty behind the link");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();

@@ -413,6 +413,10 @@ impl QemuBoard {
             .open(&pty)
             .map_err(io(format!("console pty {pty}")))?;
         crate::board::sim::pty::make_raw(&holder).map_err(io(format!("console pty {pty}")))?;
+        // The pty is created group-writable for `tty`; nobody else may
+        // write lines into a console the rig derives events from.
+        std::fs::set_permissions(&pty, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io(format!("console pty {pty}")))?;
         point_link(&self.console_link, Path::new(&pty)).map_err(io("console link"))?;
         qmp.execute("cont", json!({})).await?;
         self.pid.store(pid, Ordering::SeqCst);
