@@ -99,6 +99,20 @@ fn on_qemu_a_soft_reset_keeps_the_stale_session_and_a_power_cycle_clears_it() {
             .any(|e| e["kind"] == "cache.kill" && e["pid"].as_u64().is_some()),
         "a real redis-server"
     );
+    // QEMU's own log of the console byte stream is the lossless record:
+    // every line the rig journaled is in it, in order.
+    let log = std::fs::read_to_string(r.run_dir().join("cell-1/qemu/vboard-01/console.log")).unwrap();
+    let mut rest = log.as_str();
+    for e in evs
+        .iter()
+        .filter(|e| e["device"] == "vboard-01" && e["kind"] == "console.line")
+    {
+        let line = e["line"].as_str().unwrap();
+        let at = rest
+            .find(line)
+            .unwrap_or_else(|| panic!("{line:?} not in console.log after its predecessor"));
+        rest = &rest[at + line.len()..];
+    }
     for dev in ["vboard-01", "vboard-02", "vboard-03", "vboard-04"] {
         // The reboot's console lines can land before the reset.soft event
         // (the reset is done when QEMU answers); the mark comes before both.
