@@ -72,9 +72,25 @@ pub struct RedisCache {
     inner: Arc<Inner>,
 }
 
+/// The data path fails fast: a dead or stopped server must look like one
+/// within a resume, not after the device gave up.
+const DATA_TIMEOUT: Duration = Duration::from_millis(200);
+/// The rig's own operations (SAVE, SCAN, restores) are rare and heavier, and
+/// a loaded CI box can take longer than the data path's bound to write a
+/// snapshot; a stopped server still fails them, just later.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn backend_err(e: redis::RedisError) -> CacheError {
+    classify(e, DATA_TIMEOUT)
+}
+
+fn admin_err(e: redis::RedisError) -> CacheError {
+    classify(e, ADMIN_TIMEOUT)
+}
+
+fn classify(e: redis::RedisError, timeout: Duration) -> CacheError {
     if e.is_timeout() {
-        CacheError::Timeout(Duration::from_millis(0))
+        CacheError::Timeout(timeout)
     } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
         CacheError::Down(e.to_string())
     } else {
@@ -83,11 +99,11 @@ fn backend_err(e: redis::RedisError) -> CacheError {
 }
 
 /// A lazily connecting manager with short timeouts.
-pub(crate) fn manager(url: &str) -> Result<ConnectionManager, CacheError> {
+pub(crate) fn manager(url: &str, timeout: Duration) -> Result<ConnectionManager, CacheError> {
     let client = redis::Client::open(url)?;
     let cfg = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(Duration::from_millis(200)))
-        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(100));
     ConnectionManager::new_lazy_with_config(client, cfg).map_err(backend_err)
@@ -100,8 +116,8 @@ impl RedisCache {
         let server = RedisServer::prepare(dir, &[])?;
         let cache = RedisCache {
             inner: Arc::new(Inner {
-                conn: manager(&server.cloud_url())?,
-                admin: manager(&server.admin_url())?,
+                conn: manager(&server.cloud_url(), DATA_TIMEOUT)?,
+                admin: manager(&server.admin_url(), ADMIN_TIMEOUT)?,
                 server,
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x4ed1)),
             }),
@@ -206,7 +222,7 @@ impl RedisCache {
         redis::cmd("DBSIZE")
             .query_async(&mut self.admin())
             .await
-            .map_err(backend_err)
+            .map_err(admin_err)
     }
 
     async fn session_keys(&self) -> Result<Vec<String>, CacheError> {
@@ -222,7 +238,7 @@ impl RedisCache {
                 .arg(1000)
                 .query_async(&mut c)
                 .await
-                .map_err(backend_err)?;
+                .map_err(admin_err)?;
             keys.extend(batch);
             if next == 0 {
                 break;
@@ -294,7 +310,7 @@ impl SessionCache for RedisCache {
         let _: () = redis::cmd("SAVE")
             .query_async(&mut self.admin())
             .await
-            .map_err(backend_err)?;
+            .map_err(admin_err)?;
         std::fs::copy(self.dump(), self.snapshot_path(name))
             .map_err(CacheError::io(format!("cannot keep snapshot `{name}`")))?;
         Ok(n)
@@ -325,7 +341,7 @@ impl SessionCache for RedisCache {
         let _: () = redis::cmd("FLUSHDB")
             .query_async(&mut self.admin())
             .await
-            .map_err(backend_err)?;
+            .map_err(admin_err)?;
         Ok(n)
     }
 
@@ -337,7 +353,7 @@ impl SessionCache for RedisCache {
         keys.sort();
         let mut out = Vec::new();
         for k in keys {
-            let json: Option<String> = self.admin().get_del(&k).await.map_err(backend_err)?;
+            let json: Option<String> = self.admin().get_del(&k).await.map_err(admin_err)?;
             if let Some(rec) = json.and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok()) {
                 out.push(Evicted {
                     session_id: rec.session_id,
