@@ -67,6 +67,50 @@ pub enum ReplayWindow {
     Cache,
 }
 
+/// How the cloud journals datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Datagrams {
+    /// A `cloud.rx` per datagram received and a `cloud.tx` per reply.
+    #[default]
+    Each,
+    /// One `cloud.exchange` per datagram with its replies' bytes folded in.
+    PerExchange,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What the run journals (`journal:` in a bench file). A fleet bench keeps
+/// its journal small with `{ console_lines: false, datagrams: per_exchange }`;
+/// checks and the sign-off work the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalCfg {
+    /// Journal every console line; false keeps only what lines stand for
+    /// (device.boot, device.wake, device.sleep, device.reset), so plans
+    /// that wait for console text are refused on such a bench.
+    #[serde(default = "yes")]
+    pub console_lines: bool,
+    #[serde(default)]
+    pub datagrams: Datagrams,
+    /// Write `events.jsonl.zst` (zstd) instead of `events.jsonl`; `rig
+    /// report` reads either, `zstdcat` turns it back into JSON Lines.
+    #[serde(default)]
+    pub compress: bool,
+}
+
+impl Default for JournalCfg {
+    fn default() -> Self {
+        JournalCfg {
+            console_lines: true,
+            datagrams: Datagrams::Each,
+            compress: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CloudCfg {
@@ -121,6 +165,97 @@ struct DeviceRaw {
     reset: Option<ResetCfg>,
     #[serde(default)]
     key: Option<Spanned<String>>,
+    /// A fleet: this entry stands for `count` devices whose ids come from
+    /// the `id` template (`dev-{:05}` → dev-00001, dev-00002, ...).
+    #[serde(default)]
+    count: Option<Spanned<u32>>,
+    /// The number of the fleet's first device (default 1).
+    #[serde(default)]
+    first: Option<u32>,
+}
+
+/// Most devices one bench may declare: a fleet is simulated in one process,
+/// and a typo (`count: 10000000`) must be an error, not an exhausted box.
+pub const MAX_DEVICES: u64 = 1_000_000;
+
+/// An id template: the text around one `{}` or `{:0N}` placeholder.
+struct IdTemplate {
+    before: String,
+    width: usize,
+    after: String,
+}
+
+impl IdTemplate {
+    fn parse(t: &str) -> Option<IdTemplate> {
+        let open = t.find('{')?;
+        let close = open + t[open..].find('}')?;
+        let spec = &t[open + 1..close];
+        let width = match spec {
+            "" => 0,
+            _ => spec.strip_prefix(":0")?.parse().ok().filter(|w| *w <= 12)?,
+        };
+        let after = &t[close + 1..];
+        if after.contains(['{', '}']) || t[..open].contains('}') {
+            return None;
+        }
+        Some(IdTemplate {
+            before: t[..open].to_owned(),
+            width,
+            after: after.to_owned(),
+        })
+    }
+
+    fn id(&self, n: u64) -> String {
+        format!("{}{n:0w$}{}", self.before, self.after, w = self.width)
+    }
+}
+
+/// Expands a fleet entry into one entry per device (a plain entry is kept).
+fn expand(
+    d: DeviceRaw,
+    errors: &mut Vec<Diagnostic>,
+    at: &dyn Fn(&serde_saphyr::Location, String) -> Diagnostic,
+) -> Vec<DeviceRaw> {
+    let Some(count) = d.count.clone() else {
+        return vec![d];
+    };
+    let Some(template) = IdTemplate::parse(&d.id.value) else {
+        errors.push(at(
+            &d.id.referenced,
+            format!(
+                "a fleet's id `{}` needs one `{{}}` or `{{:0N}}` placeholder for the device number (e.g. `dev-{{:05}}`)",
+                d.id.value
+            ),
+        ));
+        return Vec::new();
+    };
+    if count.value == 0 || u64::from(count.value) > MAX_DEVICES {
+        errors.push(at(
+            &count.referenced,
+            format!("a fleet's count must be 1 to {MAX_DEVICES}, found {}", count.value),
+        ));
+        return Vec::new();
+    }
+    if let Some(k) = &d.key {
+        errors.push(at(
+            &k.referenced,
+            "a fleet cannot share one `key:`: each device's key is derived from its id".into(),
+        ));
+        return Vec::new();
+    }
+    let first = u64::from(d.first.unwrap_or(1));
+    (first..first + u64::from(count.value))
+        .map(|n| DeviceRaw {
+            id: Spanned {
+                value: template.id(n),
+                referenced: d.id.referenced,
+                defined: d.id.defined,
+            },
+            count: None,
+            first: None,
+            ..d.clone()
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -160,6 +295,8 @@ struct BenchRaw {
     qemu: Option<crate::board::qemu::QemuCfg>,
     #[serde(default)]
     cloud: Option<CloudRaw>,
+    #[serde(default)]
+    journal: JournalCfg,
     #[serde(default)]
     safe_state: PowerState,
     /// Take the bench lock even if every device is simulated.
@@ -206,6 +343,7 @@ pub struct Bench {
     pub sim: crate::board::sim::SimCfg,
     pub qemu: crate::board::qemu::QemuCfg,
     pub cloud: CloudCfg,
+    pub journal: JournalCfg,
     pub safe_state: PowerState,
     pub devices: Vec<Device>,
     /// Whether runs must hold the bench lock (any hardware, or `lock: true`).
@@ -251,7 +389,18 @@ impl Bench {
         if raw.devices.value.is_empty() {
             errors.push(at(&raw.devices.referenced, "a bench needs at least one device".into()));
         }
+        let mut entries = Vec::new();
         for d in raw.devices.value {
+            entries.extend(expand(d, &mut errors, &at));
+        }
+        if entries.len() as u64 > MAX_DEVICES {
+            errors.push(at(
+                &raw.devices.referenced,
+                format!("{} devices: a bench holds at most {MAX_DEVICES}", entries.len()),
+            ));
+            entries.clear();
+        }
+        for d in entries {
             let id = d.id.value.clone();
             if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 errors.push(at(
@@ -403,6 +552,7 @@ impl Bench {
             sim,
             qemu: raw.qemu.clone().unwrap_or_default(),
             cloud,
+            journal: raw.journal,
             safe_state: raw.safe_state,
             lock: raw.lock || devices.iter().any(|d| d.kind.physical()),
             lock_dir: raw.lock_dir,

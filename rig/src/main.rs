@@ -205,6 +205,19 @@ enum BenchWhat {
         #[arg(long, default_value = "sleepy-1.2")]
         fixture: String,
     },
+    /// Wake cycles per wall second, memory and journal bytes per wake of a
+    /// simulated fleet on the virtual clock, against the AEAD floor.
+    Fleet {
+        /// Devices (1 to 200,000).
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        /// Hours of plan time (3 to 720), with one cache crash.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+        /// Keep the run folder under this folder (default: a temporary one).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -333,6 +346,10 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
                 }),
             ..
         } => cli::bench_qemu::run(boards, cycles, &fixture),
+        Cmd::Bench {
+            what: Some(BenchWhat::Fleet { devices, hours, out }),
+            ..
+        } => cli::bench_fleet::run(devices, hours, out.as_deref()),
         Cmd::Bench {
             what: None,
             clients,

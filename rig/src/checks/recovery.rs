@@ -73,10 +73,23 @@ impl RecoveryTracker {
             return;
         }
         // After recovery only the bytes up to the cloud's reply still count.
-        if self.recovered.is_some() && !matches!(e.kind, EventKind::CloudRx { .. } | EventKind::CloudTx { .. }) {
+        if self.recovered.is_some()
+            && !matches!(
+                e.kind,
+                EventKind::CloudRx { .. } | EventKind::CloudTx { .. } | EventKind::CloudExchange { .. }
+            )
+        {
             return;
         }
         match &e.kind {
+            // A folded exchange comes after the connect it caused, with the
+            // reply's bytes in it: the same total as its rx and tx.
+            EventKind::CloudExchange { rx, tx, .. } => {
+                self.bytes += rx + tx;
+                if self.recovered.is_some() && *tx > 0 {
+                    self.closed = true;
+                }
+            }
             EventKind::CloudRx { bytes, .. } => self.bytes += bytes,
             EventKind::CloudTx { bytes, .. } => {
                 self.bytes += bytes;

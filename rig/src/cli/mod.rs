@@ -8,9 +8,11 @@
 //! - [`run`]: `rig run`, `rig check`, `rig report` (and `merge`).
 //! - [`hands_on`]: `rig power|flash|reset|console` on one bench device.
 //! - [`cache_client`]: `rig cache ...` against a serving cloud's admin socket.
-//! - [`cloud`]: `rig cloud serve` and `rig bench`; [`bench_qemu`]: `rig bench qemu`.
+//! - [`cloud`]: `rig cloud serve` and `rig bench`; [`bench_qemu`]: `rig bench qemu`;
+//!   [`bench_fleet`]: `rig bench fleet`.
 //! - [`progress`]: what a run shows while it runs (a bar on a terminal, lines in CI).
 
+pub mod bench_fleet;
 pub mod bench_qemu;
 pub mod cache_client;
 pub mod cloud;

@@ -111,7 +111,7 @@ pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
     let mut cells = Vec::new();
     let mut empty = false;
     for dir in dirs {
-        let path = dir.join("events.jsonl");
+        let path = crate::timeline::journal_in(dir);
         let (header, events) = crate::timeline::read_jsonl(&path)?;
         let summary = report::write_all(dir, &header, &events)
             .map_err(|e| CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())))?;

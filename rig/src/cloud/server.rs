@@ -71,6 +71,9 @@ pub struct CloudConfig {
     /// lives only in the (restorable) cache; a replay it accepts is then a
     /// `cloud.replay_accepted` event.
     pub replay_floor: bool,
+    /// Journal a datagram and its replies as one `cloud.exchange` instead
+    /// of a `cloud.rx` and a `cloud.tx` each (fleet benches).
+    pub per_exchange: bool,
 }
 
 impl CloudConfig {
@@ -91,6 +94,7 @@ impl CloudConfig {
             pending_ttl: Duration::from_secs(60),
             cookie_rotation: Duration::from_secs(600),
             replay_floor: true,
+            per_exchange: false,
         }
     }
 }
@@ -579,7 +583,8 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
         let device = out.device.as_deref();
         let peer_s = peer.to_string();
         let junk = device.is_none() && out.events.iter().any(|e| matches!(e, EventKind::CloudInvalid { .. }));
-        if !junk {
+        let per_exchange = server.cfg.per_exchange;
+        if !junk && !per_exchange {
             server.emit(
                 device,
                 EventKind::CloudRx {
@@ -597,9 +602,11 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
                 ev => server.emit(device, ev),
             }
         }
+        let mut tx = 0u64;
         for reply in out.replies {
             let bytes = reply.encode();
             match socket.send_to(&bytes, peer).await {
+                Ok(_) if per_exchange => tx += bytes.len() as u64,
                 Ok(_) => server.emit(
                     device,
                     EventKind::CloudTx {
@@ -610,6 +617,16 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
                 ),
                 Err(e) => tracing::debug!("cloud send to {peer} failed: {e}"),
             }
+        }
+        if !junk && per_exchange {
+            server.emit(
+                device,
+                EventKind::CloudExchange {
+                    msg: out.msg.to_owned(),
+                    rx: n as u64,
+                    tx,
+                },
+            );
         }
     }
 }

@@ -157,6 +157,21 @@ pub struct Cell {
     pub teardown: Vec<Step>,
 }
 
+impl Cell {
+    /// Whether a step of the cell switches the cloud to the `durable`
+    /// mitigation, so the durable key store must be written from the start.
+    pub fn uses_durable(&self) -> bool {
+        fn any(steps: &[Step]) -> bool {
+            steps.iter().any(|s| match &s.action {
+                Action::Cloud(m) => *m == crate::cloud::Mitigation::Durable,
+                Action::Repeat { steps, .. } => any(steps),
+                _ => false,
+            })
+        }
+        any(&self.setup) || any(&self.steps) || any(&self.teardown)
+    }
+}
+
 /// A validated plan.
 #[derive(Debug, Clone)]
 pub struct Plan {

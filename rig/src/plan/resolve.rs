@@ -182,6 +182,16 @@ pub(super) fn resolve(
             StepRaw::WaitFor(w) => {
                 let target = match (&w.event, &w.console) {
                     (Some(e), None) => event_tag(&e.value, &e.referenced, ctx, errors).map(Target::Event),
+                    (None, Some(c)) if !ctx.bench.journal.console_lines => {
+                        errors.push(at(
+                            &c.referenced,
+                            format!(
+                                "bench `{}` does not journal console lines (`journal: {{ console_lines: false }}`): wait for an event instead",
+                                ctx.bench.name
+                            ),
+                        ));
+                        None
+                    }
                     (None, Some(c)) => match crate::diag::regex(&c.value) {
                         Ok(re) => Some(Target::Console(re)),
                         Err(e) => {

@@ -5,6 +5,7 @@
 //! cell, so a crash leaves a readable partial report) and `rig report
 //! RUN_DIR` call.
 
+pub mod fleet;
 pub mod junit;
 pub mod signoff;
 pub mod summary;
@@ -53,7 +54,7 @@ pub struct Loaded {
 }
 
 pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
-    let (header, events) = crate::timeline::read_jsonl(&dir.join("events.jsonl"))?;
+    let (header, events) = crate::timeline::read_jsonl(&crate::timeline::journal_in(dir))?;
     let summary = summarize(&header, &events);
     Ok(Loaded {
         dir: dir.to_owned(),
@@ -135,6 +136,7 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
             | EventKind::CloudPublish { .. }
             | EventKind::CloudRx { .. }
             | EventKind::CloudTx { .. }
+            | EventKind::CloudExchange { .. }
             | EventKind::CloudInvalid { .. }
             | EventKind::CloudReplayAccepted { .. }
             | EventKind::CacheKill { .. }

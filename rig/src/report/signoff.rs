@@ -121,6 +121,7 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 | EventKind::CloudPublish { .. }
                 | EventKind::CloudRx { .. }
                 | EventKind::CloudTx { .. }
+                | EventKind::CloudExchange { .. }
                 | EventKind::CloudInvalid { .. }
                 | EventKind::CloudReplayAccepted { .. } => None,
             };
@@ -152,6 +153,10 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
             }
             EventKind::CloudRx { bytes, .. } | EventKind::CloudTx { bytes, .. } => {
                 let total = tr.bytes.last().map_or(0, |(_, b)| *b) + bytes;
+                tr.bytes.push((e.t_ms, total));
+            }
+            EventKind::CloudExchange { rx, tx, .. } => {
+                let total = tr.bytes.last().map_or(0, |(_, b)| *b) + rx + tx;
                 tr.bytes.push((e.t_ms, total));
             }
             // Drawn from the cycles above, or not drawn.
@@ -412,9 +417,18 @@ fn cell_section(v: &CellView) -> Markup {
                 span class=(format!("badge b-{}", verdict_key(c.verdict))) { (c.verdict.label()) }
             }
             @if c.expect_failure { p.neg { "Negative control: this combination reproduces the bug and must fail." } }
+            @if let Some(f) = super::fleet::stats(c, v.events) {
+                (fleet_section(&f))
+            }
             @if !rec.is_empty() {
                 h3 { "Recovery after '" (rec[0].1.mark) "'" }
-                (recovery_table(&rec))
+                @if rec.len() > MAX_TABLE_ROWS {
+                    p.muted { "Showing the " (drawn.len()) " drawn devices of " (rec.len()) "; summary.json has every row." }
+                    @let shown: Vec<(&str, &RecoveryFacts)> = rec.iter().filter(|(d, _)| drawn.iter().any(|x| x.as_str() == *d)).copied().collect();
+                    (recovery_table(&shown))
+                } @else {
+                    (recovery_table(&rec))
+                }
             }
             @let groups = diagnosis_groups(c);
             @if !groups.is_empty() {
@@ -514,6 +528,71 @@ fn device_list(devices: &[String]) -> String {
         s += &format!(" and {} more", devices.len() - SHOWN);
     }
     s
+}
+
+/// Rows of the recovery table before it shows only the drawn devices: a
+/// 10,000-device table would be most of a fleet sign-off's size.
+const MAX_TABLE_ROWS: usize = 64;
+
+fn ms_text(ms: Option<u64>) -> String {
+    ms.map_or("never".into(), |ms| fmt_duration(std::time::Duration::from_millis(ms)))
+}
+
+fn per_day(b: Option<f64>) -> String {
+    b.map_or("–".into(), |b| format!("{}/day", fmt_bytes(b.round() as u64)))
+}
+
+fn fleet_section(f: &super::fleet::FleetStats) -> Markup {
+    html! {
+        h3 { "Fleet: " (f.recovered) " of " (f.devices) " devices recovered after '" (f.mark) "'" }
+        table {
+            tr { th { "recovered" } th { "50 %" } th { "99 %" } th { "100 %" } }
+            tr { td { "time after the mark" } td.num { (ms_text(f.t50_ms)) } td.num { (ms_text(f.t99_ms)) } td.num { (ms_text(f.t100_ms)) } }
+        }
+        table {
+            tr { th { "firmware" } th { "devices" } th { "recovered" } th { "wakes p50" } th { "wakes max" } th { "time p50" } th { "time max" } }
+            @for r in &f.by_firmware {
+                tr {
+                    td { (r.fixture) } td.num { (r.devices) } td.num { (r.recovered) }
+                    td.num { (r.wakes_p50.map_or("–".into(), |w| w.to_string())) }
+                    td.num { (r.wakes_max.map_or("–".into(), |w| w.to_string())) }
+                    td.num { (r.ms_p50.map_or("–".into(), |m| ms_text(Some(m)))) }
+                    td.num { (r.ms_max.map_or("–".into(), |m| ms_text(Some(m)))) }
+                }
+            }
+        }
+        @if let Some((minute, peak)) = f.storm_peak {
+            p { "Reconnect storm: " strong { (peak) " full handshakes" } " in minute " (minute + 1) " after the cache came back (" (f.handshakes_per_minute.iter().map(|h| u64::from(*h)).sum::<u64>()) " in the " (f.handshakes_per_minute.len()) " minutes shown)." }
+            (storm_svg(&f.handshakes_per_minute))
+        }
+        p { "Data per device: " (per_day(f.normal_bytes_per_day)) " before the crash, " strong { (per_day(f.outage_bytes_per_day)) } " from the crash until the last device recovered." }
+        @if !f.never_recovered.is_empty() {
+            p.neg {
+                "Never recovered (" (f.never_recovered.len()) "): "
+                (f.never_recovered.iter().take(super::fleet::MAX_LISTED).cloned().collect::<Vec<_>>().join(", "))
+                @if f.never_recovered.len() > super::fleet::MAX_LISTED { " … and " (f.never_recovered.len() - super::fleet::MAX_LISTED) " more in summary.json" }
+            }
+        }
+    }
+}
+
+/// Full handshakes per minute after the restore, as bars.
+fn storm_svg(per_minute: &[u32]) -> Markup {
+    let (w, h) = (W, 90.0);
+    let peak = per_minute.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let bw = (w - LEFT - 10.0) / per_minute.len().max(1) as f64;
+    html! {
+        svg width=(w) height=(h) viewBox=(format!("0 0 {w} {h}")) xmlns="http://www.w3.org/2000/svg" role="img" aria-label="full handshakes per minute after the restore" {
+            text x="4" y="16" fill="#5d6775" { "handshakes/min" }
+            text x="4" y="32" fill="#5d6775" { (peak) " peak" }
+            @for (i, n) in per_minute.iter().enumerate() {
+                @let bh = (*n as f64 / peak) * (h - 20.0);
+                rect x=(LEFT + i as f64 * bw) y=(h - 14.0 - bh) width=((bw - 1.0).max(1.0)) height=(bh) fill="#e8a33d" { title { "minute " (i + 1) ": " (n) } }
+            }
+            text x=(LEFT) y=(h - 2.0) fill="#5d6775" { "restore" }
+            text x=(w - 10.0) y=(h - 2.0) fill="#5d6775" text-anchor="end" { "+" (per_minute.len()) " min" }
+        }
+    }
 }
 
 fn recovery_table(rec: &[(&str, &RecoveryFacts)]) -> Markup {
@@ -732,6 +811,42 @@ pub fn markdown(runs: &[Run]) -> String {
                 ok.iter().map(|f| f.wakes).max().map_or("–".into(), |w| w.to_string()),
                 ok.iter().map(|f| f.bytes).max().map_or("–".into(), fmt_bytes),
             );
+        }
+    }
+    for r in runs {
+        for c in &r.summary.cells {
+            let Some(f) = super::fleet::stats(c, r.events) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "\n**{} [{}] fleet:** {}/{} recovered after '{}'; 50 % in {}, 99 % in {}, 100 % in {}; data per device {} before the crash, {} until the last recovery.",
+                c.plan,
+                c.name,
+                f.recovered,
+                f.devices,
+                f.mark,
+                ms_text(f.t50_ms),
+                ms_text(f.t99_ms),
+                ms_text(f.t100_ms),
+                per_day(f.normal_bytes_per_day),
+                per_day(f.outage_bytes_per_day),
+            );
+            if let Some((minute, peak)) = f.storm_peak {
+                let _ = writeln!(
+                    s,
+                    "Reconnect storm: {peak} full handshakes in minute {} after the restore.",
+                    minute + 1
+                );
+            }
+            if !f.never_recovered.is_empty() {
+                let _ = writeln!(
+                    s,
+                    "Never recovered ({}): {}",
+                    f.never_recovered.len(),
+                    device_list(&f.never_recovered)
+                );
+            }
         }
     }
     for r in runs {

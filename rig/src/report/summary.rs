@@ -255,6 +255,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             | EventKind::CloudPublish { .. }
             | EventKind::CloudRx { .. }
             | EventKind::CloudTx { .. }
+            | EventKind::CloudExchange { .. }
             | EventKind::CloudInvalid { .. }
             | EventKind::CloudReplayAccepted { .. }
             | EventKind::CacheDied { .. }

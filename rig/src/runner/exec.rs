@@ -319,11 +319,18 @@ impl<'a> Exec<'a> {
             let v = checks::expect::verdict("bench", seen, e.tag, e.min, e.max, &since);
             ok &= self.record(n, desc, None, v, None);
         } else {
-            for d in &self.devices {
-                let seen = self
-                    .timeline
-                    .read(|evs| checks::expect::count(evs, self.cell_index, Some(d), e.tag, w));
-                let v = checks::expect::verdict(d, seen, e.tag, e.min, e.max, &since);
+            let verdicts: Vec<_> = self.timeline.read(|evs| {
+                let counts = checks::expect::count_per_device(evs, self.cell_index, e.tag, w);
+                self.devices
+                    .iter()
+                    .map(|d| {
+                        let seen = counts.get(d.as_str()).copied().unwrap_or(0);
+                        checks::expect::verdict(d, seen, e.tag, e.min, e.max, &since)
+                    })
+                    .collect()
+            });
+            let devices = self.devices.clone();
+            for (d, v) in devices.iter().zip(verdicts) {
                 ok &= self.record(n, desc, Some(d), v, None);
             }
         }

@@ -24,7 +24,7 @@ use crate::bench::{Bench, Clock};
 use crate::fixture::Fixtures;
 use crate::plan::{Cell, Plan};
 use crate::report::{self, Summary};
-use crate::timeline::{CellOutcome, EventKind, FORMAT, FORMAT_VERSION, Header, Source, Timeline};
+use crate::timeline::{CellOutcome, EventKind, FORMAT, FORMAT_VERSION, Flush, Header, Source, Timeline};
 use exec::{Exec, Stop};
 use world::World;
 
@@ -79,9 +79,18 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         plans: cfg.plans.iter().map(|p| p.path.display().to_string()).collect(),
         started,
     };
-    let events_path = dir.join("events.jsonl");
-    let timeline =
-        Timeline::create(&events_path, &header).with_context(|| format!("cannot create {}", events_path.display()))?;
+    let events_path = dir.join(if cfg.bench.journal.compress {
+        crate::timeline::store::COMPRESSED
+    } else {
+        "events.jsonl"
+    });
+    let flush = match cfg.bench.clock {
+        Clock::Virtual => Flush::Batched,
+        Clock::Real => Flush::EveryEvent,
+    };
+    let timeline = Timeline::create_with(&events_path, &header, flush, cfg.bench.journal.compress)
+        .with_context(|| format!("cannot create {}", events_path.display()))?;
+    timeline.set_console_lines(cfg.bench.journal.console_lines);
     let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
     let mut index = 0u32;
     'plans: for plan in cfg.plans {
@@ -93,6 +102,7 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
             let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline, &cell_dir));
             // Dropping the runtime cancels every task of the cell's world.
             drop(rt);
+            timeline.flush();
             if let Some(e) = timeline.journal_error() {
                 // Teardown and the safe state ran; nothing more can be kept.
                 anyhow::bail!(
@@ -100,7 +110,8 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
                     events_path.display()
                 );
             }
-            let summary = report::write_all(&dir, &header, &timeline.snapshot())
+            let summary = timeline
+                .read(|evs| report::write_all(&dir, &header, evs))
                 .with_context(|| format!("cannot write reports in {}", dir.display()))?;
             if let Some(c) = summary.cells.last() {
                 cfg.progress.cell_end(&report::cell_line(c));
@@ -112,9 +123,10 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         }
     }
     if let Some(e) = timeline.journal_error() {
-        anyhow::bail!("events.jsonl could not be written completely: {e}");
+        anyhow::bail!("{} could not be written completely: {e}", events_path.display());
     }
-    let summary = report::write_all(&dir, &header, &timeline.snapshot())
+    let summary = timeline
+        .read(|evs| report::write_all(&dir, &header, evs))
         .with_context(|| format!("cannot write reports in {}", dir.display()))?;
     Ok(RunResult { dir, summary })
 }
@@ -200,7 +212,7 @@ async fn run_cell(
         timeline.emit(None, Source::Runner, EventKind::CellEnd { outcome });
         outcome
     };
-    let world = match World::build(cfg.bench, cfg.seed, timeline, dir).await {
+    let world = match World::build(cfg.bench, cfg.seed, timeline, dir, cell.uses_durable()).await {
         Ok(w) => w,
         Err(e) => {
             fault(timeline, format!("cannot bring up bench `{}`: {e}", cfg.bench.name));

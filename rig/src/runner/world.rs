@@ -35,6 +35,7 @@ pub enum WorldError {
 /// Everything a cell runs against.
 pub struct World {
     pub devices: Vec<DeviceHandle>,
+    by_id: std::collections::HashMap<String, usize>,
     pub cache: Cache,
     pub cloud: CloudHandle,
     pub safe_state: PowerState,
@@ -46,10 +47,22 @@ impl World {
     /// Must run inside the cell's runtime (tasks are spawned on it). `dir`
     /// holds the cell's files: the cache server's data and snapshots, the
     /// durable key store, consoles' stable links.
-    pub async fn build(bench: &Bench, seed: u64, timeline: &Timeline, dir: &Path) -> Result<World, WorldError> {
+    /// The durable key store is written only if the bench starts with the
+    /// `durable` mitigation or `uses_durable` (a step switches to it).
+    pub async fn build(
+        bench: &Bench,
+        seed: u64,
+        timeline: &Timeline,
+        dir: &Path,
+        uses_durable: bool,
+    ) -> Result<World, WorldError> {
         crate::fsutil::ensure_dir(dir, 0o755)?;
         let cache = crate::cache::open(&bench.cloud.cache, &OpenCtx { dir, seed }).await?;
-        let durable = DurableKeys::with_file(&dir.join("durable-keys.jsonl")).map_err(WorldError::Durable)?;
+        let durable = if uses_durable || bench.cloud.mitigation == crate::cloud::Mitigation::Durable {
+            DurableKeys::with_file(&dir.join("durable-keys.jsonl")).map_err(WorldError::Durable)?
+        } else {
+            DurableKeys::off()
+        };
         let keys = bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
         let net = Network::for_bench(bench);
         let (socket, cloud_addr) = net
@@ -65,6 +78,7 @@ impl World {
         };
         let mut cfg = CloudConfig::with_secrets(keys, secrets);
         cfg.replay_floor = bench.cloud.replay_window == ReplayWindow::Process;
+        cfg.per_exchange = bench.journal.datagrams == crate::bench::Datagrams::PerExchange;
         let running = crate::cloud::start(socket, cfg, cache, durable, bench.cloud.mitigation, timeline);
 
         let mut devices = Vec::new();
@@ -86,7 +100,9 @@ impl World {
             devices.push(built.handle);
             keep.extend(built.keep);
         }
+        let by_id = devices.iter().enumerate().map(|(i, d)| (d.id.clone(), i)).collect();
         Ok(World {
+            by_id,
             devices,
             cache: running.cache.clone(),
             cloud: running.handle.clone(),
@@ -97,7 +113,8 @@ impl World {
     }
 
     pub fn device(&self, id: &str) -> Option<&DeviceHandle> {
-        self.devices.iter().find(|d| d.id == id)
+        // An index, not a scan: fleet plans look devices up per step.
+        self.by_id.get(id).map(|&i| &self.devices[i])
     }
 
     /// Drives every device to the bench's safe power state. Returns the

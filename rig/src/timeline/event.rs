@@ -70,6 +70,7 @@ impl EventKind {
             | EventKind::CloudPublish { .. }
             | EventKind::CloudRx { .. }
             | EventKind::CloudTx { .. }
+            | EventKind::CloudExchange { .. }
             | EventKind::CloudInvalid { .. }
             | EventKind::CloudReplayAccepted { .. }
             | EventKind::CacheKill { .. }
@@ -258,6 +259,12 @@ pub enum EventKind {
     CloudRx { bytes: u64, msg: String, peer: String },
     #[serde(rename = "cloud.tx")]
     CloudTx { bytes: u64, msg: String, peer: String },
+    /// One datagram the cloud received and the replies it sent, folded into
+    /// one event (`journal: { datagrams: per_exchange }`, for fleets): the
+    /// bytes of `cloud.rx` and `cloud.tx` without a line for each. Emitted
+    /// after what handling the datagram caused (a connect, say).
+    #[serde(rename = "cloud.exchange")]
+    CloudExchange { msg: String, rx: u64, tx: u64 },
     /// Datagrams the cloud refused: malformed, forged, replayed or
     /// unexpected. Aggregated per source and reason over a second, so a
     /// flood is a few events, not one per datagram.
@@ -423,6 +430,7 @@ event_tags! {
     CloudPublish = "cloud.publish",
     CloudRx = "cloud.rx",
     CloudTx = "cloud.tx",
+    CloudExchange = "cloud.exchange",
     CloudInvalid = "cloud.invalid",
     CloudReplayAccepted = "cloud.replay_accepted",
     CacheKill = "cache.kill",

@@ -2,9 +2,13 @@
 //!
 //! Drivers, the cloud, the cache, the runner and the checks append
 //! [`Event`]s through a cloneable [`Timeline`] handle; checks and reports only
-//! ever read it. Each event is written to `events.jsonl` and flushed before
-//! `emit` returns, so a crash or Ctrl-C loses nothing already seen, and
-//! `rig report RUN_DIR` can re-render every report from that file alone.
+//! ever read it. Each event is written to `events.jsonl` as it happens. On
+//! the real clock it is flushed before `emit` returns, so a crash or Ctrl-C
+//! loses nothing already seen; on the virtual clock the journal is written
+//! at every step, check and cell end, and otherwise every 64 KiB or 100 ms
+//! ([`live::Flush`]), so a SIGKILL loses at most that much device chatter
+//! and never a verdict. `rig report RUN_DIR` re-renders every report from
+//! that file alone.
 //!
 //! The stored form is JSON Lines: a header line (`format`, `version`, run
 //! metadata) followed by one event per line, `kind` naming the variant of
@@ -23,8 +27,8 @@ pub mod query;
 pub mod store;
 
 pub use event::*;
-pub use live::Timeline;
-pub use store::{MAX_LINE, ReadError, read_jsonl, read_jsonl_from};
+pub use live::{Flush, Timeline};
+pub use store::{MAX_LINE, ReadError, journal_in, read_jsonl, read_jsonl_from};
 
 #[cfg(test)]
 mod tests;

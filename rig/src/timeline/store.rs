@@ -1,8 +1,10 @@
 //! The stored form: `events.jsonl` read back (a header line, then one event
-//! per line; a torn last line is ignored).
+//! per line; a torn last line is ignored), or the same lines as one zstd
+//! stream in `events.jsonl.zst` (`journal: { compress: true }`), told apart
+//! by the zstd magic number, not by the name.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 
 use super::{Event, FORMAT, FORMAT_VERSION, Header};
 
@@ -15,15 +17,55 @@ pub enum ReadError {
     Parse { path: String, line: usize, message: String },
 }
 
-/// Reads `events.jsonl`. A torn last line (the rig was killed mid-write) is
-/// ignored: everything before it is intact by construction.
+/// The compressed journal's name beside `events.jsonl`.
+pub const COMPRESSED: &str = "events.jsonl.zst";
+
+/// A run folder's journal: `events.jsonl`, or `events.jsonl.zst` if only
+/// that one is there.
+pub fn journal_in(dir: &Path) -> PathBuf {
+    let plain = dir.join("events.jsonl");
+    let zst = dir.join(COMPRESSED);
+    if !plain.exists() && zst.exists() { zst } else { plain }
+}
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// A compressed journal cut off mid-frame (the rig was killed): what was
+/// decoded is intact, the rest reads as the end of the file.
+struct TornIsEnd<R>(R);
+
+impl<R: Read> Read for TornIsEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+            r => r,
+        }
+    }
+}
+
+/// Opens a journal, plain or compressed, as lines.
+pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead>, ReadError> {
+    let p = path.display().to_string();
+    let io = |source: std::io::Error| ReadError::Io {
+        path: p.clone(),
+        source,
+    };
+    let file = crate::fsutil::open_read_nofollow(path).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    if r.fill_buf().map_err(io)?.starts_with(&ZSTD_MAGIC) {
+        let d = zstd::stream::read::Decoder::with_buffer(r).map_err(io)?;
+        Ok(Box::new(BufReader::with_capacity(1 << 16, TornIsEnd(d))))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Reads `events.jsonl` (or a compressed journal). A torn last line (the
+/// rig was killed mid-write) is ignored: everything before it is intact by
+/// construction.
 pub fn read_jsonl(path: &Path) -> Result<(Header, Vec<Event>), ReadError> {
     let p = path.display().to_string();
-    let file = crate::fsutil::open_read_nofollow(path).map_err(|e| ReadError::Io {
-        path: p.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    read_jsonl_named(BufReader::new(file), &p)
+    read_jsonl_named(open_lines(path)?, &p)
 }
 
 /// [`read_jsonl`] on bytes already in memory.

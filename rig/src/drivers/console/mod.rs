@@ -173,12 +173,14 @@ pub fn watch(
 fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool, at: Instant) {
     let patterns = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let derived = patterns.and_then(|p| classify(&p, &line));
-    timeline.emit_at(
-        Some(device),
-        Source::Console,
-        EventKind::ConsoleLine { line, partial },
-        at,
-    );
+    if timeline.keeps_console_lines() {
+        timeline.emit_at(
+            Some(device),
+            Source::Console,
+            EventKind::ConsoleLine { line, partial },
+            at,
+        );
+    }
     if let Some(kind) = derived {
         timeline.emit_at(Some(device), Source::Console, kind, at);
     }
