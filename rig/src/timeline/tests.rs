@@ -78,6 +78,11 @@ mod basics {
                 msg: "record".into(),
                 peer: "p".into(),
             },
+            EventKind::CloudExchange {
+                msg: "record_resume".into(),
+                rx: 80,
+                tx: 40,
+            },
             EventKind::CloudInvalid {
                 reason: "r".into(),
                 peer: "p".into(),
@@ -204,6 +209,86 @@ mod basics {
         f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
         let (_, evs) = read_jsonl(&path).unwrap();
         assert_eq!(evs.len(), 1);
+    }
+
+    fn header() -> Header {
+        Header {
+            format: FORMAT.into(),
+            version: FORMAT_VERSION,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec![],
+            started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_compressed_journal_reads_back_whole_and_when_cut_off_mid_frame() {
+        use crate::timeline::live::Flush;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl.zst");
+        let tl = Timeline::create_with(&path, &header(), Flush::Batched, true).unwrap();
+        for i in 0..5000u64 {
+            tl.emit_device(
+                "dev",
+                Source::Cloud,
+                EventKind::CloudExchange {
+                    msg: format!("m{i}"),
+                    rx: i,
+                    tx: 1,
+                },
+            );
+        }
+        tl.flush();
+        let flushed = std::fs::metadata(&path).unwrap().len();
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(&data[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd stream");
+        let (h, evs) = read_jsonl(&path).unwrap();
+        assert_eq!(h, header());
+        assert_eq!(evs, tl.snapshot(), "every flushed event, before the stream is finished");
+        // Killed mid-block: the blocks before the cut still decode.
+        let cut = dir.path().join("cut.jsonl.zst");
+        std::fs::write(&cut, &data[..(flushed as usize) * 3 / 4]).unwrap();
+        let (_, some) = read_jsonl(&cut).unwrap();
+        assert!(some.len() < evs.len());
+        assert_eq!(some[..], evs[..some.len()], "a prefix, intact");
+        drop(tl);
+        assert!(std::fs::metadata(&path).unwrap().len() >= flushed, "finished on drop");
+        assert_eq!(read_jsonl(&path).unwrap().1.len(), 5000);
+    }
+
+    #[test]
+    fn a_batched_journal_writes_at_every_verdict_and_buffers_the_chatter() {
+        use crate::timeline::live::Flush;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let tl = Timeline::create_with(&path, &header(), Flush::Batched, false).unwrap();
+        let on_disk = || read_jsonl(&path).unwrap().1.len();
+        tl.emit_device("dev", Source::Console, EventKind::DeviceWake { reason: None });
+        tl.emit_device("dev", Source::Console, EventKind::DeviceSleep { secs: None });
+        assert_eq!(on_disk(), 0, "device chatter waits for the batch");
+        tl.emit_device(
+            "dev",
+            Source::Check,
+            EventKind::CheckPass {
+                step: 1,
+                check: "expect".into(),
+                detail: "ok".into(),
+                facts: None,
+            },
+        );
+        assert_eq!(
+            on_disk(),
+            3,
+            "a verdict goes to the file at once, with what came before it"
+        );
+        // EveryEvent (the real clock) writes each one.
+        let path2 = dir.path().join("every.jsonl");
+        let every = Timeline::create_with(&path2, &header(), Flush::EveryEvent, false).unwrap();
+        every.emit_device("dev", Source::Console, EventKind::DeviceWake { reason: None });
+        assert_eq!(read_jsonl(&path2).unwrap().1.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
