@@ -331,6 +331,48 @@ pub struct Device {
     pub key: Psk,
     /// Its driver sections (hardware).
     pub drivers: Drivers,
+    /// Its position on the whole bench, kept by a shard: what its network
+    /// address is derived from, so a slice runs each device as the whole
+    /// bench would.
+    pub index: usize,
+}
+
+/// `--shard K/N`: the K-th of N contiguous slices of a bench's devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Shard, String> {
+        let (k, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected K/N (e.g. 2/8), found `{s}`"))?;
+        let (k, n): (usize, usize) = (
+            k.trim().parse().map_err(|_| format!("`{k}` is not a shard number"))?,
+            n.trim().parse().map_err(|_| format!("`{n}` is not a shard count"))?,
+        );
+        if n == 0 || k == 0 || k > n {
+            return Err(format!("shard {k}/{n}: K must be 1 to N"));
+        }
+        Ok(Shard { k, n })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.k, self.n)
+    }
+}
+
+impl Shard {
+    /// The bench positions of this slice: as even as N slices can be.
+    pub fn range(&self, devices: usize) -> std::ops::Range<usize> {
+        let at = |i: usize| devices * i / self.n;
+        at(self.k - 1)..at(self.k)
+    }
 }
 
 /// A validated bench.
@@ -353,6 +395,22 @@ pub struct Bench {
 }
 
 impl Bench {
+    /// Only the devices of `shard`; the same ids, keys and per-device
+    /// randomness as on the whole bench (a board's RNG is seeded from the
+    /// run's seed and its id, its address from its bench position).
+    pub fn into_shard(mut self, shard: Shard) -> Result<Bench, String> {
+        let r = shard.range(self.devices.len());
+        if r.is_empty() {
+            return Err(format!(
+                "shard {shard} of bench `{}` is empty: it has {} devices",
+                self.name,
+                self.devices.len()
+            ));
+        }
+        self.devices = self.devices.drain(r).collect();
+        Ok(self)
+    }
+
     pub fn builtin_sim() -> Bench {
         Bench::parse(Path::new(BUILTIN_SIM_NAME), BUILTIN_SIM).expect("the built-in sim bench is valid (tested)")
     }
@@ -459,6 +517,7 @@ impl Bench {
             }
             lines.push(d.id.referenced);
             devices.push(Device {
+                index: devices.len(),
                 id,
                 board: d.board,
                 kind,

@@ -275,6 +275,10 @@ struct RunArgs {
     /// Wait this long for the bench lock instead of failing when another run holds it.
     #[arg(long, value_parser = parse_dur)]
     wait_lock: Option<Duration>,
+    /// Run only the K-th of N slices of the bench's devices (needs --seed);
+    /// `rig report merge` joins the slices into one fleet sign-off.
+    #[arg(long)]
+    shard: Option<rig::bench::Shard>,
 }
 
 fn main() -> ExitCode {
@@ -298,6 +302,7 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             seed: a.seed,
             out: a.out,
             wait_lock: a.wait_lock,
+            shard: a.shard,
         }),
         Cmd::Check(a) => run::check(&a.against.with(a.plans)),
         Cmd::Report {

@@ -149,6 +149,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         bench: o.bench.name.clone(),
         plans: Vec::new(),
         started,
+        shard: None,
     };
     // Everything goes to the journal; memory keeps only what the printer needs.
     let timeline = Timeline::create_rotating(&events, &header, JOURNAL_MAX_BYTES, JOURNAL_KEEP)?.retain_last(10_000);

@@ -204,3 +204,132 @@ fn fleet_declarations_that_cannot_work_are_refused_with_their_line() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("duplicate device id `dev-005`"), "{err}");
 }
+
+/// Per device: the plan times of its wakes before `until`.
+fn wakes_before(events: &[Value], until: u64) -> BTreeMap<String, Vec<u64>> {
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in events {
+        if e["kind"] == "device.wake" && e["t_ms"].as_u64().unwrap() < until {
+            out.entry(e["device"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(e["t_ms"].as_u64().unwrap());
+        }
+    }
+    out
+}
+
+fn mark_t(events: &[Value]) -> u64 {
+    events
+        .iter()
+        .find(|e| e["kind"] == "plan.mark")
+        .and_then(|e| e["t_ms"].as_u64())
+        .expect("a mark")
+}
+
+#[test]
+fn shards_run_each_device_as_the_whole_fleet_would_and_merge_into_one_signoff() {
+    let (_b, bench) = temp_file("fleet.yaml", &fleet_bench(30, "{ datagrams: per_exchange }"));
+    let b = bench.to_str().unwrap();
+    let whole = run(&fleet_args(b));
+    assert_eq!(whole.code(), 0, "{}", whole.stderr());
+    let out = tempfile::tempdir().unwrap();
+    let outs = out.path().to_str().unwrap();
+    for k in 1..=3 {
+        let mut args = vec!["run".to_string()];
+        args.extend(fleet_args(b).iter().map(|s| s.to_string()));
+        args.extend(["--shard".into(), format!("{k}/3"), "--out".into(), outs.into()]);
+        let o = rig(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "shard {k}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let mut slices: Vec<std::path::PathBuf> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    slices.sort();
+    assert_eq!(slices.len(), 3);
+
+    // Each device behaves as on the whole bench until the plan's crash,
+    // whose time depends on which devices a slice waited for.
+    let all = whole.events();
+    let whole_wakes = wakes_before(&all, mark_t(&all));
+    let mut judged = BTreeMap::new();
+    for s in &slices {
+        let evs = read_events(s);
+        let mine = wakes_before(&evs, mark_t(&evs).min(mark_t(&all)));
+        assert!(!mine.is_empty());
+        for (d, w) in &mine {
+            let theirs = &whole_wakes[d];
+            assert_eq!(&theirs[..w.len()], &w[..], "{d}: same wakes as in the whole run");
+        }
+        let summary: Value = serde_json::from_str(&std::fs::read_to_string(s.join("summary.json")).unwrap()).unwrap();
+        judged.extend(facts(&summary));
+    }
+    let whole_facts = facts(&whole.summary());
+    assert_eq!(
+        judged.keys().collect::<Vec<_>>(),
+        whole_facts.keys().collect::<Vec<_>>(),
+        "the slices judge every device once"
+    );
+
+    let merged = out.path().join("merged");
+    let mut args = vec!["report", "merge"];
+    let slice_args: Vec<&str> = slices.iter().map(|p| p.to_str().unwrap()).collect();
+    args.extend(&slice_args);
+    args.extend(["--out", merged.to_str().unwrap()]);
+    let o = rig(&args);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = std::fs::read_to_string(merged.join("signoff.md")).unwrap();
+    assert!(md.contains("fleet:** 30/30 recovered"), "one fleet sign-off: {md}");
+    assert!(md.contains("(+2 shards joined)"), "{md}");
+    let cases = |p: &std::path::Path| std::fs::read_to_string(p).unwrap().matches("<testcase").count();
+    assert_eq!(
+        cases(&merged.join("junit.xml")),
+        cases(&whole.run_dir().join("junit.xml")),
+        "as many test cases as the whole run"
+    );
+
+    // A slice missing is said; a slice given twice is refused.
+    let o = rig(&[
+        "report",
+        "merge",
+        slice_args[0],
+        slice_args[1],
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shard 3/3 of bench `fleet-test` (seed 11) is missing"));
+    let o = rig(&[
+        "report",
+        "merge",
+        slice_args[0],
+        slice_args[0],
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is given twice"));
+}
+
+#[test]
+fn a_shard_needs_a_seed_and_a_slice_that_exists() {
+    let (_b, bench) = temp_file("fleet.yaml", &fleet_bench(2, "{}"));
+    let b = bench.to_str().unwrap();
+    for (args, says) in [
+        (vec!["--shard", "1/2"], "--shard needs --seed"),
+        (vec!["--shard", "3/2", "--seed", "1"], "K must be 1 to N"),
+        (vec!["--shard", "5/9", "--seed", "1"], "is empty"),
+    ] {
+        let mut all = vec!["run", "test-plans/fleet-cache-crash.yaml", "--bench", b];
+        all.extend(args);
+        let o = rig(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+}

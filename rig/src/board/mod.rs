@@ -101,15 +101,21 @@ pub enum Network {
 pub const SIM_CLOUD: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1)), 5684);
 
 fn mem_board_addr(i: usize) -> SocketAddr {
-    SocketAddr::new(
-        std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+    // 127.0.x.y for the first 63,500 boards (what runs have always used),
+    // then 127.a.b.c: a fleet of a million boards still has one address each.
+    const FIRST: usize = 254 * 250;
+    let ip = if i < FIRST {
+        std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8)
+    } else {
+        let j = i - FIRST;
+        std::net::Ipv4Addr::new(
             127,
-            0,
-            1 + (i / 250) as u8,
-            1 + (i % 250) as u8,
-        )),
-        40_000,
-    )
+            1 + (j / 62_500) as u8,
+            ((j / 250) % 250) as u8,
+            1 + (j % 250) as u8,
+        )
+    };
+    SocketAddr::new(std::net::IpAddr::V4(ip), 40_000)
 }
 
 /// A non-blocking UDP socket for the runtime.
@@ -238,5 +244,22 @@ pub trait BoardKind: std::fmt::Debug + Send + Sync {
             device: d.id.clone(),
             kind: self.name(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_board_of_a_large_fleet_has_its_own_address_and_none_is_the_clouds() {
+        let n = crate::bench::MAX_DEVICES as usize;
+        let mut seen = std::collections::HashSet::with_capacity(n);
+        for i in 0..n {
+            let a = super::mem_board_addr(i);
+            assert_ne!(a.ip(), super::SIM_CLOUD.ip(), "board {i}");
+            assert!(seen.insert(a), "board {i} shares {a}");
+        }
+        // The addresses runs have always used stay the same.
+        assert_eq!(super::mem_board_addr(0).to_string(), "127.0.1.1:40000");
+        assert_eq!(super::mem_board_addr(251).to_string(), "127.0.2.2:40000");
     }
 }

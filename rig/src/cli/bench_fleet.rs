@@ -124,6 +124,7 @@ pub fn run(devices: usize, hours: u32, out: Option<&Path>) -> Result<Overall, Cl
         seed: 1,
         out: &runs,
         progress: &crate::runner::Quiet,
+        shard: None,
     };
     let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")))?;
     let wall = wall.elapsed();

@@ -129,6 +129,7 @@ pub fn run(boards: usize, cycles: u32, fixture: &str) -> Result<Overall, CliErro
         seed: 1,
         out: &tmp.path().join("runs"),
         progress: &crate::runner::Quiet,
+        shard: None,
     };
     let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")));
     let wall = wall.elapsed();

@@ -48,6 +48,16 @@ pub fn load(
         Some(p) => Bench::load(p)?,
         None => Bench::builtin_sim(),
     };
+    load_against(bench, plans, fixtures_dir, sets)
+}
+
+/// [`load`] against a bench already loaded (a shard of one, say).
+pub fn load_against(
+    bench: Bench,
+    plans: &[PathBuf],
+    fixtures_dir: Option<&Path>,
+    sets: &[(String, String)],
+) -> Result<(Bench, Fixtures, Vec<Plan>), CliError> {
     let fixtures = fixtures(fixtures_dir, plans.first().map(PathBuf::as_path))?;
     let mut loaded = Vec::new();
     let mut errors = Vec::new();

@@ -22,6 +22,7 @@ pub struct RunOpts {
     pub seed: Option<u64>,
     pub out: PathBuf,
     pub wait_lock: Option<Duration>,
+    pub shard: Option<crate::bench::Shard>,
 }
 
 fn load(i: &InputOpts) -> Result<(crate::bench::Bench, crate::fixture::Fixtures, Vec<crate::plan::Plan>), CliError> {
@@ -61,7 +62,25 @@ pub fn check(i: &InputOpts) -> Result<Overall, CliError> {
 
 /// `rig run`.
 pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
-    let (bench, fixtures, plans) = load(&o.input)?;
+    if o.shard.is_some() && o.seed.is_none() {
+        return Err(CliError::Usage(
+            "--shard needs --seed: every slice of a fleet must run with the same seed".into(),
+        ));
+    }
+    let (bench, fixtures, plans) = match o.shard {
+        None => load(&o.input)?,
+        Some(shard) => {
+            // Plans select devices from the slice, as if it were the bench.
+            let i = &o.input;
+            let bench = match i.bench.as_deref() {
+                Some(p) => crate::bench::Bench::load(p)?,
+                None => crate::bench::Bench::builtin_sim(),
+            }
+            .into_shard(shard)
+            .map_err(CliError::Usage)?;
+            inputs::load_against(bench, &i.plans, i.fixtures.as_deref(), &i.sets)?
+        }
+    };
     let seed = o.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -69,10 +88,11 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
             .unwrap_or(1)
     });
     eprintln!(
-        "rig {}: bench `{}` ({} devices, {} clock), seed {seed} (rerun with --seed {seed})",
+        "rig {}: bench `{}` ({} devices{}, {} clock), seed {seed} (rerun with --seed {seed})",
         env!("CARGO_PKG_VERSION"),
         bench.name,
         bench.devices.len(),
+        o.shard.map(|s| format!(" of shard {s}")).unwrap_or_default(),
         bench.clock
     );
     let _lock = if bench.lock {
@@ -90,6 +110,7 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
         seed,
         out: &o.out,
         progress: progress.as_ref(),
+        shard: o.shard,
     };
     let result = runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")))?;
     drop(progress);
@@ -133,6 +154,17 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<Overall, CliError> {
     let mut runs = Vec::new();
     for d in dirs {
         runs.push(report::load(d)?);
+    }
+    let given = runs.len();
+    let (runs, missing) = report::shards::join(runs).map_err(|e| CliError::Usage(e.to_string()))?;
+    if runs.len() < given {
+        println!(
+            "{given} run folders, {} runs once the slices of each fleet run are joined",
+            runs.len()
+        );
+    }
+    for m in &missing {
+        eprintln!("warning: {m} is missing: its devices are not in the sign-off");
     }
     report::merge(&runs, out).map_err(|e| CliError::Fault(format!("cannot write {}: {e}", out.display())))?;
     for r in &runs {

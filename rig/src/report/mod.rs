@@ -7,6 +7,7 @@
 
 pub mod fleet;
 pub mod junit;
+pub mod shards;
 pub mod signoff;
 pub mod summary;
 

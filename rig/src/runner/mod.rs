@@ -54,6 +54,8 @@ pub struct RunConfig<'a> {
     /// Parent of the run folder (`reports/` by default).
     pub out: &'a Path,
     pub progress: &'a dyn Progress,
+    /// The slice of the bench's fleet this run is (the bench is already cut).
+    pub shard: Option<crate::bench::Shard>,
 }
 
 pub struct RunResult {
@@ -78,6 +80,7 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         bench: cfg.bench.name.clone(),
         plans: cfg.plans.iter().map(|p| p.path.display().to_string()).collect(),
         started,
+        shard: cfg.shard.map(|s| s.to_string()),
     };
     let events_path = dir.join(if cfg.bench.journal.compress {
         crate::timeline::store::COMPRESSED

@@ -83,7 +83,8 @@ impl World {
 
         let mut devices = Vec::new();
         let mut keep = Vec::new();
-        for (index, d) in bench.devices.iter().enumerate() {
+        for d in &bench.devices {
+            let index = d.index;
             let env = BuildEnv {
                 bench,
                 timeline,

@@ -124,7 +124,8 @@ impl EventTag {
 
 /// Name and version of the stored format; bump the version on breaking changes.
 pub const FORMAT: &str = "rig.events";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: `cloud.exchange` events, `shard` in the header, zstd journals.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Who observed an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,4 +502,7 @@ pub struct Header {
     pub plans: Vec<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
+    /// `K/N` when the run simulated one slice of a fleet (`rig run --shard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }

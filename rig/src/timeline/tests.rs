@@ -173,6 +173,7 @@ mod basics {
             bench: "sim".into(),
             plans: vec!["p".into()],
             started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+            shard: None,
         };
         let tl = Timeline::create(&path, &header).unwrap();
         let kinds = samples();
@@ -202,6 +203,7 @@ mod basics {
             bench: "sim".into(),
             plans: vec![],
             started: OffsetDateTime::now_utc(),
+            shard: None,
         };
         let tl = Timeline::create(&path, &header).unwrap();
         tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
@@ -221,6 +223,7 @@ mod basics {
             bench: "sim".into(),
             plans: vec![],
             started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+            shard: None,
         }
     }
 
@@ -471,6 +474,7 @@ mod roundtrip {
                 bench: "b".into(),
                 plans: vec![],
                 started: OffsetDateTime::UNIX_EPOCH,
+                shard: None,
             };
             let tl = Timeline::create(&path, &header).unwrap();
             for (device, kind) in events {
