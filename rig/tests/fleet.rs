@@ -15,7 +15,7 @@ fn fleet_bench(count: u32, journal: &str) -> String {
 }
 
 /// The fleet plan, shortened: the same steps with a 2-hour tail.
-fn fleet_args<'a>(bench: &'a str) -> Vec<&'a str> {
+fn fleet_args(bench: &str) -> Vec<&str> {
     vec![
         "test-plans/fleet-cache-crash.yaml",
         "--bench",

@@ -271,6 +271,7 @@ fn a_thousand_device_signoff_stays_small() {
         bench: "sim".into(),
         plans: vec![],
         started: time::OffsetDateTime::now_utc(),
+        shard: None,
     };
     let events = tl.snapshot();
     let started = std::time::Instant::now();
