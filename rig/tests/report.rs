@@ -294,3 +294,29 @@ fn a_thousand_device_signoff_stays_small() {
     assert!(html.contains("Distributions over all devices"));
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn a_journal_of_format_version_1_is_re_rendered_to_the_verdicts_it_had() {
+    // Written by rig at 39a3882 (format version 1, before cloud.exchange,
+    // shards and compressed journals): `rig run test-plans/recovery-smoke.yaml
+    // --seed 3`, with the summary.json that run wrote beside it.
+    let src = repo().join("rig/tests/journals/v1-recovery-smoke");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(src.join("events.jsonl"), dir.path().join("events.jsonl")).unwrap();
+    let out = rig(&["report", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let read = |p: &std::path::Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let now = read(&dir.path().join("summary.json"));
+    let then = read(&src.join("expected-summary.json"));
+    assert_eq!(now["version"], 1, "the journal's own version is reported");
+    let cells = |s: &serde_json::Value| {
+        s["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].clone(), c["verdict"].clone(), c["checks"].clone(), c["devices"].clone()))
+            .collect::<Vec<_>>()
+    };
+    assert!(!cells(&then).is_empty());
+    assert_eq!(cells(&now), cells(&then), "same cells, verdicts, checks and recovery facts");
+}
