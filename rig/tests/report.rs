@@ -195,7 +195,7 @@ fn a_thousand_device_signoff_stays_small() {
     tl.emit(
         None,
         Source::Runner,
-        EventKind::CellStart {
+        EventKind::CellStart(Box::new(rig::timeline::CellStart {
             plan: "fleet".into(),
             plan_path: "fleet.yaml".into(),
             plan_sha256: "ab".repeat(32),
@@ -205,7 +205,7 @@ fn a_thousand_device_signoff_stays_small() {
             seed: 1,
             bench: "sim".into(),
             clock: "virtual".into(),
-        },
+        })),
     );
     for i in 0..1000 {
         let d = format!("dev-{i:04}");
@@ -243,14 +243,14 @@ fn a_thousand_device_signoff_stays_small() {
                 step: 1,
                 check: "expect_recovery".into(),
                 message: format!("{d}: no cloud session"),
-                facts: Some(facts),
+                facts: Some(Box::new(facts)),
             }
         } else {
             EventKind::CheckPass {
                 step: 1,
                 check: "expect_recovery".into(),
                 detail: "ok".into(),
-                facts: Some(facts),
+                facts: Some(Box::new(facts)),
             }
         };
         tl.emit(Some(&d), Source::Check, kind);
@@ -305,7 +305,9 @@ fn a_journal_of_format_version_1_is_re_rendered_to_the_verdicts_it_had() {
     std::fs::copy(src.join("events.jsonl"), dir.path().join("events.jsonl")).unwrap();
     let out = rig(&["report", dir.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    let read = |p: &std::path::Path| -> serde_json::Value { serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap() };
+    let read = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
     let now = read(&dir.path().join("summary.json"));
     let then = read(&src.join("expected-summary.json"));
     assert_eq!(now["version"], 1, "the journal's own version is reported");
@@ -314,9 +316,20 @@ fn a_journal_of_format_version_1_is_re_rendered_to_the_verdicts_it_had() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|c| (c["name"].clone(), c["verdict"].clone(), c["checks"].clone(), c["devices"].clone()))
+            .map(|c| {
+                (
+                    c["name"].clone(),
+                    c["verdict"].clone(),
+                    c["checks"].clone(),
+                    c["devices"].clone(),
+                )
+            })
             .collect::<Vec<_>>()
     };
     assert!(!cells(&then).is_empty());
-    assert_eq!(cells(&now), cells(&then), "same cells, verdicts, checks and recovery facts");
+    assert_eq!(
+        cells(&now),
+        cells(&then),
+        "same cells, verdicts, checks and recovery facts"
+    );
 }

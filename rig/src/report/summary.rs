@@ -142,17 +142,17 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 .map_or(0.0, |w| (e.wall - *w).as_seconds_f64().max(0.0))
         };
         first_wall.entry(e.cell).or_insert(e.wall);
-        if let EventKind::CellStart {
-            plan,
-            plan_path,
-            plan_sha256,
-            name,
-            vars,
-            expect_failure,
-            clock,
-            ..
-        } = &e.kind
-        {
+        if let EventKind::CellStart(start) = &e.kind {
+            let crate::timeline::CellStart {
+                plan,
+                plan_path,
+                plan_sha256,
+                name,
+                vars,
+                expect_failure,
+                clock,
+                ..
+            } = &**start;
             cells.push(CellSummary {
                 index: e.cell,
                 plan: plan.clone(),
@@ -214,7 +214,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 device: e.device.clone(),
                 passed: true,
                 text: detail.clone(),
-                facts: facts.clone(),
+                facts: facts.as_deref().cloned(),
                 t_ms: e.t_ms,
                 seq: e.seq,
                 wall_s: took(*step),
@@ -230,7 +230,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 device: e.device.clone(),
                 passed: false,
                 text: message.clone(),
-                facts: facts.clone(),
+                facts: facts.as_deref().cloned(),
                 t_ms: e.t_ms,
                 seq: e.seq,
                 wall_s: took(*step),

@@ -222,13 +222,13 @@ impl<'a> Exec<'a> {
                 step: n,
                 check: desc.to_owned(),
                 detail,
-                facts,
+                facts: facts.map(Box::new),
             },
             Verdict::Fail(message) => EventKind::CheckFail {
                 step: n,
                 check: desc.to_owned(),
                 message,
-                facts,
+                facts: facts.map(Box::new),
             },
         };
         self.timeline.emit(device, Source::Check, kind);

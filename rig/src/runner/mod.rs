@@ -199,7 +199,7 @@ async fn run_cell(
     timeline.emit(
         None,
         Source::Runner,
-        EventKind::CellStart {
+        EventKind::CellStart(Box::new(crate::timeline::CellStart {
             plan: plan.name.clone(),
             plan_path: plan.path.display().to_string(),
             plan_sha256: plan.sha256.clone(),
@@ -209,7 +209,7 @@ async fn run_cell(
             seed: cfg.seed,
             bench: cfg.bench.name.clone(),
             clock: cfg.bench.clock.to_string(),
-        },
+        })),
     );
     let end = |outcome| {
         timeline.emit(None, Source::Runner, EventKind::CellEnd { outcome });

@@ -161,27 +161,33 @@ pub enum UnknownAction {
     Healed,
 }
 
+/// What a `cell.start` says about the cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellStart {
+    pub plan: String,
+    /// The plan file and its SHA-256, so a sign-off names what ran.
+    #[serde(default)]
+    pub plan_path: String,
+    #[serde(default)]
+    pub plan_sha256: String,
+    /// The cell's name, e.g. `fixture=sleepy-1.1 mitigation=drop`.
+    pub name: String,
+    pub vars: BTreeMap<String, String>,
+    pub expect_failure: bool,
+    pub seed: u64,
+    pub bench: String,
+    pub clock: String,
+}
+
 /// Every kind of observation. Consumers match on this exhaustively, so a new
 /// kind cannot be silently ignored by a check or a report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind")]
 pub enum EventKind {
+    /// Boxed: the largest kind would otherwise set the size of every event
+    /// a fleet run holds.
     #[serde(rename = "cell.start")]
-    CellStart {
-        plan: String,
-        /// The plan file and its SHA-256, so a sign-off names what ran.
-        #[serde(default)]
-        plan_path: String,
-        #[serde(default)]
-        plan_sha256: String,
-        /// The cell's name, e.g. `fixture=sleepy-1.1 mitigation=drop`.
-        name: String,
-        vars: BTreeMap<String, String>,
-        expect_failure: bool,
-        seed: u64,
-        bench: String,
-        clock: String,
-    },
+    CellStart(Box<CellStart>),
     #[serde(rename = "cell.end")]
     CellEnd { outcome: CellOutcome },
     #[serde(rename = "rig.fault")]
@@ -338,7 +344,7 @@ pub enum EventKind {
         check: String,
         detail: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        facts: Option<RecoveryFacts>,
+        facts: Option<Box<RecoveryFacts>>,
     },
     #[serde(rename = "check.fail")]
     CheckFail {
@@ -346,7 +352,7 @@ pub enum EventKind {
         check: String,
         message: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        facts: Option<RecoveryFacts>,
+        facts: Option<Box<RecoveryFacts>>,
     },
 }
 

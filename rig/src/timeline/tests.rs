@@ -9,7 +9,7 @@ mod basics {
 
     fn samples() -> Vec<EventKind> {
         vec![
-            EventKind::CellStart {
+            EventKind::CellStart(Box::new(crate::timeline::CellStart {
                 plan: "p".into(),
                 plan_path: "p.yaml".into(),
                 plan_sha256: "00".into(),
@@ -19,7 +19,7 @@ mod basics {
                 seed: 7,
                 bench: "sim".into(),
                 clock: "virtual".into(),
-            },
+            })),
             EventKind::CellEnd {
                 outcome: CellOutcome::Stopped,
             },
@@ -144,7 +144,7 @@ mod basics {
                 step: 1,
                 check: "expect_recovery".into(),
                 message: "m".into(),
-                facts: Some(RecoveryFacts {
+                facts: Some(Box::new(RecoveryFacts {
                     mark: "crash".into(),
                     mark_t_ms: 1000,
                     recovered: false,
@@ -155,7 +155,7 @@ mod basics {
                     handshakes: 0,
                     unknown_resumes: 12,
                     power_cycled: false,
-                }),
+                })),
             },
         ]
     }
@@ -385,17 +385,19 @@ mod roundtrip {
 
     fn kind() -> impl Strategy<Value = EventKind> {
         prop_oneof![
-            (text(), text(), any::<bool>(), any::<u64>()).prop_map(|(plan, name, ef, seed)| EventKind::CellStart {
-                plan: plan.clone(),
-                plan_path: name.clone(),
-                plan_sha256: "ab".into(),
-                name,
-                vars: BTreeMap::from([(plan, "v".into())]),
-                expect_failure: ef,
-                seed,
-                bench: "b".into(),
-                clock: "virtual".into(),
-            }),
+            (text(), text(), any::<bool>(), any::<u64>()).prop_map(|(plan, name, ef, seed)| EventKind::CellStart(
+                Box::new(crate::timeline::CellStart {
+                    plan: plan.clone(),
+                    plan_path: name.clone(),
+                    plan_sha256: "ab".into(),
+                    name,
+                    vars: BTreeMap::from([(plan, "v".into())]),
+                    expect_failure: ef,
+                    seed,
+                    bench: "b".into(),
+                    clock: "virtual".into(),
+                })
+            )),
             (proptest::option::of(any::<usize>()), text())
                 .prop_map(|(step, message)| EventKind::RigFault { step, message }),
             Just(EventKind::PowerOn { pid: None }),
@@ -448,13 +450,13 @@ mod roundtrip {
                 step,
                 check,
                 detail,
-                facts
+                facts: facts.map(Box::new)
             }),
             (any::<usize>(), text(), text(), facts()).prop_map(|(step, check, message, facts)| EventKind::CheckFail {
                 step,
                 check,
                 message,
-                facts
+                facts: facts.map(Box::new)
             }),
         ]
     }
