@@ -126,8 +126,9 @@ fn merging_two_runs_gives_one_junit_with_both_and_one_signoff() {
     assert_self_contained(&html);
 }
 
-#[test]
-fn the_signoff_loads_in_headless_chromium_from_disk_without_network() {
+/// Loads `page` in headless Chromium with no network, checks the browser
+/// reported no error, writes a screenshot to `shot` and returns the DOM.
+fn load_in_chromium(page: &Path, shot: &Path, height: u32) -> String {
     let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
         std::process::Command::new("sh")
             .args(["-c", &format!("command -v {c}")])
@@ -137,11 +138,7 @@ fn the_signoff_loads_in_headless_chromium_from_disk_without_network() {
         // .ci/run installs Debian's chromium; say so loudly where it is missing.
         panic!("chromium is not installed: apt-get install chromium (CI does this)");
     };
-    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "7"]);
-    let page = r.run_dir().join("signoff.html");
-    let reports = repo().join("reports");
-    let shot = reports.join("signoff-screenshot.png");
-    let _ = std::fs::remove_file(&shot);
+    let _ = std::fs::remove_file(shot);
     let profile = tempfile::tempdir().unwrap();
     let base = |extra: &[&str]| {
         let mut c = std::process::Command::new(chromium);
@@ -167,23 +164,67 @@ fn the_signoff_loads_in_headless_chromium_from_disk_without_network() {
     };
     let dom = base(&["--dump-dom", "--virtual-time-budget=2000"]).output().unwrap();
     assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
-    let dom_text = String::from_utf8_lossy(&dom.stdout);
-    assert!(dom_text.contains("SIGN-OFF PASSED"), "the page rendered its verdict");
-    assert!(dom_text.matches("<svg").count() >= 4 * 8);
     let log = String::from_utf8_lossy(&dom.stderr);
     for bad in ["Uncaught", "net::ERR_", "Failed to load resource"] {
         assert!(!log.contains(bad), "browser reported {bad}:\n{log}");
     }
-    let shot_run = base(&["--window-size=1280,2400"])
+    let shot_run = base(&[&format!("--window-size=1280,{height}")])
         .arg(format!("--screenshot={}", shot.display()))
         .output()
         .unwrap();
     assert!(shot_run.status.success());
-    let png = std::fs::read(&shot).expect("screenshot written under reports/");
+    let png = std::fs::read(shot).expect("screenshot written under reports/");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,
         "a real screenshot ({} bytes)",
         png.len()
+    );
+    String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
+#[test]
+fn the_signoff_loads_in_headless_chromium_from_disk_without_network() {
+    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "7"]);
+    let page = r.run_dir().join("signoff.html");
+    let dom_text = load_in_chromium(&page, &repo().join("reports").join("signoff-screenshot.png"), 2400);
+    assert!(dom_text.contains("SIGN-OFF PASSED"), "the page rendered its verdict");
+    assert!(dom_text.matches("<svg").count() >= 4 * 8);
+}
+
+#[test]
+fn a_fleet_signoff_loads_in_chromium_with_its_fleet_view_and_stays_small() {
+    let (_b, bench) = temp_file(
+        "fleet.yaml",
+        "name: fleet-300\nclock: virtual\ncloud: { cache: { kind: memory }, mitigation: drop }\njournal: { console_lines: false, datagrams: per_exchange, compress: true }\ndevices:\n  - { id: \"dev-{:03}\", count: 300, board: sim, tags: [sleepy] }\n",
+    );
+    let r = run(&[
+        plan("fleet-cache-crash.yaml").to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+        "--set",
+        "after=3h",
+        "--set",
+        "wakes=12",
+        "--seed",
+        "3",
+    ]);
+    assert_eq!(r.code(), 0, "{}", r.stderr());
+    let page = r.run_dir().join("signoff.html");
+    let size = std::fs::metadata(&page).unwrap().len();
+    assert!(size < 2_000_000, "a fleet sign-off under 2 MB: {size} bytes");
+    let dom = load_in_chromium(
+        &page,
+        &repo().join("reports").join("fleet-signoff-screenshot.png"),
+        3000,
+    );
+    assert!(
+        dom.contains("Fleet: 300 of 300 devices recovered"),
+        "the fleet view rendered"
+    );
+    assert!(dom.contains("handshakes/min"), "the storm chart rendered");
+    assert!(
+        dom.matches("<tr>").count() < 150,
+        "the recovery table shows the drawn devices, not all 300"
     );
 }
 
