@@ -158,6 +158,18 @@ fn a_bench_without_console_lines_refuses_a_plan_that_waits_for_console_text() {
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
 }
 
+/// `rig check` of a plan against a bench file with `text`: exit code, stderr.
+fn check_bench(text: &str) -> (Option<i32>, String) {
+    let (_d, bench) = temp_file("bench.yaml", text);
+    let out = rig(&[
+        "check",
+        "test-plans/recovery-smoke.yaml",
+        "--bench",
+        bench.to_str().unwrap(),
+    ]);
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 #[test]
 fn fleet_declarations_that_cannot_work_are_refused_with_their_line() {
     for (entry, says) in [
@@ -177,31 +189,16 @@ fn fleet_declarations_that_cannot_work_are_refused_with_their_line() {
         ("{ id: \"dev-{}-{}\", count: 2, board: sim }", "placeholder"),
     ] {
         let text = format!("name: b\ndevices:\n  - {entry}\n  - {{ id: dev-001, board: sim }}\n");
-        let (_d, bench) = temp_file("bench.yaml", &text);
-        let out = rig(&[
-            "check",
-            "test-plans/recovery-smoke.yaml",
-            "--bench",
-            bench.to_str().unwrap(),
-        ]);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{entry}: {err}");
+        let (code, err) = check_bench(&text);
+        assert_eq!(code, Some(2), "{entry}: {err}");
         assert!(err.contains("bench.yaml:3:"), "{entry}: names the line: {err}");
         assert!(err.contains(says), "{entry}: {err}");
     }
     // Two fleets whose ids overlap: a duplicate, named.
-    let (_d, bench) = temp_file(
-        "bench.yaml",
+    let (code, err) = check_bench(
         "name: b\ndevices:\n  - { id: \"dev-{:03}\", count: 5, board: sim }\n  - { id: \"dev-{:03}\", count: 5, first: 5, board: sim }\n",
     );
-    let out = rig(&[
-        "check",
-        "test-plans/recovery-smoke.yaml",
-        "--bench",
-        bench.to_str().unwrap(),
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("duplicate device id `dev-005`"), "{err}");
 }
 

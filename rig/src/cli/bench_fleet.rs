@@ -25,14 +25,7 @@ fn fault(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
 
 /// Peak resident memory of this process so far, in KiB.
 fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
+    super::bench_qemu::proc_status_kib("self", "VmHWM")
 }
 
 /// The bench and plan texts `rig bench fleet` runs.

@@ -18,11 +18,17 @@ pub const MAX_BOARDS: usize = 256;
 
 /// Resident memory of `pid` in KiB (0 if it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    proc_status_kib(&pid.to_string(), "VmRSS")
+}
+
+/// A `kB` field of `/proc/<who>/status` (`who`: a pid or `self`); 0 if the
+/// process is gone or the field absent.
+pub(crate) fn proc_status_kib(who: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{who}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)

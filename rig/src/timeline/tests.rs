@@ -160,21 +160,25 @@ mod basics {
         ]
     }
 
-    #[test]
-    fn every_kind_round_trips_through_jsonl_and_is_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let header = Header {
+    fn header() -> Header {
+        Header {
             format: FORMAT.into(),
             version: FORMAT_VERSION,
             run_id: "r".into(),
             rig_version: "0".into(),
             seed: 1,
             bench: "sim".into(),
-            plans: vec!["p".into()],
+            plans: vec![],
             started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
             shard: None,
-        };
+        }
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_jsonl_and_is_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let header = header();
         let tl = Timeline::create(&path, &header).unwrap();
         let kinds = samples();
         assert_eq!(kinds.len(), EventTag::ALL.len(), "a sample per kind");
@@ -194,37 +198,12 @@ mod basics {
     fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
-        let header = Header {
-            format: FORMAT.into(),
-            version: FORMAT_VERSION,
-            run_id: "r".into(),
-            rig_version: "0".into(),
-            seed: 1,
-            bench: "sim".into(),
-            plans: vec![],
-            started: OffsetDateTime::now_utc(),
-            shard: None,
-        };
-        let tl = Timeline::create(&path, &header).unwrap();
+        let tl = Timeline::create(&path, &header()).unwrap();
         tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(br#"{"seq":1,"cell":0,"t_"#).unwrap();
         let (_, evs) = read_jsonl(&path).unwrap();
         assert_eq!(evs.len(), 1);
-    }
-
-    fn header() -> Header {
-        Header {
-            format: FORMAT.into(),
-            version: FORMAT_VERSION,
-            run_id: "r".into(),
-            rig_version: "0".into(),
-            seed: 1,
-            bench: "sim".into(),
-            plans: vec![],
-            started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
-            shard: None,
-        }
     }
 
     #[test]
