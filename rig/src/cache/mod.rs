@@ -7,11 +7,13 @@
 //! cloud owns its own data-path error handling (timeouts, `cache.error`).
 //!
 //! Backends, one folder each, registered in [`CacheCfg`] and opened by
-//! [`open`]: [`memory`] (inside the rig, the default) and [`redis`] (a real
-//! `redis-server` child process the rig controls).
+//! [`open`]: [`memory`] (inside the rig, the default), [`redis`] (a real
+//! `redis-server` child process the rig controls) and [`redis_cluster`]
+//! (a Redis Cluster of such processes, broken node by node).
 
 pub mod memory;
 pub mod redis;
+pub mod redis_cluster;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +47,7 @@ crate::drivers::backends! {
     pub enum CacheCfg: CacheBackend {
         "memory" => Memory(memory::MemoryCfg),
         "redis" => Redis(redis::RedisCfg),
+        "redis-cluster" => RedisCluster(redis_cluster::RedisClusterCfg),
     }
 }
 
@@ -171,21 +174,80 @@ pub enum CacheCommand {
     Restore(RestoreFrom),
     Evict(f64),
     Pause(Duration),
+    /// One node of a cluster cache (numbered from 1).
+    Node(u32, NodeOp),
+}
+
+/// What one node of a cluster cache can be made to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NodeOp {
+    /// SIGKILL; a master's replica, if it has one, takes over its slots.
+    Kill,
+    /// Back, empty (a node keeps its place and slots in the cluster).
+    Start,
+    /// Back from `empty` or a snapshot.
+    Restore(RestoreFrom),
+    /// SIGSTOP for the duration, data kept.
+    Pause(Duration),
+}
+
+impl std::fmt::Display for NodeOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeOp::Kill => f.write_str("kill"),
+            NodeOp::Start => f.write_str("start"),
+            NodeOp::Restore(r) => write!(f, "restore {r}"),
+            NodeOp::Pause(d) => write!(f, "pause {}", crate::units::fmt_duration(*d)),
+        }
+    }
+}
+
+/// What a node operation did, for its event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    pub node: u32,
+    pub role: String,
+    pub port: u16,
+    pub pid: Option<u32>,
+    pub slots: String,
+    /// Sessions the node held (kill) or holds (start, restore).
+    pub sessions: u64,
+    /// The replica that took over a killed master's slots.
+    pub promoted: Option<u32>,
+    /// Sessions no node has any more, with their devices.
+    pub lost: Vec<Evicted>,
 }
 
 /// A cache command line that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0} (cache commands: kill, start, flush, snapshot NAME, restore empty|NAME, evict FRACTION, pause DURATION)")]
+#[error(
+    "{0} (cache commands: kill, start, flush, snapshot NAME, restore empty|NAME, evict FRACTION, pause DURATION; on a cluster also node N kill|start|restore empty|NAME|pause DURATION)"
+)]
 pub struct BadCacheCommand(pub String);
 
 impl std::str::FromStr for CacheCommand {
     type Err = BadCacheCommand;
 
     /// `kill`, `start`, `flush`, `snapshot NAME`, `restore empty|NAME`,
-    /// `evict FRACTION`, `pause DURATION`.
+    /// `evict FRACTION`, `pause DURATION`; `node N kill|start|restore
+    /// FROM|pause DURATION` for one node of a cluster.
     fn from_str(line: &str) -> Result<Self, Self::Err> {
         let words: Vec<&str> = line.split_whitespace().collect();
         let bad = |m: String| Err(BadCacheCommand(m));
+        if let ["node", n, rest @ ..] = words.as_slice() {
+            let node = match n.parse::<u32>() {
+                Ok(n) if n >= 1 => n,
+                _ => return bad(format!("a node is a number from 1, not `{n}`")),
+            };
+            let op = match CacheCommand::from_str(&rest.join(" "))? {
+                CacheCommand::Kill => NodeOp::Kill,
+                CacheCommand::Start => NodeOp::Start,
+                CacheCommand::Restore(from) => NodeOp::Restore(from),
+                CacheCommand::Pause(d) => NodeOp::Pause(d),
+                other => return bad(format!("`{other}` acts on the whole cache, not one node")),
+            };
+            return Ok(CacheCommand::Node(node, op));
+        }
         match words.as_slice() {
             ["kill"] => Ok(CacheCommand::Kill),
             ["start"] => Ok(CacheCommand::Start),
@@ -225,17 +287,27 @@ impl<'de> serde::Deserialize<'de> for CacheCommand {
         struct Fraction {
             fraction: f64,
         }
+        /// `{node: 2}`, `{node: 2, from: empty}`, `{node: 4, for: 20s}`.
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Node {
+            node: crate::plan::Scalar,
+            from: Option<crate::plan::Scalar>,
+            #[serde(rename = "for")]
+            for_: Option<crate::plan::Scalar>,
+        }
         #[derive(serde::Deserialize)]
         #[serde(untagged)]
         enum Arg {
             Fraction(Fraction),
+            Node(Node),
             Text(crate::plan::Scalar),
         }
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = CacheCommand;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a cache operation: kill, start, flush, or {snapshot: NAME}, {restore: empty|NAME}, {evict: {fraction: F}}, {pause: DURATION}")
+                f.write_str("a cache operation: kill, start, flush, or {snapshot: NAME}, {restore: empty|NAME}, {evict: {fraction: F}}, {pause: DURATION}; for one node of a cluster {kill: {node: N}}, {start: {node: N}}, {restore: {node: N, from: empty|NAME}}, {pause: {node: N, for: DURATION}}")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CacheCommand, E> {
                 v.parse().map_err(|e: BadCacheCommand| E::custom(e.0))
@@ -244,16 +316,40 @@ impl<'de> serde::Deserialize<'de> for CacheCommand {
                 let Some(op) = map.next_key::<String>()? else {
                     return Err(serde::de::Error::custom("expected one cache operation"));
                 };
-                let arg = match map.next_value::<Arg>()? {
-                    Arg::Fraction(f) => f.fraction.to_string(),
-                    Arg::Text(t) => t.0,
+                let line = match map.next_value::<Arg>()? {
+                    Arg::Fraction(f) => format!("{op} {}", f.fraction),
+                    Arg::Text(t) => format!("{op} {}", t.0),
+                    Arg::Node(n) => {
+                        let arg = match (op.as_str(), n.from, n.for_) {
+                            ("restore", Some(from), None) => from.0,
+                            ("restore", None, _) => {
+                                return Err(serde::de::Error::custom(
+                                    "restore of a node needs `from: empty` or `from: SNAPSHOT`",
+                                ));
+                            }
+                            ("pause", None, Some(d)) => d.0,
+                            ("pause", _, None) => {
+                                return Err(serde::de::Error::custom("pause of a node needs `for: DURATION`"));
+                            }
+                            ("kill" | "start", None, None) => String::new(),
+                            _ => {
+                                return Err(serde::de::Error::custom(format!(
+                                    "`{op}` of a node takes only `node`{}",
+                                    match op.as_str() {
+                                        "restore" => " and `from`",
+                                        "pause" => " and `for`",
+                                        _ => "",
+                                    }
+                                )));
+                            }
+                        };
+                        format!("node {} {op} {arg}", n.node.0)
+                    }
                 };
                 if map.next_key::<serde::de::IgnoredAny>()?.is_some() {
                     return Err(serde::de::Error::custom("one cache operation per step"));
                 }
-                format!("{op} {arg}")
-                    .parse()
-                    .map_err(|e: BadCacheCommand| serde::de::Error::custom(e.0))
+                line.parse().map_err(|e: BadCacheCommand| serde::de::Error::custom(e.0))
             }
         }
         d.deserialize_any(V)
@@ -270,6 +366,7 @@ impl std::fmt::Display for CacheCommand {
             CacheCommand::Restore(r) => write!(f, "restore {r}"),
             CacheCommand::Evict(x) => write!(f, "evict {}%", x * 100.0),
             CacheCommand::Pause(d) => write!(f, "pause {}", crate::units::fmt_duration(*d)),
+            CacheCommand::Node(n, op) => write!(f, "node {n} {op}"),
         }
     }
 }
@@ -314,6 +411,32 @@ pub trait SessionCache: Send + Sync {
     async fn evict(&self, fraction: f64) -> Result<Vec<Evicted>, CacheError>;
     /// Unavailable for `d` with data kept (a stalled process).
     async fn pause(&self, d: Duration) -> Result<(), CacheError>;
+
+    /// How many nodes a cluster cache has (0: not a cluster).
+    fn nodes(&self) -> u32 {
+        0
+    }
+
+    /// The cluster's layout now, for a `cache.cluster` event.
+    fn topology(&self) -> Option<Vec<crate::timeline::ClusterNode>> {
+        None
+    }
+
+    /// Which part of the cache holds `id`: a cluster's slot range. The
+    /// cloud's circuit breaker is per part, so one dead node does not fail
+    /// fast the sessions the others still serve.
+    fn part_of(&self, _id: SessionId) -> usize {
+        0
+    }
+
+    /// One node of a cluster: kill, start, restore or pause it.
+    async fn node(&self, node: u32, op: &NodeOp) -> Result<NodeReport, CacheError> {
+        let _ = (node, op);
+        Err(CacheError::Backend(format!(
+            "the {} session cache has no nodes (node operations need `kind: redis-cluster`)",
+            self.backend()
+        )))
+    }
 }
 
 /// Called with (pid, how it ended) when a cache server dies on its own.
@@ -364,7 +487,64 @@ impl Cache {
             CacheCommand::Restore(from) => self.restore(from).await,
             CacheCommand::Evict(f) => self.evict(*f).await,
             CacheCommand::Pause(d) => self.pause(*d).await,
+            CacheCommand::Node(n, op) => self.node(*n, op).await,
         }
+    }
+
+    /// The cluster's layout, as a `cache.cluster` event (nothing for a
+    /// cache that is not a cluster).
+    pub fn announce_topology(&self) {
+        if let Some(nodes) = self.backend.topology() {
+            self.emit(EventKind::CacheCluster { nodes });
+        }
+    }
+
+    pub async fn node(&self, node: u32, op: &NodeOp) -> Result<(), CacheError> {
+        if let NodeOp::Pause(d) = op {
+            self.backend.node(node, op).await?;
+            self.emit(EventKind::CacheNodePause {
+                node,
+                ms: d.as_millis() as u64,
+            });
+            let me = self.clone();
+            let d = *d;
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                me.emit(EventKind::CacheNodeResume { node });
+            });
+            return Ok(());
+        }
+        let r = self.backend.node(node, op).await?;
+        match op {
+            NodeOp::Kill => self.emit(EventKind::CacheNodeKill(Box::new(crate::timeline::NodeKill {
+                node,
+                role: r.role,
+                port: r.port,
+                pid: r.pid,
+                slots: r.slots,
+                held: r.sessions,
+                promoted: r.promoted,
+                lost: r.lost.len() as u64,
+                sessions: r.lost.iter().map(|e| session_label(e.session_id)).collect(),
+                devices: r.lost.iter().map(|e| e.device_id.clone()).collect(),
+            }))),
+            NodeOp::Start | NodeOp::Restore(_) | NodeOp::Pause(_) => {
+                self.emit(EventKind::CacheNodeStart(Box::new(crate::timeline::NodeStart {
+                    node,
+                    from: match op {
+                        NodeOp::Restore(from) => from.to_string(),
+                        _ => "empty".into(),
+                    },
+                    role: r.role,
+                    port: r.port,
+                    pid: r.pid,
+                    slots: r.slots,
+                    sessions: r.sessions,
+                })))
+            }
+        }
+        self.announce_topology();
+        Ok(())
     }
 
     pub async fn kill(&self) -> Result<(), CacheError> {

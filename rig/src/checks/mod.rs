@@ -16,7 +16,7 @@ pub mod recovery;
 pub mod waiting;
 
 pub use expect::{Counter, Window};
-pub use recovery::{RecoveryArgs, RecoveryTracker, RecoveryVerdict};
+pub use recovery::{Fate, RecoveryArgs, RecoveryTracker, RecoveryVerdict};
 pub use waiting::{SleepCyclesTracker, WaitForTracker};
 
 /// The outcome of one check for one device (or the bench): what a

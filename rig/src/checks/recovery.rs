@@ -13,6 +13,8 @@ pub struct RecoveryArgs {
     pub within: Option<Dur>,
     pub no_power_cycle: bool,
     pub max_bytes: Option<u64>,
+    /// See [`crate::plan::step::ExpectRecovery::exact_loss`].
+    pub exact_loss: bool,
 }
 
 /// Follows one device's events after a mark and decides whether and how it
@@ -36,6 +38,18 @@ pub struct RecoveryTracker {
     /// After recovery, bytes are counted up to the cloud's reply.
     closed: bool,
     last_line: Option<String>,
+    fate: Fate,
+}
+
+/// Where the device's session lived and whether a fault lost it.
+#[derive(Debug, Clone, Default)]
+pub struct Fate {
+    pub node: Option<u32>,
+    /// `Some(true)`: a cache fault after the mark lost it (what `exact_loss`
+    /// then requires a handshake for); `Some(false)`: it was kept.
+    pub lost: Option<bool>,
+    /// How it was lost, for messages ("with node 2").
+    pub how: String,
 }
 
 /// A decided recovery check.
@@ -64,7 +78,14 @@ impl RecoveryTracker {
             recovered: None,
             closed: false,
             last_line: None,
+            fate: Fate::default(),
         }
+    }
+
+    /// Says where the session lived and whether a fault lost it.
+    pub fn with_fate(mut self, fate: Fate) -> RecoveryTracker {
+        self.fate = fate;
+        self
     }
 
     /// Feeds one event of this device that came after the mark.
@@ -147,6 +168,11 @@ impl RecoveryTracker {
             | EventKind::CachePause { .. }
             | EventKind::CacheResume
             | EventKind::CacheError { .. }
+            | EventKind::CacheCluster { .. }
+            | EventKind::CacheNodeKill { .. }
+            | EventKind::CacheNodeStart { .. }
+            | EventKind::CacheNodePause { .. }
+            | EventKind::CacheNodeResume { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }
@@ -187,6 +213,8 @@ impl RecoveryTracker {
             handshakes: self.handshakes,
             unknown_resumes: self.unknown_resume_records,
             power_cycled: self.power_cycled,
+            node: self.fate.node,
+            lost: self.fate.lost,
         };
         let d = &self.device;
         let used = fmt_bytes(self.bytes);
@@ -235,6 +263,24 @@ impl RecoveryTracker {
             plural(cycles)
         );
         let mut problems = Vec::new();
+        let mut summary = summary;
+        if self.args.exact_loss {
+            let node = self.fate.node.map(|n| format!(" on node {n}")).unwrap_or_default();
+            match (self.fate.lost, via == "full handshake") {
+                (Some(true), true) => summary += &format!("; its session was lost {}", self.fate.how),
+                (Some(true), false) => problems.push(format!(
+                    "its session{node} was lost {}, yet it came back by a {via}",
+                    self.fate.how
+                )),
+                (_, true) => problems.push(format!("its session{node} was not lost, yet it did a full handshake")),
+                (_, false) if self.handshakes > 0 => problems.push(format!(
+                    "its session{node} was not lost, yet it did {} full handshake{}",
+                    self.handshakes,
+                    plural(self.handshakes)
+                )),
+                (_, false) => summary += &format!("; its session{node} was kept"),
+            }
+        }
         if let Some(n) = self.args.within_cycles
             && cycles > n
         {
@@ -325,6 +371,7 @@ mod tests {
             within: None,
             no_power_cycle: true,
             max_bytes: Some(16 * 1024),
+            exact_loss: false,
         }
     }
 
@@ -490,5 +537,61 @@ mod tests {
             "{}",
             v.text
         );
+    }
+
+    /// `exact_loss`: the way back must match what the cache fault did.
+    #[test]
+    fn exact_loss_wants_a_handshake_where_the_session_was_lost_and_none_elsewhere() {
+        let exact = RecoveryArgs {
+            exact_loss: true,
+            ..args(4)
+        };
+        let run = |lost: bool, via: ConnectVia| {
+            let fate = Fate {
+                node: Some(2),
+                lost: Some(lost),
+                how: "with node 2".into(),
+            };
+            let mut tr = RecoveryTracker::new("d1", exact.clone(), 0).with_fate(fate);
+            let mut evs = vec![ev(1, 1, wake())];
+            if via == ConnectVia::Handshake {
+                evs.push(ev(2, 2, EventKind::CloudHandshake { session: "n".into() }));
+            }
+            evs.extend([ev(3, 3, connected(via)), ev(4, 4, tx(40))]);
+            for e in &evs {
+                tr.feed(e);
+            }
+            tr.decided(5).expect("decided")
+        };
+        let v = run(true, ConnectVia::Handshake);
+        assert!(v.passed && v.text.contains("lost with node 2"), "{}", v.text);
+        assert_eq!((v.facts.node, v.facts.lost), (Some(2), Some(true)));
+        let v = run(false, ConnectVia::Resume);
+        assert!(v.passed && v.text.contains("was kept"), "{}", v.text);
+        // The negative controls: a kept session must not need a handshake,
+        // and a lost one cannot come back by resuming.
+        let v = run(false, ConnectVia::Handshake);
+        assert!(
+            !v.passed && v.text.contains("was not lost, yet it did a full handshake"),
+            "{}",
+            v.text
+        );
+        let v = run(true, ConnectVia::Resume);
+        assert!(
+            !v.passed && v.text.contains("yet it came back by a session resume"),
+            "{}",
+            v.text
+        );
+        // Without exact_loss the same handshake is fine.
+        let mut tr = RecoveryTracker::new("d1", args(4), 0);
+        for e in [
+            ev(1, 1, wake()),
+            ev(2, 2, EventKind::CloudHandshake { session: "n".into() }),
+            ev(3, 3, connected(ConnectVia::Handshake)),
+            ev(4, 4, tx(40)),
+        ] {
+            tr.feed(&e);
+        }
+        assert!(tr.decided(5).unwrap().passed);
     }
 }

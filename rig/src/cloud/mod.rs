@@ -121,6 +121,7 @@ pub fn start(
         );
     }
     let admin = crate::cache::Cache::new(cache.clone(), timeline.clone());
+    admin.announce_topology();
     let handle = CloudHandle::new(mitigation, timeline.clone());
     let server = Server::new(cfg, cache, durable, handle.clone(), timeline.clone());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();

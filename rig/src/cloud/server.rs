@@ -137,7 +137,9 @@ pub struct Server {
     // Which device last spoke from an address: how bytes of records the cloud
     // cannot decrypt are still attributed to a device.
     peers: HashMap<SocketAddr, String>,
-    cache_down_until: Option<Instant>,
+    /// Circuit breaker, per part of the cache (a cluster's slot range): a
+    /// dead node fails fast only the sessions it served.
+    cache_down_until: HashMap<usize, Instant>,
 }
 
 impl Server {
@@ -174,7 +176,7 @@ impl Server {
             highest_rx: HashMap::new(),
             pending: BTreeMap::new(),
             peers: HashMap::new(),
-            cache_down_until: None,
+            cache_down_until: HashMap::new(),
         }
     }
 
@@ -442,32 +444,35 @@ impl Server {
     }
 
     async fn cache_get(&mut self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
-        self.guarded(|cache| async move { cache.get(id).await }).await
+        self.guarded(id, |cache| async move { cache.get(id).await }).await
     }
 
     async fn cache_put(&mut self, rec: &SessionRecord) -> Result<(), CacheError> {
         let ttl = self.cfg.session_ttl;
         let rec = rec.clone();
-        self.guarded(|cache| async move { cache.put(&rec, ttl).await }).await
+        self.guarded(rec.session_id, |cache| async move { cache.put(&rec, ttl).await })
+            .await
     }
 
-    async fn guarded<T, F, Fut>(&mut self, op: F) -> Result<T, CacheError>
+    async fn guarded<T, F, Fut>(&mut self, id: SessionId, op: F) -> Result<T, CacheError>
     where
         F: FnOnce(Arc<dyn SessionCache>) -> Fut,
         Fut: Future<Output = Result<T, CacheError>>,
     {
-        if let Some(until) = self.cache_down_until {
+        let part = self.cache.part_of(id);
+        if let Some(until) = self.cache_down_until.get(&part).copied() {
             if Instant::now() < until {
                 return Err(CacheError::Down("circuit open after a recent failure".into()));
             }
-            self.cache_down_until = None;
+            self.cache_down_until.remove(&part);
         }
         let res = match tokio::time::timeout(self.cfg.cache_timeout, op(self.cache.clone())).await {
             Ok(r) => r,
             Err(_) => Err(CacheError::Timeout(self.cfg.cache_timeout)),
         };
         if matches!(res, Err(CacheError::Down(_) | CacheError::Timeout(_))) {
-            self.cache_down_until = Some(Instant::now() + self.cfg.cache_retry);
+            self.cache_down_until
+                .insert(part, Instant::now() + self.cfg.cache_retry);
         }
         res
     }

@@ -255,6 +255,7 @@ pub(super) fn resolve(
                         within: r.within,
                         no_power_cycle: r.no_power_cycle,
                         max_bytes: r.max_bytes.map(|b| b.0),
+                        exact_loss: r.exact_loss,
                     })
                 })
             }
@@ -271,6 +272,34 @@ pub(super) fn resolve(
                             loc,
                             format!("`restore: {name}` names a snapshot that no earlier step takes ({known}); `restore: empty` restarts the cache empty"),
                         ));
+                    }
+                    CacheCommand::Node(n, op) => {
+                        let nodes = match &ctx.bench.cloud.cache {
+                            crate::cache::CacheCfg::RedisCluster(c) => c.masters * (1 + c.replicas),
+                            _ => 0,
+                        };
+                        if nodes == 0 {
+                            errors.push(at(
+                                loc,
+                                format!(
+                                    "`{op}` of node {n}: bench `{}` has no cluster cache (node operations need `cache: {{ kind: redis-cluster }}`)",
+                                    ctx.bench.name
+                                ),
+                            ));
+                        } else if *n > nodes {
+                            errors.push(at(
+                                loc,
+                                format!("node {n}: bench `{}`'s cluster has nodes 1 to {nodes}", ctx.bench.name),
+                            ));
+                        }
+                        if let crate::cache::NodeOp::Restore(RestoreFrom::Snapshot(name)) = op
+                            && !seen.snapshots.contains(name)
+                        {
+                            errors.push(at(
+                                loc,
+                                format!("`restore` of node {n} names snapshot `{name}` that no earlier step takes"),
+                            ));
+                        }
                     }
                     _ => {}
                 }

@@ -208,6 +208,10 @@ pub struct ExpectRecovery {
     pub no_power_cycle: bool,
     #[serde(default)]
     pub max_bytes: Option<Bytes>,
+    /// Devices whose session a cache fault after the mark lost must come
+    /// back by a full handshake, every other device by resuming, with none.
+    #[serde(default)]
+    pub exact_loss: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +296,9 @@ impl StepRaw {
                 }
                 if let Some(b) = r.max_bytes {
                     s += &format!(", max {}", fmt_bytes(b.0));
+                }
+                if r.exact_loss {
+                    s += ", handshakes exactly where sessions were lost";
                 }
                 s
             }

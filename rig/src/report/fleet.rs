@@ -226,6 +226,8 @@ mod tests {
             handshakes: 1,
             unknown_resumes: 1,
             power_cycled: false,
+            node: None,
+            lost: None,
         }
     }
 

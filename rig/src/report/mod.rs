@@ -150,6 +150,11 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
             | EventKind::CachePause { .. }
             | EventKind::CacheResume
             | EventKind::CacheError { .. }
+            | EventKind::CacheCluster { .. }
+            | EventKind::CacheNodeKill { .. }
+            | EventKind::CacheNodeStart { .. }
+            | EventKind::CacheNodePause { .. }
+            | EventKind::CacheNodeResume { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }

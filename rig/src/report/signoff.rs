@@ -91,6 +91,15 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 EventKind::CachePause { .. } => Some(("cache paused".to_string(), "kill")),
                 EventKind::CacheFlush { .. } => Some(("cache flushed".to_string(), "kill")),
                 EventKind::CacheEvict { .. } => Some(("cache evicted".to_string(), "kill")),
+                EventKind::CacheNodeKill(k) => Some((
+                    match k.promoted {
+                        Some(p) => format!("node {} killed, node {p} took over ({} lost)", k.node, k.lost),
+                        None => format!("node {} killed ({} lost)", k.node, k.lost),
+                    },
+                    "kill",
+                )),
+                EventKind::CacheNodeStart(s) => Some((format!("node {} back ({})", s.node, s.from), "restore")),
+                EventKind::CacheNodePause { node, .. } => Some((format!("node {node} paused"), "kill")),
                 // Bench-wide events that draw nothing on a timeline.
                 EventKind::CellStart { .. }
                 | EventKind::CellEnd { .. }
@@ -98,6 +107,8 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 | EventKind::CacheSnapshot { .. }
                 | EventKind::CacheResume
                 | EventKind::CacheError { .. }
+                | EventKind::CacheCluster { .. }
+                | EventKind::CacheNodeResume { .. }
                 | EventKind::CloudConfig { .. }
                 | EventKind::PlanStep { .. }
                 | EventKind::CheckPass { .. }
@@ -187,6 +198,11 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
             | EventKind::CachePause { .. }
             | EventKind::CacheResume
             | EventKind::CacheError { .. }
+            | EventKind::CacheCluster { .. }
+            | EventKind::CacheNodeKill { .. }
+            | EventKind::CacheNodeStart { .. }
+            | EventKind::CacheNodePause { .. }
+            | EventKind::CacheNodeResume { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }
@@ -596,12 +612,23 @@ fn storm_svg(per_minute: &[u32]) -> Markup {
 }
 
 fn recovery_table(rec: &[(&str, &RecoveryFacts)]) -> Markup {
+    // On a cluster cache: where each session lived, and whether a node's
+    // fault lost it (the devices that then had to handshake).
+    let nodes = rec.iter().any(|(_, f)| f.node.is_some() || f.lost.is_some());
     html! {
         table {
-            tr { th { "device" } th { "recovered" } th { "via" } th { "wakes" } th { "time" } th { "bytes" } th { "handshakes" } th { "unknown resumes" } th { "power-cycled" } }
+            tr {
+                th { "device" }
+                @if nodes { th { "session on node" } th { "session lost" } }
+                th { "recovered" } th { "via" } th { "wakes" } th { "time" } th { "bytes" } th { "handshakes" } th { "unknown resumes" } th { "power-cycled" }
+            }
             @for (d, f) in rec {
                 tr {
                     td { (d) }
+                    @if nodes {
+                        td.num { (f.node.map_or("–".into(), |n| n.to_string())) }
+                        td { (match f.lost { Some(true) => "LOST", Some(false) => "kept", None => "–" }) }
+                    }
                     td { (if f.recovered { "yes" } else { "NO" }) }
                     td { (match f.via { Some(ConnectVia::Handshake) => "full handshake", Some(ConnectVia::Resume) => "resume", None => "–" }) }
                     td.num { (f.wakes) }

@@ -268,6 +268,11 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             | EventKind::CachePause { .. }
             | EventKind::CacheResume
             | EventKind::CacheError { .. }
+            | EventKind::CacheCluster { .. }
+            | EventKind::CacheNodeKill { .. }
+            | EventKind::CacheNodeStart { .. }
+            | EventKind::CacheNodePause { .. }
+            | EventKind::CacheNodeResume { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. } => {}
         }

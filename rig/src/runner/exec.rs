@@ -350,10 +350,34 @@ impl<'a> Exec<'a> {
 
     async fn expect_recovery(&mut self, n: usize, desc: &str, args: RecoveryArgs) -> Result<(), Stop> {
         let (mark_seq, mark_t) = self.mark(n, &args.mark)?;
+        // On a cluster cache: the node each session lived on at the mark, and
+        // (exact_loss) which sessions a fault since lost. A lost device's
+        // tracker follows it from that fault on: a resume before the fault
+        // still had its session.
+        let cell = self.cell_index;
+        let (nodes, lost) = if self.world.cache.backend().nodes() > 0 || args.exact_loss {
+            self.timeline.read(|evs| {
+                let lost = if args.exact_loss {
+                    query::lost_sessions(evs, cell, mark_seq, &self.devices)
+                } else {
+                    Default::default()
+                };
+                (query::session_nodes(evs, cell, mark_seq), lost)
+            })
+        } else {
+            Default::default()
+        };
         let mut trackers: BTreeMap<String, RecoveryTracker> = self
             .devices
             .iter()
-            .map(|d| (d.clone(), RecoveryTracker::new(d, args.clone(), mark_t)))
+            .map(|d| {
+                let fate = checks::Fate {
+                    node: nodes.get(d).copied(),
+                    lost: args.exact_loss.then(|| lost.contains_key(d)),
+                    how: lost.get(d).map(|(_, how)| how.clone()).unwrap_or_default(),
+                };
+                (d.clone(), RecoveryTracker::new(d, args.clone(), mark_t).with_fate(fate))
+            })
             .collect();
         let mut decided: BTreeMap<String, RecoveryVerdict> = BTreeMap::new();
         let mut next = mark_seq + 1;
@@ -382,7 +406,6 @@ impl<'a> Exec<'a> {
                 .min()
                 .map(|ms| Duration::from_millis(ms.saturating_sub(now)));
             let limit = next_deadline.map_or(self.remaining(), |d| d.min(self.remaining()));
-            let cell = self.cell_index;
             self.follow(next, limit, |e| {
                 next = e.seq + 1;
                 if e.cell != cell {
@@ -390,7 +413,7 @@ impl<'a> Exec<'a> {
                 }
                 let Some(d) = e.device.as_deref() else { return false };
                 let Some(tr) = trackers.get_mut(d) else { return false };
-                if decided.contains_key(d) {
+                if decided.contains_key(d) || lost.get(d).is_some_and(|(seq, _)| e.seq <= *seq) {
                     return false;
                 }
                 tr.feed(e);

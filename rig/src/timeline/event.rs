@@ -83,6 +83,11 @@ impl EventKind {
             | EventKind::CachePause { .. }
             | EventKind::CacheResume
             | EventKind::CacheError { .. }
+            | EventKind::CacheCluster { .. }
+            | EventKind::CacheNodeKill { .. }
+            | EventKind::CacheNodeStart { .. }
+            | EventKind::CacheNodePause { .. }
+            | EventKind::CacheNodeResume { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }
@@ -177,6 +182,61 @@ pub struct CellStart {
     pub seed: u64,
     pub bench: String,
     pub clock: String,
+}
+
+/// One node of a cluster session cache, as a `cache.cluster` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// The node's number in plans (`cache: {kill: {node: 2}}`), from 1.
+    pub node: u32,
+    pub port: u16,
+    /// `master` or `replica`.
+    pub role: String,
+    /// The node a replica replicates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<u32>,
+    /// Hash slots a master serves, e.g. `0-5460`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub slots: String,
+}
+
+/// What a `cache.node_kill` says: the node, what it held, and which
+/// sessions are gone with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeKill {
+    pub node: u32,
+    pub role: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub slots: String,
+    /// Sessions the node held when it was killed.
+    pub held: u64,
+    /// The replica that took over its slots, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted: Option<u32>,
+    /// Sessions no node has any more: all it held, or, after a replica took
+    /// over, the writes that replica had not received.
+    pub lost: u64,
+    /// Those sessions, and the device each belonged to (same order; a
+    /// device may appear twice, with an older session next to its current one).
+    pub sessions: Vec<String>,
+    pub devices: Vec<String>,
+}
+
+/// What a `cache.node_start` says: one node back, and from what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStart {
+    pub node: u32,
+    /// `empty` or a snapshot's name.
+    pub from: String,
+    pub role: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub slots: String,
+    /// Sessions it holds once back.
+    pub sessions: u64,
 }
 
 /// Every kind of observation. Consumers match on this exhaustively, so a new
@@ -331,6 +391,18 @@ pub enum EventKind {
     CacheResume,
     #[serde(rename = "cache.error")]
     CacheError { op: String, error: String },
+    /// The layout of a cluster cache: at start and after every node fault.
+    #[serde(rename = "cache.cluster")]
+    CacheCluster { nodes: Vec<ClusterNode> },
+    #[serde(rename = "cache.node_kill")]
+    CacheNodeKill(Box<NodeKill>),
+    #[serde(rename = "cache.node_start")]
+    CacheNodeStart(Box<NodeStart>),
+    /// One node stopped (SIGSTOP) for `ms`, its data kept.
+    #[serde(rename = "cache.node_pause")]
+    CacheNodePause { node: u32, ms: u64 },
+    #[serde(rename = "cache.node_resume")]
+    CacheNodeResume { node: u32 },
     /// The cache's server died without the rig killing it.
     #[serde(rename = "cache.died")]
     CacheDied { backend: String, pid: u32, how: String },
@@ -379,6 +451,12 @@ pub struct RecoveryFacts {
     /// Resume records the cloud did not know the session of.
     pub unknown_resumes: u32,
     pub power_cycled: bool,
+    /// The cluster node the device's session lived on at the mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+    /// Whether a cache fault after the mark lost the session (`exact_loss`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<bool>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -449,6 +527,11 @@ event_tags! {
     CachePause = "cache.pause",
     CacheResume = "cache.resume",
     CacheError = "cache.error",
+    CacheCluster = "cache.cluster",
+    CacheNodeKill = "cache.node_kill",
+    CacheNodeStart = "cache.node_start",
+    CacheNodePause = "cache.node_pause",
+    CacheNodeResume = "cache.node_resume",
     CacheDied = "cache.died",
     PlanMark = "plan.mark",
     PlanStep = "plan.step",

@@ -31,6 +31,103 @@ pub fn console_tail(events: &[Event], cell: u32, device: &str, before: u64, n: u
     out
 }
 
+/// The cluster node each device's session lived on at event `upto`
+/// (inclusive) of `cell`: its last session (from the cloud's handshake,
+/// resume and connect events), hashed to its slot, and the slot's master in
+/// the last `cache.cluster` layout. Empty without a cluster cache.
+pub fn session_nodes(events: &[Event], cell: u32, upto: u64) -> std::collections::HashMap<String, u32> {
+    let mut layout: Option<&Vec<super::ClusterNode>> = None;
+    let mut session: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e.cell == cell && e.seq <= upto) {
+        match &e.kind {
+            EventKind::CacheCluster { nodes } => layout = Some(nodes),
+            EventKind::CloudHandshake { session: s }
+            | EventKind::CloudResumed { session: s }
+            | EventKind::CloudConnected { session: s, .. } => {
+                if let Some(d) = e.device.as_deref() {
+                    session.insert(d, s);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Some(layout) = layout else {
+        return Default::default();
+    };
+    let owners = crate::cache::redis_cluster::nodes::owners(layout);
+    session
+        .into_iter()
+        .filter_map(|(d, s)| {
+            let slot = crate::cache::redis_cluster::slot_of(u64::from_str_radix(s, 16).ok()?);
+            let node = owners
+                .iter()
+                .find(|((lo, hi), _)| (*lo..=*hi).contains(&slot))
+                .map(|(_, n)| *n)?;
+            Some((d.to_owned(), node))
+        })
+        .collect()
+}
+
+/// Devices whose current cloud session a cache fault in `cell` after event
+/// `after` lost, with the seq of that fault and how it was lost: a
+/// `cache.node_kill` or `cache.evict` lists sessions, and a device counts
+/// only if the listed one was its current session (an older session of a
+/// device that has handshaken since may linger on a node); a `cache.kill`
+/// or `cache.flush` loses every device of `all`. (A restore from a snapshot
+/// afterwards is not subtracted.)
+pub fn lost_sessions(
+    events: &[Event],
+    cell: u32,
+    after: u64,
+    all: &[String],
+) -> std::collections::HashMap<String, (u64, String)> {
+    let mut lost: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
+    let mut current: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+    let mut add = |d: &str, seq: u64, how: &str| {
+        lost.entry(d.to_owned()).or_insert_with(|| (seq, how.to_owned()));
+    };
+    for e in events.iter().filter(|e| e.cell == cell) {
+        let listed = |sessions: &[String], devices: &[String]| -> Vec<String> {
+            sessions
+                .iter()
+                .zip(devices)
+                .filter(|(s, d)| current.get(d.as_str()) == Some(&s.as_str()))
+                .map(|(_, d)| d.clone())
+                .collect()
+        };
+        match &e.kind {
+            EventKind::CloudHandshake { session: s }
+            | EventKind::CloudResumed { session: s }
+            | EventKind::CloudConnected { session: s, .. } => {
+                if let Some(d) = e.device.as_deref() {
+                    current.insert(d, s);
+                }
+            }
+            EventKind::CacheNodeKill(k) if e.seq > after => {
+                let how = match k.promoted {
+                    Some(p) => format!("with node {} (not yet on node {p}, which took over)", k.node),
+                    None => format!("with node {}", k.node),
+                };
+                for d in listed(&k.sessions, &k.devices) {
+                    add(&d, e.seq, &how);
+                }
+            }
+            EventKind::CacheEvict { sessions, devices, .. } if e.seq > after => {
+                for d in listed(sessions, devices) {
+                    add(&d, e.seq, "to an eviction");
+                }
+            }
+            EventKind::CacheKill { .. } | EventKind::CacheFlush { .. } if e.seq > after => {
+                for d in all {
+                    add(d, e.seq, "with the whole cache");
+                }
+            }
+            _ => {}
+        }
+    }
+    lost
+}
+
 /// What one event did to a device's wake cycles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cycle {

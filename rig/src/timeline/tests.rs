@@ -155,6 +155,8 @@ mod basics {
                     handshakes: 0,
                     unknown_resumes: 12,
                     power_cycled: false,
+                    node: None,
+                    lost: None,
                 })),
             },
         ]
@@ -357,6 +359,8 @@ mod roundtrip {
                         handshakes,
                         unknown_resumes: unknown,
                         power_cycled: !recovered,
+                        node: None,
+                        lost: None,
                     },
                 ),
         )

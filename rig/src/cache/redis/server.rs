@@ -50,33 +50,83 @@ struct Proc {
     on_death: Option<DeathCallback>,
 }
 
+/// The two users' passwords: one pair per server, or one pair shared by
+/// every node of a cluster (its clients use one credential for all nodes).
+#[derive(Clone)]
+pub struct Credentials {
+    cloud: String,
+    admin: String,
+}
+
+impl Credentials {
+    /// Fresh passwords from the OS RNG.
+    pub fn generate() -> Result<Credentials, CacheError> {
+        Ok(Credentials {
+            cloud: secret()?,
+            admin: secret()?,
+        })
+    }
+
+    pub fn cloud_password(&self) -> &str {
+        &self.cloud
+    }
+
+    /// For a replica's `masterauth` (written only to a 0600 config file).
+    pub fn admin_password(&self) -> &str {
+        &self.admin
+    }
+}
+
+/// How one server is set up beyond the defaults.
+#[derive(Clone, Default)]
+pub struct ServerOpts {
+    /// Extra command-line arguments (never secrets: /proc shows them).
+    pub args: Vec<String>,
+    /// Extra ACL rules for `rig-cloud` (a cluster client's topology queries).
+    pub cloud_acl: String,
+    /// Lines appended to the 0600 config file (a replica's `masterauth`).
+    pub conf: String,
+}
+
 /// A redis-server child; cheap to clone.
 #[derive(Clone)]
 pub struct RedisServer {
     pub port: u16,
     pub dir: PathBuf,
-    cloud_password: String,
-    admin_password: String,
-    extra_args: Vec<String>,
+    creds: Credentials,
+    opts: ServerOpts,
     proc: Arc<Mutex<Proc>>,
 }
 
 impl RedisServer {
     /// Prepares (does not start) a server in `dir`, which is created private.
     pub fn prepare(dir: &Path, extra_args: &[&str]) -> Result<RedisServer, CacheError> {
+        let opts = ServerOpts {
+            args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            ..ServerOpts::default()
+        };
+        let port = free_port().map_err(CacheError::io("no free loopback port"))?;
+        RedisServer::prepare_with(dir, port, Credentials::generate()?, opts)
+    }
+
+    /// [`RedisServer::prepare`] on a given port with given credentials.
+    pub fn prepare_with(
+        dir: &Path,
+        port: u16,
+        creds: Credentials,
+        opts: ServerOpts,
+    ) -> Result<RedisServer, CacheError> {
         crate::fsutil::ensure_dir(dir, 0o700)?;
         crate::fsutil::ensure_dir(&dir.join("snapshots"), 0o700)?;
         // redis-server changes into `--dir` before it opens `--logfile`: a
         // relative folder (the default `--out reports`) would be looked up
         // twice and the log could not be opened.
         let dir = std::path::absolute(dir).map_err(CacheError::io(format!("cannot resolve {}", dir.display())))?;
-        let port = free_port().map_err(CacheError::io("no free loopback port"))?;
         Ok(RedisServer {
             port,
             dir,
-            cloud_password: secret()?,
-            admin_password: secret()?,
-            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            creds,
+            opts,
             proc: Arc::new(Mutex::new(Proc {
                 child: None,
                 on_death: None,
@@ -90,12 +140,12 @@ impl RedisServer {
 
     /// The URL the cloud's data path connects with (holds a password: never log it).
     pub fn cloud_url(&self) -> String {
-        format!("redis://{CLOUD_USER}:{}@127.0.0.1:{}/", self.cloud_password, self.port)
+        format!("redis://{CLOUD_USER}:{}@127.0.0.1:{}/", self.creds.cloud, self.port)
     }
 
     /// The URL of the rig's administrative connection.
     pub fn admin_url(&self) -> String {
-        format!("redis://{ADMIN_USER}:{}@127.0.0.1:{}/", self.admin_password, self.port)
+        format!("redis://{ADMIN_USER}:{}@127.0.0.1:{}/", self.creds.admin, self.port)
     }
 
     pub fn dump(&self) -> PathBuf {
@@ -119,9 +169,10 @@ impl RedisServer {
         let text = format!(
             "# Written by rig for one run; the passwords are from the OS RNG.\n\
              user default off\n\
-             user {CLOUD_USER} on >{} ~rig:session:* resetchannels -@all +get +set +psetex +del +getdel +exists +ping +mget +pexpire\n\
-             user {ADMIN_USER} on >{} ~* resetchannels +@all -shutdown -config -debug -module -acl -replicaof -slaveof -failover -monitor\n",
-            self.cloud_password, self.admin_password
+             user {CLOUD_USER} on >{} ~rig:session:* resetchannels -@all +get +set +psetex +del +getdel +exists +ping +mget +pexpire{}\n\
+             user {ADMIN_USER} on >{} ~* resetchannels +@all -shutdown -config -debug -module -acl -replicaof -slaveof -failover -monitor\n\
+             {}",
+            self.creds.cloud, self.opts.cloud_acl, self.creds.admin, self.opts.conf
         );
         crate::fsutil::write_atomic(&conf, text.as_bytes(), 0o600)?;
         Ok(conf)
@@ -145,7 +196,7 @@ impl RedisServer {
             .args(["--daemonize", "no", "--protected-mode", "yes"])
             .arg("--logfile")
             .arg(self.log_path())
-            .args(&self.extra_args)
+            .args(&self.opts.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());

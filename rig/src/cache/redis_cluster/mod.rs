@@ -1,0 +1,319 @@
+//! The Redis Cluster session cache: the incident's production shape. The
+//! rig starts `masters × (1 + replicas)` redis-server child processes on
+//! loopback, forms them into a cluster itself (slots split evenly, replicas
+//! assigned, no redis-cli needed) and can then break it node by node: kill a
+//! master and watch its replica take over, pause one node, bring one back
+//! empty or from its snapshot.
+//!
+//! - [`nodes`]: the node processes, forming the cluster, reading its layout.
+//! - Each node has the single server's hygiene (private folder, PDEATHSIG,
+//!   ACL users with OS-random passwords; one pair for the whole cluster,
+//!   since a cluster client uses one credential on every node). Replicas
+//!   authenticate to their masters as `rig-admin`. The cluster bus (port +
+//!   10000) has no authentication in Redis 7: it listens on loopback only.
+//! - The cloud's data path is the `redis` crate's async cluster client
+//!   (multiplexed: concurrent calls share one pipelined connection per
+//!   node, and it follows MOVED redirections after a failover).
+//! - What a fault lost is read from the nodes themselves: a killed master's
+//!   sessions are listed (writes paused) before the SIGKILL, and after its
+//!   replica has taken over, the sessions the replica does not have are the
+//!   writes it had not received.
+
+pub mod nodes;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use redis::AsyncCommands;
+use redis::cluster_async::ClusterConnection;
+use rig_proto::SessionId;
+
+use super::redis::server::CLOUD_USER;
+use super::{CacheBackend, CacheError, Evicted, NodeOp, NodeReport, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
+use crate::timeline::ClusterNode;
+use nodes::Cluster;
+
+/// `cache: { kind: redis-cluster, masters: 3, replicas: 1 }`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(try_from = "RawCfg")]
+pub struct RedisClusterCfg {
+    pub masters: u32,
+    pub replicas: u32,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCfg {
+    #[serde(default = "three")]
+    masters: u32,
+    #[serde(default)]
+    replicas: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+impl TryFrom<RawCfg> for RedisClusterCfg {
+    type Error = String;
+    fn try_from(r: RawCfg) -> Result<Self, String> {
+        if !(1..=16).contains(&r.masters) {
+            return Err(format!("masters must be 1 to 16, not {}", r.masters));
+        }
+        if r.replicas > 2 {
+            return Err(format!("replicas must be 0 to 2 per master, not {}", r.replicas));
+        }
+        if r.replicas > 0 && r.masters < 3 {
+            return Err(format!(
+                "a replica is promoted by a majority of masters: replicas need at least 3 masters, not {}",
+                r.masters
+            ));
+        }
+        Ok(RedisClusterCfg {
+            masters: r.masters,
+            replicas: r.replicas,
+        })
+    }
+}
+
+#[async_trait]
+impl CacheBackend for RedisClusterCfg {
+    fn name(&self) -> &'static str {
+        "redis-cluster"
+    }
+
+    fn virtual_clock(&self) -> bool {
+        false
+    }
+
+    async fn open(&self, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError> {
+        Ok(Arc::new(
+            ClusterCache::start_in(&ctx.dir.join("redis-cluster"), self, ctx.seed).await?,
+        ))
+    }
+}
+
+/// The data path fails fast, as with one server.
+const DATA_TIMEOUT: Duration = Duration::from_millis(200);
+
+pub(crate) fn key(id: SessionId) -> String {
+    format!("rig:session:{id:016x}")
+}
+
+/// The hash slot a session's key lives in: CRC16 (XMODEM) of the key mod
+/// 16384, as every cluster client computes it (rig's keys have no `{tag}`).
+pub fn slot_of(id: SessionId) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(key(id).as_bytes()) % 16384
+}
+
+fn data_err(e: redis::RedisError) -> CacheError {
+    if e.is_timeout() {
+        CacheError::Timeout(DATA_TIMEOUT)
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+    {
+        CacheError::Down(e.to_string())
+    } else {
+        CacheError::Redis(e)
+    }
+}
+
+/// The rig's handle on its cluster.
+pub struct ClusterCache {
+    cluster: Cluster,
+    conn: ClusterConnection,
+    rng: Mutex<ChaCha8Rng>,
+    /// The layout as last read, for `cache.cluster` events.
+    layout: Mutex<Vec<ClusterNode>>,
+}
+
+impl ClusterCache {
+    pub async fn start_in(dir: &std::path::Path, cfg: &RedisClusterCfg, seed: u64) -> Result<ClusterCache, CacheError> {
+        let cluster = Cluster::prepare(dir, cfg.masters, cfg.replicas)?;
+        cluster.form().await?;
+        let conn = cluster_client(&cluster).await?;
+        let layout = cluster.layout().await?;
+        Ok(ClusterCache {
+            cluster,
+            conn,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x4ed2)),
+            layout: Mutex::new(layout),
+        })
+    }
+
+    /// The data-path URLs of every node (with the password: never log them).
+    pub fn cloud_urls(&self) -> Vec<String> {
+        self.cluster.cloud_urls()
+    }
+
+    /// The pids of every node process that runs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.cluster.pids()
+    }
+
+    async fn refresh_layout(&self) {
+        match self.cluster.layout().await {
+            Ok(l) => *self.layout.lock().unwrap_or_else(|p| p.into_inner()) = l,
+            Err(e) => tracing::warn!("cannot read the cluster's layout: {e}"),
+        }
+    }
+
+    /// Sessions on every master, by key.
+    async fn all_sessions(&self) -> Result<BTreeMap<String, (u32, Option<Evicted>)>, CacheError> {
+        let mut all = BTreeMap::new();
+        for n in self.cluster.live_masters().await {
+            for (k, ev) in self.cluster.sessions_on(n).await? {
+                all.insert(k, (n, ev));
+            }
+        }
+        Ok(all)
+    }
+}
+
+async fn cluster_client(cluster: &Cluster) -> Result<ClusterConnection, CacheError> {
+    let client = redis::cluster::ClusterClientBuilder::new(cluster.node_urls())
+        .username(CLOUD_USER)
+        .password(cluster.cloud_password())
+        .connection_timeout(DATA_TIMEOUT)
+        .response_timeout(DATA_TIMEOUT)
+        .retries(1)
+        .min_retry_wait(10)
+        .max_retry_wait(100)
+        .build()?;
+    client.get_async_connection().await.map_err(data_err)
+}
+
+#[async_trait]
+impl SessionCache for ClusterCache {
+    fn backend(&self) -> &'static str {
+        "redis-cluster"
+    }
+
+    fn on_death(&self, f: super::DeathCallback) {
+        self.cluster.on_death(f);
+    }
+
+    fn nodes(&self) -> u32 {
+        self.cluster.len()
+    }
+
+    fn topology(&self) -> Option<Vec<ClusterNode>> {
+        Some(self.layout.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn part_of(&self, id: SessionId) -> usize {
+        self.cluster.range_of(slot_of(id))
+    }
+
+    async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
+        let v: Option<String> = self.conn.clone().get(key(id)).await.map_err(data_err)?;
+        match v {
+            None => Ok(None),
+            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
+        }
+    }
+
+    async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError> {
+        let json = serde_json::to_string(rec)?;
+        let ms = ttl.as_millis().max(1) as u64;
+        let _: () = self
+            .conn
+            .clone()
+            .pset_ex(key(rec.session_id), json, ms)
+            .await
+            .map_err(data_err)?;
+        Ok(())
+    }
+
+    async fn delete(&self, id: SessionId) -> Result<(), CacheError> {
+        let _: () = self.conn.clone().del(key(id)).await.map_err(data_err)?;
+        Ok(())
+    }
+
+    async fn kill(&self) -> Result<(), CacheError> {
+        self.cluster.kill_all()?;
+        self.refresh_layout().await;
+        Ok(())
+    }
+
+    async fn start(&self) -> Result<(), CacheError> {
+        self.cluster.start_all(&RestoreFrom::Empty).await?;
+        self.refresh_layout().await;
+        Ok(())
+    }
+
+    async fn snapshot(&self, name: &str) -> Result<u64, CacheError> {
+        let n = self.cluster.snapshot(name).await?;
+        Ok(n)
+    }
+
+    async fn restore(&self, from: &RestoreFrom) -> Result<u64, CacheError> {
+        self.cluster.check_snapshot(None, from)?;
+        self.cluster.kill_all()?;
+        self.cluster.start_all(from).await?;
+        self.refresh_layout().await;
+        Ok(self.all_sessions().await?.len() as u64)
+    }
+
+    async fn flush(&self) -> Result<u64, CacheError> {
+        let n = self.all_sessions().await?.len() as u64;
+        self.cluster.flush_masters().await?;
+        Ok(n)
+    }
+
+    async fn evict(&self, fraction: f64) -> Result<Vec<Evicted>, CacheError> {
+        let all = self.all_sessions().await?;
+        let mut keys: Vec<(&String, u32)> = all.iter().map(|(k, (n, _))| (k, *n)).collect();
+        let n = ((keys.len() as f64) * fraction.clamp(0.0, 1.0)).round() as usize;
+        keys.shuffle(&mut *self.rng.lock().unwrap_or_else(|p| p.into_inner()));
+        keys.truncate(n);
+        keys.sort();
+        let mut out = Vec::new();
+        for (k, node) in keys {
+            if self.cluster.get_del(node, k).await?
+                && let Some((_, Some(ev))) = all.get(k)
+            {
+                out.push(ev.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pause(&self, d: Duration) -> Result<(), CacheError> {
+        for n in 1..=self.cluster.len() {
+            self.cluster.pause(n, d).await?;
+        }
+        Ok(())
+    }
+
+    async fn node(&self, node: u32, op: &NodeOp) -> Result<NodeReport, CacheError> {
+        if node == 0 || node > self.cluster.len() {
+            return Err(CacheError::Backend(format!(
+                "the cluster has nodes 1 to {}, not {node}",
+                self.cluster.len()
+            )));
+        }
+        let report = match op {
+            NodeOp::Kill => self.cluster.kill_node(node).await?,
+            NodeOp::Start => self.cluster.start_node(node, &RestoreFrom::Empty).await?,
+            NodeOp::Restore(from) => {
+                self.cluster.check_snapshot(Some(node), from)?;
+                self.cluster.start_node(node, from).await?
+            }
+            NodeOp::Pause(d) => {
+                self.cluster.pause(node, *d).await?;
+                self.cluster.describe(node, 0).await
+            }
+        };
+        self.refresh_layout().await;
+        Ok(report)
+    }
+}
