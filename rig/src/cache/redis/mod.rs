@@ -53,7 +53,7 @@ impl CacheBackend for RedisCfg {
 
 const KEY_PREFIX: &str = "rig:session:";
 
-fn key(id: SessionId) -> String {
+pub(crate) fn key(id: SessionId) -> String {
     format!("{KEY_PREFIX}{id:016x}")
 }
 
@@ -88,10 +88,18 @@ fn admin_err(e: redis::RedisError) -> CacheError {
     classify(e, ADMIN_TIMEOUT)
 }
 
-fn classify(e: redis::RedisError, timeout: Duration) -> CacheError {
+/// A Redis error as the cache's error: timeouts, and a server (or a
+/// cluster's slots) that is not there, are what the cloud's breaker and the
+/// checks tell apart from real errors.
+pub(crate) fn classify(e: redis::RedisError, timeout: Duration) -> CacheError {
     if e.is_timeout() {
         CacheError::Timeout(timeout)
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+    } else if e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
+    {
         CacheError::Down(e.to_string())
     } else {
         CacheError::Redis(e)
@@ -107,6 +115,33 @@ pub(crate) fn manager(url: &str, timeout: Duration) -> Result<ConnectionManager,
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_millis(100));
     ConnectionManager::new_lazy_with_config(client, cfg).map_err(backend_err)
+}
+
+/// Every session key on the server `c` is connected to, sorted.
+pub(crate) async fn scan_sessions(
+    c: &mut impl redis::aio::ConnectionLike,
+    timeout: Duration,
+) -> Result<Vec<String>, CacheError> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{KEY_PREFIX}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await
+            .map_err(|e| classify(e, timeout))?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    keys.sort();
+    Ok(keys)
 }
 
 impl RedisCache {
@@ -226,27 +261,7 @@ impl RedisCache {
     }
 
     async fn session_keys(&self) -> Result<Vec<String>, CacheError> {
-        let mut c = self.admin();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{KEY_PREFIX}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .map_err(admin_err)?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
-        Ok(keys)
+        scan_sessions(&mut self.admin(), ADMIN_TIMEOUT).await
     }
 }
 

@@ -101,9 +101,7 @@ impl CacheBackend for RedisClusterCfg {
 /// The data path fails fast, as with one server.
 const DATA_TIMEOUT: Duration = Duration::from_millis(200);
 
-pub(crate) fn key(id: SessionId) -> String {
-    format!("rig:session:{id:016x}")
-}
+use super::redis::key;
 
 /// The hash slot a session's key lives in: CRC16 (XMODEM) of the key mod
 /// 16384, as every cluster client computes it (rig's keys have no `{tag}`).
@@ -112,18 +110,7 @@ pub fn slot_of(id: SessionId) -> u16 {
 }
 
 fn data_err(e: redis::RedisError) -> CacheError {
-    if e.is_timeout() {
-        CacheError::Timeout(DATA_TIMEOUT)
-    } else if e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.is_cluster_error()
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown)
-    {
-        CacheError::Down(e.to_string())
-    } else {
-        CacheError::Redis(e)
-    }
+    super::redis::classify(e, DATA_TIMEOUT)
 }
 
 /// The rig's handle on its cluster.

@@ -48,13 +48,7 @@ pub struct Cluster {
 }
 
 fn admin_err(e: redis::RedisError) -> CacheError {
-    if e.is_timeout() {
-        CacheError::Timeout(ADMIN_TIMEOUT)
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-        CacheError::Down(e.to_string())
-    } else {
-        CacheError::Redis(e)
-    }
+    super::super::redis::classify(e, ADMIN_TIMEOUT)
 }
 
 /// A loopback port whose cluster-bus port (+10000) is free too.
@@ -410,25 +404,7 @@ impl Cluster {
     /// Every session key on node `n`, with the session and device it holds.
     pub async fn sessions_on(&self, n: u32) -> Result<Vec<(String, Option<Evicted>)>, CacheError> {
         let mut c = self.node(n).admin.clone();
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("rig:session:*")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut c)
-                .await
-                .map_err(admin_err)?;
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        keys.sort();
+        let keys = super::super::redis::scan_sessions(&mut c, ADMIN_TIMEOUT).await?;
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(500) {
             let mut pipe = redis::pipe();
