@@ -103,7 +103,8 @@ enum Cmd {
         cloud: PathBuf,
     },
     /// Measure the cloud's throughput over UDP loopback (full handshakes and
-    /// session resumes per second); `rig bench qemu` measures emulated boards.
+    /// session resumes per second, against a raw UDP echo floor measured in
+    /// the same run); `rig bench storm`, `fleet` and `qemu` measure more.
     Bench {
         #[command(subcommand)]
         what: Option<BenchWhat>,
@@ -113,9 +114,13 @@ enum Cmd {
         /// Seconds per phase (at most 3600).
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
-        /// Session cache: memory or redis (a redis-server child).
-        #[arg(long, default_value = "memory")]
-        cache: CacheArg,
+        /// Session caches to measure one after the other, comma-separated:
+        /// memory, redis (a redis-server child), redis-cluster (3 masters).
+        #[arg(long, default_value = "memory", value_delimiter = ',')]
+        cache: Vec<CacheArg>,
+        /// Cloud workers (sessions partitioned by id; 1 = one receive loop).
+        #[arg(long, default_value_t = rig::cloud::REAL_CLOCK_WORKERS)]
+        workers: usize,
     },
     /// Print a shell completion script: rig completions bash > /etc/bash_completion.d/rig
     Completions { shell: clap_complete::Shell },
@@ -178,6 +183,7 @@ fn parse_dur(s: &str) -> Result<Duration, rig::units::BadDuration> {
 enum CacheArg {
     Memory,
     Redis,
+    RedisCluster,
 }
 
 impl From<CacheArg> for rig::cache::CacheCfg {
@@ -185,6 +191,10 @@ impl From<CacheArg> for rig::cache::CacheCfg {
         match c {
             CacheArg::Memory => rig::cache::CacheCfg::Memory(rig::cache::memory::MemoryCfg {}),
             CacheArg::Redis => rig::cache::CacheCfg::Redis(rig::cache::redis::RedisCfg {}),
+            CacheArg::RedisCluster => rig::cache::CacheCfg::RedisCluster(rig::cache::redis_cluster::RedisClusterCfg {
+                masters: 3,
+                replicas: 0,
+            }),
         }
     }
 }
@@ -360,7 +370,8 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             clients,
             seconds,
             cache,
-        } => cli::cloud::bench(clients, seconds, cache.into()),
+            workers,
+        } => cli::cloud::bench(clients, seconds, cache.into_iter().map(Into::into).collect(), workers),
         Cmd::Doctor { bench } => rig::doctor::command(bench.as_deref()),
         Cmd::Cache { command, cloud } => cli::cache_client::send(&command.join(" "), &cloud),
         Cmd::Flash {

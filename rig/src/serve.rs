@@ -166,7 +166,8 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let durable = DurableKeys::with_file(&o.dir.join("durable-keys.jsonl"))?;
     let keys = o.bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
     // Reachable from the network: secrets from the OS RNG, never a seed.
-    let cfg = CloudConfig::with_secrets(keys, crate::cloud::Secrets::Os);
+    let mut cfg = CloudConfig::with_secrets(keys, crate::cloud::Secrets::Os);
+    cfg.workers = crate::cloud::REAL_CLOCK_WORKERS;
     let sock = tokio::net::UdpSocket::bind(o.listen)
         .await
         .with_context(|| format!("cannot listen on UDP {}", o.listen))?;

@@ -373,6 +373,24 @@ impl Frame {
     }
 }
 
+/// The session a datagram belongs to, read from its header without
+/// decoding or authenticating it: how a cloud with several workers sends
+/// every datagram of a session to the worker that owns it. `None` for
+/// messages that carry no session (hellos) and for anything too short; the
+/// answer is a routing hint only, the worker still decodes and verifies.
+pub fn session_of(b: &[u8]) -> Option<SessionId> {
+    if b.len() < 4 || b[..2] != MAGIC || b[2] != VERSION {
+        return None;
+    }
+    let at = match b[3] {
+        ty::CLIENT_FINISHED => 4,
+        ty::RECORD => 5,
+        _ => return None,
+    };
+    let id: [u8; 8] = b.get(at..at + 8)?.try_into().ok()?;
+    Some(SessionId::from_be_bytes(id))
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -546,6 +564,28 @@ mod tests {
         let n = b.len();
         b[n - 2] = 0xfd;
         assert_eq!(Frame::decode(&b), Err(Malformed("padding must be zero bytes")));
+    }
+
+    #[test]
+    fn session_of_reads_exactly_the_session_carrying_messages() {
+        for f in all_frames() {
+            let want = match &f {
+                Frame::ClientFinished(x) => Some(x.session_id),
+                Frame::Record(r) => Some(r.header.session_id),
+                _ => None,
+            };
+            let b = f.encode();
+            assert_eq!(session_of(&b), want, "{}", f.name());
+            // A truncated header routes nowhere rather than panicking.
+            for n in 0..b.len().min(13) {
+                let _ = session_of(&b[..n]);
+            }
+        }
+        assert_eq!(
+            session_of(b"XX\x01\x10\x00\x00\x00\x00\x00\x00\x00\x00\x07"),
+            None,
+            "bad magic"
+        );
     }
 }
 

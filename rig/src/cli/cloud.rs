@@ -11,6 +11,8 @@ use crate::report::Overall;
 
 /// Most clients `rig bench` runs: each has its own UDP socket.
 pub const MAX_BENCH_CLIENTS: usize = 10_000;
+/// Most cloud workers `rig bench` and `rig cloud serve` accept.
+pub const MAX_WORKERS: usize = 256;
 /// Longest `rig bench` phase.
 pub const MAX_BENCH_SECONDS: f64 = 3600.0;
 
@@ -123,7 +125,12 @@ pub fn serve(o: &ServeOpts) -> Result<Overall, CliError> {
 }
 
 /// `rig bench`: the cloud's throughput over UDP loopback.
-pub fn bench(clients: usize, seconds: f64, cache: CacheCfg) -> Result<Overall, CliError> {
+pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: usize) -> Result<Overall, CliError> {
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        return Err(CliError::Usage(format!(
+            "--workers must be between 1 and {MAX_WORKERS}, not {workers}"
+        )));
+    }
     if clients == 0 || clients > MAX_BENCH_CLIENTS {
         return Err(CliError::Usage(format!(
             "--clients must be between 1 and {MAX_BENCH_CLIENTS}, not {clients}"
@@ -141,14 +148,17 @@ pub fn bench(clients: usize, seconds: f64, cache: CacheCfg) -> Result<Overall, C
         .prefix("rig-bench-")
         .tempdir()
         .map_err(|e| CliError::Fault(format!("cannot create a temporary folder: {e}")))?;
-    let res = rt.block_on(crate::benchmark::run(
-        clients,
-        Duration::from_secs_f64(seconds),
-        &cache,
-        dir.path(),
-    ));
-    let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
-    print!("{f}");
+    for cache in &caches {
+        let res = rt.block_on(crate::benchmark::run(
+            clients,
+            Duration::from_secs_f64(seconds),
+            cache,
+            workers,
+            &dir.path().join(cache.backend().name()),
+        ));
+        let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
+        print!("{f}");
+    }
     Ok(Overall::Passed)
 }
 

@@ -6,11 +6,13 @@
 //! - [`server`]: the protocol state machine: cookies, handshakes, records,
 //!   what to do with a record for a session the cache does not know.
 //! - [`durable`]: the durable key store behind the `durable` mitigation.
+//! - [`shards`]: several workers on one socket, sessions partitioned by id.
 //!
 //! The wire format lives in the `rig-proto` crate and `docs/protocol.md`.
 
 pub mod durable;
 pub mod server;
+pub mod shards;
 pub mod transport;
 
 #[cfg(test)]
@@ -25,6 +27,11 @@ use serde::{Deserialize, Serialize};
 use crate::timeline::{EventKind, Source, Timeline};
 
 pub use server::{CloudConfig, Secrets, Server, serve};
+
+/// Workers of a cloud on a real socket (`rig run` on the real clock, `rig
+/// cloud serve`, `rig bench`): more than the cores, because what a worker
+/// mostly waits for is its cache round trip, which others overlap.
+pub const REAL_CLOCK_WORKERS: usize = 16;
 
 /// What the cloud does with a record for a session its cache does not know.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -123,11 +130,17 @@ pub fn start(
     let admin = crate::cache::Cache::new(cache.clone(), timeline.clone());
     admin.announce_topology();
     let handle = CloudHandle::new(mitigation, timeline.clone());
-    let server = Server::new(cfg, cache, durable, handle.clone(), timeline.clone());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(serve(socket, server, async {
+    let stopped = async {
         let _ = rx.await;
-    }));
+    };
+    let task = if cfg.workers > 1 {
+        let servers = Server::sharded(cfg, cache, durable, handle.clone(), timeline.clone());
+        tokio::spawn(shards::serve(socket, servers, stopped))
+    } else {
+        let server = Server::new(cfg, cache, durable, handle.clone(), timeline.clone());
+        tokio::spawn(serve(socket, server, stopped))
+    };
     RunningCloud {
         handle,
         cache: admin,

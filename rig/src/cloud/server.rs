@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use super::Mitigation;
 use super::durable::DurableKeys;
+use super::shards::{PendingIps, Shard};
 use super::transport::Datagram;
 use crate::cache::{CacheError, SessionCache, SessionRecord, session_label};
 use crate::timeline::{ConnectVia, EventKind, Source, Timeline, UnknownAction};
@@ -74,6 +75,10 @@ pub struct CloudConfig {
     /// Journal a datagram and its replies as one `cloud.exchange` instead
     /// of a `cloud.rx` and a `cloud.tx` each (fleet benches).
     pub per_exchange: bool,
+    /// Workers handling datagrams concurrently, each owning the sessions
+    /// whose id is its index modulo this (see [`super::shards`]). 1 keeps
+    /// one receive loop, which the virtual clock needs to be deterministic.
+    pub workers: usize,
 }
 
 impl CloudConfig {
@@ -95,6 +100,7 @@ impl CloudConfig {
             cookie_rotation: Duration::from_secs(600),
             replay_floor: true,
             per_exchange: false,
+            workers: 1,
         }
     }
 }
@@ -116,6 +122,9 @@ pub struct Outcome {
     pub msg: &'static str,
     pub replies: Vec<Frame>,
     pub events: Vec<EventKind>,
+    /// The session as it must be stored once the replies are on their way
+    /// (see [`Server::store`]).
+    pub store: Option<SessionRecord>,
 }
 
 /// The cloud's protocol state. Owned by one task.
@@ -134,12 +143,19 @@ pub struct Server {
     /// Highest record counter accepted per session, outside the cache.
     highest_rx: HashMap<SessionId, u64>,
     pending: BTreeMap<SessionId, Pending>,
+    /// Pending handshakes by age, oldest first: expiry looks only at the
+    /// front instead of walking every pending handshake on every hello.
+    pending_by_age: std::collections::VecDeque<(Instant, SessionId)>,
     // Which device last spoke from an address: how bytes of records the cloud
     // cannot decrypt are still attributed to a device.
     peers: HashMap<SocketAddr, String>,
     /// Circuit breaker, per part of the cache (a cluster's slot range): a
     /// dead node fails fast only the sessions it served.
     cache_down_until: HashMap<usize, Instant>,
+    /// Which worker this is: the session ids it hands out are its own.
+    shard: Shard,
+    /// Pending handshakes per source IP, across all workers.
+    ips: Arc<PendingIps>,
 }
 
 impl Server {
@@ -150,8 +166,52 @@ impl Server {
         handle: super::CloudHandle,
         timeline: Timeline,
     ) -> Server {
+        Server::shard(cfg, cache, durable, handle, timeline, Shard::ONE, Arc::default())
+    }
+
+    /// The cloud as `cfg.workers` servers, one per worker, sharing the
+    /// cache, the durable store and the per-IP handshake budget.
+    pub fn sharded(
+        cfg: CloudConfig,
+        cache: Arc<dyn SessionCache>,
+        durable: DurableKeys,
+        handle: super::CloudHandle,
+        timeline: Timeline,
+    ) -> Vec<Server> {
+        let count = cfg.workers.max(1) as u64;
+        let ips = Arc::<PendingIps>::default();
+        (0..count)
+            .map(|index| {
+                let mut cfg = cfg.clone();
+                cfg.max_pending = cfg.max_pending.div_ceil(count as usize);
+                Server::shard(
+                    cfg,
+                    cache.clone(),
+                    durable.clone(),
+                    handle.clone(),
+                    timeline.clone(),
+                    Shard { index, count },
+                    ips.clone(),
+                )
+            })
+            .collect()
+    }
+
+    fn shard(
+        cfg: CloudConfig,
+        cache: Arc<dyn SessionCache>,
+        durable: DurableKeys,
+        handle: super::CloudHandle,
+        timeline: Timeline,
+        shard: Shard,
+        ips: Arc<PendingIps>,
+    ) -> Server {
         let mut rng = match cfg.secrets {
-            Secrets::Seeded(seed) => ChaCha8Rng::seed_from_u64(seed ^ 0xc10d),
+            // Worker 0 keeps the single cloud's stream, so a seed still
+            // reproduces a one-worker run exactly.
+            Secrets::Seeded(seed) => {
+                ChaCha8Rng::seed_from_u64(seed ^ 0xc10d ^ shard.index.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            }
             Secrets::Os => {
                 let mut seed = [0u8; 32];
                 // Without OS randomness a network-facing cloud must not run
@@ -175,13 +235,42 @@ impl Server {
             cert: rig_proto::handshake::certificate(rig_proto::SERVER_CERT_LEN, 0x5a),
             highest_rx: HashMap::new(),
             pending: BTreeMap::new(),
+            pending_by_age: std::collections::VecDeque::new(),
             peers: HashMap::new(),
             cache_down_until: HashMap::new(),
+            shard,
+            ips,
         }
     }
 
-    /// Processes one datagram from `peer`.
+    /// Processes one datagram from `peer`, the session stored before it
+    /// returns.
     pub async fn handle(&mut self, data: &[u8], peer: SocketAddr) -> Outcome {
+        let mut out = self.handle_deferred(data, peer).await;
+        self.store(&mut out).await;
+        out
+    }
+
+    /// Writes what `out` left to store to the durable store and the cache.
+    ///
+    /// The receive paths call it after sending the replies: the device does
+    /// not wait for the cache's acknowledgement, which halves what a resume
+    /// costs it with a networked cache. Order and replay protection are
+    /// unchanged: the worker finishes the write before it takes the next
+    /// datagram (a session's datagrams all reach this worker), and the
+    /// in-process replay floor was raised before the reply was sealed.
+    pub async fn store(&mut self, out: &mut Outcome) {
+        let Some(rec) = out.store.take() else { return };
+        if let Err(e) = self.durable.put(&rec) {
+            out.events
+                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
+        }
+        if let Err(e) = self.cache_put(&rec).await {
+            out.events.push(cache_error("put", &e));
+        }
+    }
+
+    async fn handle_deferred(&mut self, data: &[u8], peer: SocketAddr) -> Outcome {
         let mut out = Outcome {
             device: self.peers.get(&peer).cloned(),
             msg: "malformed",
@@ -233,8 +322,7 @@ impl Server {
                 .push(invalid("handshake refused: too many pending handshakes", peer));
             return;
         }
-        let from_ip = self.pending.values().filter(|p| p.ip == peer.ip()).count();
-        if from_ip >= self.cfg.max_pending_per_ip {
+        if !self.ips.take(peer.ip(), self.cfg.max_pending_per_ip) {
             out.events.push(invalid(
                 "handshake refused: too many pending handshakes from this address",
                 peer,
@@ -245,7 +333,11 @@ impl Server {
         let mut server_nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut server_nonce);
         let session_id = loop {
-            let id = self.rng.next_u64();
+            // Ids ≡ this worker's index, so the finished flight and every
+            // record of the session come back to the worker holding it.
+            let Some(id) = self.shard.own(self.rng.next_u64()) else {
+                continue;
+            };
             if id != 0 && !self.pending.contains_key(&id) {
                 break id;
             }
@@ -263,6 +355,8 @@ impl Server {
             cert: self.cert.clone(),
             mac,
         }));
+        let created = Instant::now();
+        self.pending_by_age.push_back((created, session_id));
         self.pending.insert(
             session_id,
             Pending {
@@ -270,7 +364,7 @@ impl Server {
                 device_id: h.device_id,
                 transcript,
                 keys,
-                created: Instant::now(),
+                created,
             },
         );
     }
@@ -278,7 +372,18 @@ impl Server {
     fn expire_pending(&mut self) {
         let now = Instant::now();
         let ttl = self.cfg.pending_ttl;
-        self.pending.retain(|_, p| now.duration_since(p.created) < ttl);
+        while let Some(&(created, id)) = self.pending_by_age.front() {
+            if now.duration_since(created) < ttl {
+                break;
+            }
+            self.pending_by_age.pop_front();
+            // The entry may have finished already, or its id been reused.
+            if self.pending.get(&id).is_some_and(|p| p.created == created)
+                && let Some(p) = self.pending.remove(&id)
+            {
+                self.ips.give_back(p.ip);
+            }
+        }
     }
 
     fn rotate_cookie_key(&mut self) {
@@ -307,15 +412,10 @@ impl Server {
             out.events.push(invalid("bad finished MAC", peer));
             return;
         }
+        self.ips.give_back(p.ip);
         self.peers.insert(peer, p.device_id.clone());
         let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
-        if let Err(e) = self.durable.put(&rec) {
-            out.events
-                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
-        }
-        if let Err(e) = self.cache_put(&rec).await {
-            out.events.push(cache_error("put", &e));
-        }
+        out.store = Some(rec);
         let session = session_label(f.session_id);
         out.events.push(EventKind::CloudHandshake {
             session: session.clone(),
@@ -434,13 +534,7 @@ impl Server {
             out.replies
                 .push(Frame::Record(Record::seal(&keys, Direction::ToDevice, header, &reply)));
         }
-        if let Err(e) = self.durable.put(&rec) {
-            out.events
-                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
-        }
-        if let Err(e) = self.cache_put(&rec).await {
-            out.events.push(cache_error("put", &e));
-        }
+        out.store = Some(rec);
     }
 
     async fn cache_get(&mut self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
@@ -584,13 +678,66 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
                 continue;
             }
         };
-        let out = server.handle(&buf[..n], peer).await;
+        server.answer(&*socket, &buf[..n], peer, &mut refused).await;
+    }
+}
+
+/// One worker of a sharded cloud: the datagrams the dispatcher routed to it,
+/// answered on the shared socket, until the dispatcher hangs up.
+pub(super) async fn work(
+    socket: Arc<dyn Datagram>,
+    mut server: Server,
+    mut inbox: tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+) {
+    let mut refused = Refused::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (data, peer) = tokio::select! {
+            biased;
+            _ = tick.tick(), if !refused.by_source.is_empty() => {
+                refused.flush(&server);
+                continue;
+            }
+            d = inbox.recv() => match d {
+                Some(d) => d,
+                None => break,
+            },
+        };
+        server.answer(&*socket, &data, peer, &mut refused).await;
+    }
+    refused.flush(&server);
+}
+
+impl Server {
+    /// Handles one datagram: its replies sent, its bytes and events
+    /// journaled (refusals aggregated in `refused`).
+    async fn answer(&mut self, socket: &dyn Datagram, data: &[u8], peer: SocketAddr, refused: &mut Refused) {
+        let n = data.len();
+        let mut out = self.handle_deferred(data, peer).await;
+        let replies = std::mem::take(&mut out.replies);
+        let mut tx = 0u64;
+        for reply in replies {
+            let bytes = reply.encode();
+            match socket.send_to(&bytes, peer).await {
+                Ok(_) => {
+                    tx += bytes.len() as u64;
+                    out.events.push(EventKind::CloudTx {
+                        bytes: bytes.len() as u64,
+                        msg: reply.name().to_owned(),
+                        peer: String::new(),
+                    });
+                }
+                Err(e) => tracing::debug!("cloud send to {peer} failed: {e}"),
+            }
+        }
+        self.store(&mut out).await;
         let device = out.device.as_deref();
         let peer_s = peer.to_string();
         let junk = device.is_none() && out.events.iter().any(|e| matches!(e, EventKind::CloudInvalid { .. }));
-        let per_exchange = server.cfg.per_exchange;
+        let per_exchange = self.cfg.per_exchange;
         if !junk && !per_exchange {
-            server.emit(
+            self.emit(
                 device,
                 EventKind::CloudRx {
                     bytes: n as u64,
@@ -599,32 +746,27 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
                 },
             );
         }
+        // In the order they happened: what the datagram did, what was
+        // sent, how storing the session went.
         for ev in out.events {
             match ev {
                 EventKind::CloudInvalid { reason, .. } => {
                     refused.add(device, &peer_s, reason, if junk { n as u64 } else { 0 });
                 }
-                ev => server.emit(device, ev),
-            }
-        }
-        let mut tx = 0u64;
-        for reply in out.replies {
-            let bytes = reply.encode();
-            match socket.send_to(&bytes, peer).await {
-                Ok(_) if per_exchange => tx += bytes.len() as u64,
-                Ok(_) => server.emit(
+                EventKind::CloudTx { .. } if per_exchange => {}
+                EventKind::CloudTx { bytes, msg, .. } => self.emit(
                     device,
                     EventKind::CloudTx {
-                        bytes: bytes.len() as u64,
-                        msg: reply.name().to_owned(),
+                        bytes,
+                        msg,
                         peer: peer_s.clone(),
                     },
                 ),
-                Err(e) => tracing::debug!("cloud send to {peer} failed: {e}"),
+                ev => self.emit(device, ev),
             }
         }
         if !junk && per_exchange {
-            server.emit(
+            self.emit(
                 device,
                 EventKind::CloudExchange {
                     msg: out.msg.to_owned(),

@@ -761,3 +761,130 @@ async fn a_replay_after_a_snapshot_restore_is_rejected_or_reported_when_unprotec
         assert_eq!(names(&r.server.handle(&next, peer(1)).await), ["cloud.publish"]);
     }
 }
+
+/// A device on its own UDP socket, for the sharded cloud on real loopback.
+struct UdpDev {
+    sock: tokio::net::UdpSocket,
+    session: Option<Session>,
+}
+
+impl UdpDev {
+    async fn ask(&self, bytes: &[u8], cloud: SocketAddr) -> Option<Frame> {
+        self.sock.send_to(bytes, cloud).await.unwrap();
+        let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM];
+        let (n, _) = tokio::time::timeout(Duration::from_millis(500), self.sock.recv_from(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Frame::decode(&buf[..n]).ok()
+    }
+
+    async fn handshake(&mut self, id: &str, cloud: SocketAddr) {
+        let mut hs = Handshake::new(id, Psk::derive_for(id), [3; 16], 120);
+        loop {
+            let answer = self.ask(&hs.flight().encode(), cloud).await.expect("an answer");
+            match hs.on_frame(answer) {
+                Progress::Next => {}
+                Progress::Done(s) => return self.session = Some(s),
+                other => panic!("{id}: handshake failed: {other:?}"),
+            }
+        }
+    }
+
+    /// A resume ping; returns the datagram sent and whether a pong came.
+    async fn resume(&mut self, cloud: SocketAddr) -> (Vec<u8>, bool) {
+        let s = self.session.as_mut().unwrap();
+        let ping = Inner {
+            kind: InnerKind::Ping,
+            msg_id: 1,
+            payload: vec![],
+        };
+        let sent = s.seal(FLAG_RESUME, &ping).encode();
+        let pong = match self.ask(&sent, cloud).await {
+            Some(Frame::Record(r)) => self.session.as_mut().unwrap().open(&r).is_some(),
+            _ => false,
+        };
+        (sent, pong)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_replays() {
+    const WORKERS: usize = 4;
+    let ids: Vec<String> = (0..24).map(|i| format!("shard-dev-{i:02}")).collect();
+    let keys = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
+    let timeline = Timeline::in_memory();
+    let cache = MemoryCache::new(1);
+    let mut cfg = CloudConfig::with_secrets(keys, super::Secrets::Os);
+    cfg.workers = WORKERS;
+    // All devices share 127.0.0.1.
+    cfg.max_pending_per_ip = 64;
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let cloud = sock.local_addr().unwrap();
+    let running = super::start(
+        Arc::new(sock),
+        cfg,
+        Arc::new(cache.clone()),
+        DurableKeys::off(),
+        Mitigation::Drop,
+        &timeline,
+    );
+    // All devices at once: their handshakes and resumes interleave across
+    // the workers.
+    let tasks: Vec<_> = ids
+        .iter()
+        .cloned()
+        .map(|id| {
+            tokio::spawn(async move {
+                let mut d = UdpDev {
+                    sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+                    session: None,
+                };
+                d.handshake(&id, cloud).await;
+                let mut first = None;
+                for _ in 0..5 {
+                    let (sent, pong) = d.resume(cloud).await;
+                    assert!(pong, "{id}: a resume was not answered");
+                    first.get_or_insert(sent);
+                }
+                // The first resume again, byte for byte: a replay.
+                let replayed = d.ask(&first.unwrap(), cloud).await;
+                (d.session.unwrap().id, replayed.is_none())
+            })
+        })
+        .collect();
+    let mut shards = std::collections::BTreeSet::new();
+    for t in tasks {
+        let (session, refused) = t.await.unwrap();
+        assert!(refused, "a replayed resume was answered");
+        shards.insert(session % WORKERS as u64);
+    }
+    running.stop().await;
+    assert!(shards.len() > 1, "sessions spread over the workers: {shards:?}");
+    assert_eq!(cache.len(), ids.len());
+    for id in &ids {
+        let rec = cache
+            .get(
+                timeline
+                    .snapshot()
+                    .iter()
+                    .find_map(|e| match (&e.kind, e.device.as_deref()) {
+                        (EventKind::CloudHandshake { session }, Some(d)) if d == id => {
+                            u64::from_str_radix(session, 16).ok()
+                        }
+                        _ => None,
+                    })
+                    .unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rec.rx_counter, 5, "{id}: five resumes stored, the replay not");
+    }
+    let replays = timeline
+        .snapshot()
+        .iter()
+        .filter(|e| matches!(&e.kind, EventKind::CloudInvalid { reason, .. } if reason.starts_with("replayed record")))
+        .count();
+    assert!(replays >= 1, "the refused replays are journaled");
+}

@@ -79,6 +79,11 @@ impl World {
         let mut cfg = CloudConfig::with_secrets(keys, secrets);
         cfg.replay_floor = bench.cloud.replay_window == ReplayWindow::Process;
         cfg.per_exchange = bench.journal.datagrams == crate::bench::Datagrams::PerExchange;
+        // One receive loop keeps the virtual clock deterministic; on a real
+        // socket, workers overlap their cache round trips.
+        if bench.clock == Clock::Real {
+            cfg.workers = crate::cloud::REAL_CLOCK_WORKERS;
+        }
         let running = crate::cloud::start(socket, cfg, cache, durable, bench.cloud.mitigation, timeline);
 
         let mut devices = Vec::new();

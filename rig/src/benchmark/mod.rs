@@ -5,6 +5,13 @@
 //! has its own UDP socket and runs full handshakes for the first phase, then
 //! authenticated resumes (ping with the resume flag, wait for the pong) for
 //! the second. The cloud is the real one, with its timeline in memory.
+//!
+//! The floor ([`echo`]): the same clients, sockets and loop against a bare
+//! UDP echo server, with datagrams the size of a resume, measured in the
+//! same run just before the cloud. What the cloud achieves is printed as a
+//! share of it, so figures from different machines (or a busy one) compare.
+
+pub mod echo;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,9 +41,32 @@ pub struct Phase {
 #[derive(Debug, Clone)]
 pub struct Figures {
     pub clients: usize,
+    pub workers: usize,
     pub cache: String,
+    /// Round trips/s of the raw UDP echo floor, same clients, same run.
+    pub floor: Phase,
     pub handshakes: Phase,
     pub resumes: Phase,
+}
+
+impl Figures {
+    /// Resumes/s as a share of the echo floor.
+    pub fn resume_ratio(&self) -> f64 {
+        if self.floor.per_sec > 0.0 {
+            self.resumes.per_sec / self.floor.per_sec
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What a phase's clients do, over and over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Handshake,
+    Resume,
+    /// Send a resume-sized datagram, wait for it to come back.
+    Echo,
 }
 
 struct Client {
@@ -51,13 +81,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Client {
     async fn exchange(&self, frame: &Frame, cloud: SocketAddr) -> Option<Frame> {
-        self.sock.send_to(&frame.encode(), cloud).await.ok()?;
+        let reply = self.round_trip(&frame.encode(), cloud).await?;
+        Frame::decode(&reply).ok()
+    }
+
+    async fn round_trip(&self, bytes: &[u8], to: SocketAddr) -> Option<Vec<u8>> {
+        self.sock.send_to(bytes, to).await.ok()?;
         let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM];
         let (n, _) = tokio::time::timeout(REPLY_TIMEOUT, self.sock.recv_from(&mut buf))
             .await
             .ok()?
             .ok()?;
-        Frame::decode(&buf[..n]).ok()
+        buf.truncate(n);
+        Some(buf)
     }
 
     /// One full handshake, flight by flight, through the device-side state
@@ -126,29 +162,63 @@ fn summarize(mut lat: Vec<u64>, failures: u64, took: Duration) -> Phase {
     }
 }
 
-/// Runs both phases for `each` long with `clients` concurrent clients,
-/// with the cloud's session cache as `cache` says (its files in `dir`).
-pub async fn run(clients: usize, each: Duration, cache: &CacheCfg, dir: &Path) -> anyhow::Result<Figures> {
+/// Runs the floor and both phases for `each` long with `clients`
+/// concurrent clients, with the cloud's session cache as `cache` says (its
+/// files in `dir`) and `workers` cloud workers.
+pub async fn run(
+    clients: usize,
+    each: Duration,
+    cache: &CacheCfg,
+    workers: usize,
+    dir: &Path,
+) -> anyhow::Result<Figures> {
+    let mut all = new_clients(clients).await?;
+    let echo = echo::EchoServer::start()?;
+    let floor = phase(&mut all, each, echo.addr(), Mode::Echo).await;
+    drop(echo);
+
     // Events are produced (that is part of the cost) but not kept.
     let timeline = Timeline::in_memory().retain_last(0);
     let name = cache.backend().name();
     let cache = crate::cache::open(cache, &OpenCtx { dir, seed: 1 }).await?;
-    let ids: Vec<String> = (0..clients).map(|i| format!("bench-{i:04}")).collect();
-    let keys: BTreeMap<String, Psk> = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
+    let keys: BTreeMap<String, Psk> = (0..clients)
+        .map(client_id)
+        .map(|id| (id.clone(), Psk::derive_for(&id)))
+        .collect();
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
     let cloud = sock.local_addr()?;
-    let cfg = CloudConfig::with_secrets(keys, Secrets::Os);
+    let mut cfg = CloudConfig::with_secrets(keys, Secrets::Os);
+    cfg.workers = workers;
+    // Every client shares 127.0.0.1: the per-address budget of pending
+    // handshakes (a flood guard) would otherwise throttle the bench itself.
+    cfg.max_pending_per_ip = clients.max(cfg.max_pending_per_ip);
     let running = crate::cloud::start(
         Arc::new(sock),
         cfg,
         cache,
-        DurableKeys::new(),
+        DurableKeys::off(),
         Mitigation::Drop,
         &timeline,
     );
 
-    let mut all = Vec::new();
-    for id in ids {
+    let handshakes = phase(&mut all, each, cloud, Mode::Handshake).await;
+    let resumes = phase(&mut all, each, cloud, Mode::Resume).await;
+    running.stop().await;
+    Ok(Figures {
+        clients,
+        workers,
+        cache: name.into(),
+        floor,
+        handshakes,
+        resumes,
+    })
+}
+
+/// Protocol clients `bench-0000`, `bench-0001`, …, each on its own socket.
+async fn new_clients(n: usize) -> std::io::Result<Vec<Client>> {
+    let mut all = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = client_id(i);
         all.push(Client {
             sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await?,
             psk: Psk::derive_for(&id),
@@ -157,31 +227,29 @@ pub async fn run(clients: usize, each: Duration, cache: &CacheCfg, dir: &Path) -
             nonce: 0,
         });
     }
-    let handshakes = phase(&mut all, each, cloud, true).await;
-    let resumes = phase(&mut all, each, cloud, false).await;
-    running.stop().await;
-    Ok(Figures {
-        clients,
-        cache: name.into(),
-        handshakes,
-        resumes,
-    })
+    Ok(all)
 }
 
-async fn phase(clients: &mut Vec<Client>, each: Duration, cloud: SocketAddr, handshake: bool) -> Phase {
+fn client_id(i: usize) -> String {
+    format!("bench-{i:04}")
+}
+
+async fn phase(clients: &mut Vec<Client>, each: Duration, to: SocketAddr, mode: Mode) -> Phase {
+    let probe = Arc::new(echo::resume_sized_datagram());
     let started = Instant::now();
     let deadline = started + each;
     let tasks: Vec<_> = std::mem::take(clients)
         .into_iter()
         .map(|mut c| {
+            let probe = probe.clone();
             tokio::spawn(async move {
                 let (mut lat, mut failures) = (Vec::new(), 0u64);
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let ok = if handshake || c.session.is_none() {
-                        c.handshake(cloud).await
-                    } else {
-                        c.resume(cloud).await
+                    let ok = match mode {
+                        Mode::Echo => c.round_trip(&probe, to).await.is_some_and(|r| r == *probe),
+                        Mode::Resume if c.session.is_some() => c.resume(to).await,
+                        Mode::Handshake | Mode::Resume => c.handshake(to).await,
                     };
                     if ok {
                         lat.push(t.elapsed().as_micros() as u64);
@@ -208,10 +276,11 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "cloud over UDP loopback, {} clients, {} session cache",
-            self.clients, self.cache
+            "cloud over UDP loopback, {} clients, {} session cache, {} workers",
+            self.clients, self.cache, self.workers
         )?;
         for (name, p) in [
+            ("UDP echo floor", &self.floor),
             ("full handshakes", &self.handshakes),
             ("session resumes", &self.resumes),
         ] {
@@ -221,6 +290,11 @@ impl std::fmt::Display for Figures {
                 p.per_sec, p.ops, p.failures, p.p50_us, p.p99_us
             )?;
         }
+        writeln!(
+            f,
+            "  resumes/s = {:.0} % of the echo floor",
+            100.0 * self.resume_ratio()
+        )?;
         Ok(())
     }
 }

@@ -1,0 +1,164 @@
+//! One cloud socket, several workers: how the cloud uses the machine.
+//!
+//! A dispatcher reads every datagram and hands it to one worker, each owning
+//! its own [`Server`] state. Sessions are partitioned by id: worker `i`
+//! hands out only ids `≡ i (mod N)`, so a session's finished flight and all
+//! its records reach the worker that holds its pending handshake, replay
+//! floor and counters, in the order they arrived. Hellos carry no session
+//! and go by source address, so a device's cookie round trip stays on one
+//! worker. Workers overlap their cache round trips (the Redis clients
+//! multiplex concurrent calls on one connection), which a single receive
+//! loop cannot.
+//!
+//! The only state shared between workers is the per-IP budget of pending
+//! handshakes, so an address cannot hold N times its share by spreading
+//! its hellos over workers.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use super::server::{Server, work};
+use super::transport::Datagram;
+
+/// Which of `count` workers a server is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Shard {
+    pub const ONE: Shard = Shard { index: 0, count: 1 };
+
+    /// `random` moved onto this worker's residue class, or `None` where
+    /// that would overflow (the caller draws again).
+    pub fn own(self, random: u64) -> Option<u64> {
+        (random - random % self.count).checked_add(self.index)
+    }
+}
+
+/// Pending handshakes per source IP, shared by all workers.
+#[derive(Default)]
+pub struct PendingIps(Mutex<HashMap<IpAddr, usize>>);
+
+impl PendingIps {
+    /// Counts one more pending handshake from `ip` unless it holds `limit`.
+    pub fn take(&self, ip: IpAddr, limit: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn give_back(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The worker a datagram goes to.
+pub fn route(data: &[u8], peer: SocketAddr, workers: usize) -> usize {
+    let n = workers as u64;
+    let key = match rig_proto::frame::session_of(data) {
+        Some(session) => session % n,
+        None => {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            peer.hash(&mut h);
+            h.finish() % n
+        }
+    };
+    key as usize
+}
+
+/// Datagrams waiting for one worker. When a worker falls behind, the
+/// dispatcher waits, and the socket's receive buffer takes the rest (where
+/// the kernel counts what overflows).
+const INBOX: usize = 1024;
+
+/// Runs `servers` (from [`Server::sharded`]) on `socket` until `shutdown`.
+pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let workers = servers.len();
+    let mut inboxes = Vec::with_capacity(workers);
+    let mut tasks = Vec::with_capacity(workers);
+    for server in servers {
+        let (tx, rx) = mpsc::channel(INBOX);
+        inboxes.push(tx);
+        tasks.push(tokio::spawn(work(socket.clone(), server, rx)));
+    }
+    let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            r = socket.recv_from(&mut buf) => r,
+        };
+        let (n, peer) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!("cloud receive error: {e}");
+                if e.kind() == std::io::ErrorKind::NotConnected {
+                    break;
+                }
+                continue;
+            }
+        };
+        let data = &buf[..n];
+        let to = route(data, peer, workers);
+        if inboxes[to].send((data.to_vec(), peer)).await.is_err() {
+            tracing::error!("cloud worker {to} ended; the cloud stops");
+            break;
+        }
+    }
+    // Hanging up lets each worker finish what it holds and flush its
+    // aggregated refusals.
+    drop(inboxes);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_hands_out_only_its_own_ids() {
+        for count in [1u64, 2, 3, 8, 16] {
+            for index in 0..count {
+                let s = Shard { index, count };
+                for r in [0u64, 1, 12345, u64::MAX / 2, u64::MAX - 20] {
+                    if let Some(id) = s.own(r) {
+                        assert_eq!(id % count, index);
+                    }
+                }
+            }
+        }
+        // 2^64 - 1 is a multiple of 3: its block has no room for index 1.
+        assert_eq!(Shard { index: 1, count: 3 }.own(u64::MAX), None, "overflow draws again");
+    }
+
+    #[test]
+    fn the_ip_budget_is_shared_and_given_back() {
+        let ips = PendingIps::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(ips.take(a, 2) && ips.take(a, 2));
+        assert!(!ips.take(a, 2), "a third from one address is refused");
+        assert!(ips.take(b, 2), "another address has its own budget");
+        ips.give_back(a);
+        assert!(ips.take(a, 2));
+    }
+}
