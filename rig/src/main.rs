@@ -149,6 +149,7 @@ enum CloudCmd {
         /// UDP address to listen on (loopback unless you say otherwise: 0.0.0.0:5684 for a bench network).
         #[arg(long, default_value = "127.0.0.1:5684")]
         listen: String,
+        /// Session cache: memory, redis (a redis-server child) or redis-cluster (3 masters).
         #[arg(long, default_value = "memory")]
         cache: CacheArg,
         #[arg(long, default_value = "drop")]

@@ -238,3 +238,45 @@ fn sigkill_of_the_rig_leaves_no_node_of_a_six_node_cluster() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn rig_cloud_serve_runs_on_a_cluster_and_stops_it() {
+    let out = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_rig"))
+        .args([
+            "cloud",
+            "serve",
+            "--cache",
+            "redis-cluster",
+            "--listen",
+            "127.0.0.1:0",
+            "--out",
+        ])
+        .arg(out.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let nodes = loop {
+        let nodes = redis_children(child.id());
+        if nodes.len() == 3 && out.path().join("admin.sock").exists() {
+            break nodes;
+        }
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the cluster cloud never came up: {nodes:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let events = std::fs::read_to_string(out.path().join("events.jsonl")).unwrap();
+    assert!(events.contains("\"kind\":\"cache.cluster\""), "{events}");
+    let stop = rig(&["cloud", "stop", "--cloud", out.path().to_str().unwrap()]);
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    child.wait().unwrap();
+    let gone_by = std::time::Instant::now() + Duration::from_secs(5);
+    while nodes.iter().any(|p| alive(*p)) {
+        assert!(std::time::Instant::now() < gone_by, "nodes outlived the cloud");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

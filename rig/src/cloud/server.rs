@@ -731,8 +731,8 @@ impl Server {
                 Err(e) => tracing::debug!("cloud send to {peer} failed: {e}"),
             }
         }
-        self.store(&mut out).await;
-        let device = out.device.as_deref();
+        let device_owned = out.device.take();
+        let device = device_owned.as_deref();
         let peer_s = peer.to_string();
         let junk = device.is_none() && out.events.iter().any(|e| matches!(e, EventKind::CloudInvalid { .. }));
         let per_exchange = self.cfg.per_exchange;
@@ -746,9 +746,10 @@ impl Server {
                 },
             );
         }
-        // In the order they happened: what the datagram did, what was
-        // sent, how storing the session went.
-        for ev in out.events {
+        // Journaled before the session is stored, so their times are when
+        // the device got its answer (wake-cycle checks compare them with
+        // the device's console).
+        for ev in std::mem::take(&mut out.events) {
             match ev {
                 EventKind::CloudInvalid { reason, .. } => {
                     refused.add(device, &peer_s, reason, if junk { n as u64 } else { 0 });
@@ -774,6 +775,10 @@ impl Server {
                     tx,
                 },
             );
+        }
+        self.store(&mut out).await;
+        for ev in out.events {
+            self.emit(device, ev);
         }
     }
 }
