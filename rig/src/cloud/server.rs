@@ -667,19 +667,26 @@ pub async fn serve(socket: Arc<dyn Datagram>, mut server: Server, shutdown: impl
             }
             r = socket.recv_from(&mut buf) => r,
         };
-        let (n, peer) = match received {
+        let (n, peer) = match received.map_err(receive_error) {
             Ok(x) => x,
-            Err(e) => {
-                tracing::debug!("cloud receive error: {e}");
-                if e.kind() == std::io::ErrorKind::NotConnected {
-                    refused.flush(&server);
-                    return;
-                }
-                continue;
+            Err(Closed(true)) => {
+                refused.flush(&server);
+                return;
             }
+            Err(Closed(false)) => continue,
         };
         server.answer(&*socket, &buf[..n], peer, &mut refused).await;
     }
+}
+
+/// Whether a receive error means the socket is gone for good.
+pub(super) struct Closed(pub bool);
+
+/// Receive errors (ICMP unreachable surfacing on UDP, a network going
+/// away) are logged and skipped; only a socket that is gone ends a loop.
+pub(super) fn receive_error(e: std::io::Error) -> Closed {
+    tracing::debug!("cloud receive error: {e}");
+    Closed(e.kind() == std::io::ErrorKind::NotConnected)
 }
 
 /// One worker of a sharded cloud: the datagrams the dispatcher routed to it,

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::server::{Server, work};
+use super::server::{Closed, Server, receive_error, work};
 use super::transport::Datagram;
 
 /// Which of `count` workers a server is.
@@ -105,15 +105,10 @@ pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: im
             _ = &mut shutdown => break,
             r = socket.recv_from(&mut buf) => r,
         };
-        let (n, peer) = match received {
+        let (n, peer) = match received.map_err(receive_error) {
             Ok(x) => x,
-            Err(e) => {
-                tracing::debug!("cloud receive error: {e}");
-                if e.kind() == std::io::ErrorKind::NotConnected {
-                    break;
-                }
-                continue;
-            }
+            Err(Closed(true)) => break,
+            Err(Closed(false)) => continue,
         };
         let data = &buf[..n];
         let to = route(data, peer, workers);
