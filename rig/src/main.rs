@@ -203,6 +203,20 @@ impl From<CacheArg> for rig::cache::CacheCfg {
 /// What plans run against: shared by `rig run` and `rig check`.
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The reconnect storm after a cache crash: every client gets a session,
+    /// the cache is killed and comes back empty, all clients wake at once;
+    /// time until all are back, peak handshakes/s, p99 and kernel drops.
+    Storm {
+        /// Clients, each with its own UDP socket (1 to 10000).
+        #[arg(long, default_value_t = 10_000)]
+        devices: usize,
+        /// Session caches, one storm each, comma-separated: memory, redis, redis-cluster.
+        #[arg(long, default_value = "memory", value_delimiter = ',')]
+        cache: Vec<CacheArg>,
+        /// Cloud workers.
+        #[arg(long, default_value_t = rig::cloud::REAL_CLOCK_WORKERS)]
+        workers: usize,
+    },
     /// Wall time, CPU and memory of emulated boards running wake cycles
     /// (needs qemu-system-arm and the images: make -C firmware-fixtures/sleepy-c).
     Qemu {
@@ -362,6 +376,15 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
                 }),
             ..
         } => cli::bench_qemu::run(boards, cycles, &fixture),
+        Cmd::Bench {
+            what:
+                Some(BenchWhat::Storm {
+                    devices,
+                    cache,
+                    workers,
+                }),
+            ..
+        } => cli::cloud::storm(devices, cache.into_iter().map(Into::into).collect(), workers),
         Cmd::Bench {
             what: Some(BenchWhat::Fleet { devices, hours, out }),
             ..

@@ -168,9 +168,8 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     // Reachable from the network: secrets from the OS RNG, never a seed.
     let mut cfg = CloudConfig::with_secrets(keys, crate::cloud::Secrets::Os);
     cfg.workers = crate::cloud::REAL_CLOCK_WORKERS;
-    let sock = tokio::net::UdpSocket::bind(o.listen)
-        .await
-        .with_context(|| format!("cannot listen on UDP {}", o.listen))?;
+    let sock =
+        crate::cloud::transport::cloud_udp(o.listen).with_context(|| format!("cannot listen on UDP {}", o.listen))?;
     eprintln!(
         "rig cloud: listening on udp://{} for {} devices of bench `{}`, {backend_name} cache, mitigation {}; events in {}",
         sock.local_addr()?,

@@ -12,6 +12,7 @@
 //! share of it, so figures from different machines (or a busy one) compare.
 
 pub mod echo;
+pub mod storm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -185,7 +186,7 @@ pub async fn run(
         .map(client_id)
         .map(|id| (id.clone(), Psk::derive_for(&id)))
         .collect();
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let sock = crate::cloud::transport::cloud_udp("127.0.0.1:0")?;
     let cloud = sock.local_addr()?;
     let mut cfg = CloudConfig::with_secrets(keys, Secrets::Os);
     cfg.workers = workers;

@@ -145,7 +145,7 @@ impl Network {
         match self {
             Network::Mem(net) => Ok((Arc::new(net.bind(SIM_CLOUD)?), SIM_CLOUD)),
             Network::Udp => {
-                let s = udp(listen.unwrap_or("127.0.0.1:0"))?;
+                let s = crate::cloud::transport::cloud_udp(listen.unwrap_or("127.0.0.1:0"))?;
                 let mut addr = s.local_addr()?;
                 if addr.ip().is_unspecified() {
                     // Listening on all interfaces; local boards use loopback.

@@ -162,6 +162,38 @@ pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: usize
     Ok(Overall::Passed)
 }
 
+/// `rig bench storm`: the reconnect storm after a cache crash.
+pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: usize) -> Result<Overall, CliError> {
+    if !(1..=MAX_WORKERS).contains(&workers) {
+        return Err(CliError::Usage(format!(
+            "--workers must be between 1 and {MAX_WORKERS}, not {workers}"
+        )));
+    }
+    if devices == 0 || devices > MAX_BENCH_CLIENTS {
+        return Err(CliError::Usage(format!(
+            "--devices must be between 1 and {MAX_BENCH_CLIENTS}, not {devices}"
+        )));
+    }
+    ensure_fds(devices + 64)?;
+    let rt = super::runtime()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rig-storm-")
+        .tempdir()
+        .map_err(|e| CliError::Fault(format!("cannot create a temporary folder: {e}")))?;
+    for cache in &caches {
+        let res = rt.block_on(crate::benchmark::storm::run(
+            devices,
+            cache,
+            workers,
+            &dir.path().join(cache.backend().name()),
+            true,
+        ));
+        let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
+        print!("{f}");
+    }
+    Ok(Overall::Passed)
+}
+
 /// Raises the open-file limit to `need` if the hard limit allows; a usage
 /// error naming the limit otherwise.
 fn ensure_fds(need: usize) -> Result<(), CliError> {

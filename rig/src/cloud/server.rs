@@ -689,18 +689,17 @@ pub(super) fn receive_error(e: std::io::Error) -> Closed {
     Closed(e.kind() == std::io::ErrorKind::NotConnected)
 }
 
+/// Datagrams a dispatcher hands a worker at once, in arrival order.
+pub(super) type Batch = Vec<(Vec<u8>, SocketAddr)>;
+
 /// One worker of a sharded cloud: the datagrams the dispatcher routed to it,
 /// answered on the shared socket, until the dispatcher hangs up.
-pub(super) async fn work(
-    socket: Arc<dyn Datagram>,
-    mut server: Server,
-    mut inbox: tokio::sync::mpsc::Receiver<(Vec<u8>, SocketAddr)>,
-) {
+pub(super) async fn work(socket: Arc<dyn Datagram>, mut server: Server, mut inbox: tokio::sync::mpsc::Receiver<Batch>) {
     let mut refused = Refused::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (data, peer) = tokio::select! {
+        let batch = tokio::select! {
             biased;
             _ = tick.tick(), if !refused.by_source.is_empty() => {
                 refused.flush(&server);
@@ -711,7 +710,9 @@ pub(super) async fn work(
                 None => break,
             },
         };
-        server.answer(&*socket, &data, peer, &mut refused).await;
+        for (data, peer) in batch {
+            server.answer(&*socket, &data, peer, &mut refused).await;
+        }
     }
     refused.flush(&server);
 }

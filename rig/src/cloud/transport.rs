@@ -21,6 +21,12 @@ pub trait Datagram: Send + Sync {
     async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
     fn local_addr(&self) -> io::Result<SocketAddr>;
+    /// The same socket as a std one (a second handle on it, still
+    /// non-blocking), for a reader on its own thread; `None` where there is
+    /// no OS socket.
+    fn os_socket(&self) -> Option<std::net::UdpSocket> {
+        None
+    }
 }
 
 #[async_trait]
@@ -34,6 +40,27 @@ impl Datagram for tokio::net::UdpSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::UdpSocket::local_addr(self)
     }
+    fn os_socket(&self) -> Option<std::net::UdpSocket> {
+        socket2::SockRef::from(self).try_clone().ok().map(Into::into)
+    }
+}
+
+/// What the cloud asks of the kernel for its socket's receive queue: a
+/// reconnect storm of 10,000 devices arrives faster than any worker pool
+/// drains it, and what does not fit is dropped before the cloud sees it.
+/// Linux grants at most `net.core.rmem_max` (`rig bench storm` prints what
+/// it got).
+pub const CLOUD_RECV_BUFFER: usize = 4 << 20;
+
+/// The cloud's UDP socket on `addr`, non-blocking, with its receive buffer
+/// raised towards [`CLOUD_RECV_BUFFER`].
+pub fn cloud_udp(addr: &str) -> io::Result<tokio::net::UdpSocket> {
+    let std_sock = std::net::UdpSocket::bind(addr)?;
+    // Best effort: a smaller buffer than asked for is the kernel's limit,
+    // not a reason to refuse to serve.
+    let _ = socket2::SockRef::from(&std_sock).set_recv_buffer_size(CLOUD_RECV_BUFFER);
+    std_sock.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(std_sock)
 }
 
 type Packet = (Vec<u8>, SocketAddr);
