@@ -118,9 +118,10 @@ enum Cmd {
         /// memory, redis (a redis-server child), redis-cluster (3 masters).
         #[arg(long, default_value = "memory", value_delimiter = ',')]
         cache: Vec<CacheArg>,
-        /// Cloud workers (sessions partitioned by id; 1 = one receive loop).
-        #[arg(long, default_value_t = rig::cloud::REAL_CLOCK_WORKERS)]
-        workers: usize,
+        /// Cloud workers (sessions partitioned by id; 1 = one receive loop;
+        /// default 4 with the memory cache, 16 with a networked one).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Print a shell completion script: rig completions bash > /etc/bash_completion.d/rig
     Completions { shell: clap_complete::Shell },
@@ -213,9 +214,9 @@ enum BenchWhat {
         /// Session caches, one storm each, comma-separated: memory, redis, redis-cluster.
         #[arg(long, default_value = "memory", value_delimiter = ',')]
         cache: Vec<CacheArg>,
-        /// Cloud workers.
-        #[arg(long, default_value_t = rig::cloud::REAL_CLOCK_WORKERS)]
-        workers: usize,
+        /// Cloud workers (default 4 with the memory cache, 16 with a networked one).
+        #[arg(long)]
+        workers: Option<usize>,
     },
     /// Wall time, CPU and memory of emulated boards running wake cycles
     /// (needs qemu-system-arm and the images: make -C firmware-fixtures/sleepy-c).

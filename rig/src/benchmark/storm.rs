@@ -341,10 +341,15 @@ impl KernelCounters {
 /// `/proc/net/udp` (ports are hex after the colon of `local_address`).
 fn socket_drops(table: &str, port: u16) -> Option<u64> {
     let want = format!(":{port:04X}");
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        (cols.get(1)?.ends_with(&want)).then(|| cols.last()?.parse().ok())?
-    })
+    let drops: Vec<u64> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            (cols.get(1)?.ends_with(&want)).then(|| cols.last()?.parse().ok())?
+        })
+        .collect();
+    (!drops.is_empty()).then(|| drops.iter().sum())
 }
 
 /// A counter of the `Udp:` lines of `/proc/net/snmp` (a header line of

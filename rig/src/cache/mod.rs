@@ -39,6 +39,11 @@ pub trait CacheBackend: std::fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
     /// Whether it can run on the virtual clock (an outside server cannot).
     fn virtual_clock(&self) -> bool;
+    /// Whether a call waits on another process (a server over a socket):
+    /// then more cloud workers than cores overlap those waits.
+    fn networked(&self) -> bool {
+        !self.virtual_clock()
+    }
     async fn open(&self, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError>;
 }
 

@@ -125,12 +125,8 @@ pub fn serve(o: &ServeOpts) -> Result<Overall, CliError> {
 }
 
 /// `rig bench`: the cloud's throughput over UDP loopback.
-pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: usize) -> Result<Overall, CliError> {
-    if !(1..=MAX_WORKERS).contains(&workers) {
-        return Err(CliError::Usage(format!(
-            "--workers must be between 1 and {MAX_WORKERS}, not {workers}"
-        )));
-    }
+pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: Option<usize>) -> Result<Overall, CliError> {
+    check_workers(workers)?;
     if clients == 0 || clients > MAX_BENCH_CLIENTS {
         return Err(CliError::Usage(format!(
             "--clients must be between 1 and {MAX_BENCH_CLIENTS}, not {clients}"
@@ -153,7 +149,7 @@ pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: usize
             clients,
             Duration::from_secs_f64(seconds),
             cache,
-            workers,
+            workers.unwrap_or_else(|| crate::cloud::real_clock_workers(cache)),
             &dir.path().join(cache.backend().name()),
         ));
         let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
@@ -163,12 +159,8 @@ pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: usize
 }
 
 /// `rig bench storm`: the reconnect storm after a cache crash.
-pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: usize) -> Result<Overall, CliError> {
-    if !(1..=MAX_WORKERS).contains(&workers) {
-        return Err(CliError::Usage(format!(
-            "--workers must be between 1 and {MAX_WORKERS}, not {workers}"
-        )));
-    }
+pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: Option<usize>) -> Result<Overall, CliError> {
+    check_workers(workers)?;
     if devices == 0 || devices > MAX_BENCH_CLIENTS {
         return Err(CliError::Usage(format!(
             "--devices must be between 1 and {MAX_BENCH_CLIENTS}, not {devices}"
@@ -184,7 +176,7 @@ pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: usize) -> Result<Ov
         let res = rt.block_on(crate::benchmark::storm::run(
             devices,
             cache,
-            workers,
+            workers.unwrap_or_else(|| crate::cloud::real_clock_workers(cache)),
             &dir.path().join(cache.backend().name()),
             true,
         ));
@@ -192,6 +184,15 @@ pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: usize) -> Result<Ov
         print!("{f}");
     }
     Ok(Overall::Passed)
+}
+
+fn check_workers(workers: Option<usize>) -> Result<(), CliError> {
+    match workers {
+        Some(w) if !(1..=MAX_WORKERS).contains(&w) => Err(CliError::Usage(format!(
+            "--workers must be between 1 and {MAX_WORKERS}, not {w}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Raises the open-file limit to `need` if the hard limit allows; a usage

@@ -717,6 +717,56 @@ pub(super) async fn work(socket: Arc<dyn Datagram>, mut server: Server, mut inbo
     refused.flush(&server);
 }
 
+/// One worker of a cloud whose workers each read a socket of one group
+/// (see `shards`): what arrives for a session another worker owns goes to
+/// that worker's inbox, and what others forward arrives in `inbox`.
+pub(super) async fn work_in_group(
+    socket: Arc<dyn Datagram>,
+    mut server: Server,
+    me: usize,
+    workers: Vec<tokio::sync::mpsc::Sender<Batch>>,
+    mut inbox: tokio::sync::mpsc::Receiver<Batch>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
+    let mut refused = Refused::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            // Sent once, at stop (or the sender is gone).
+            _ = stopped.changed() => break,
+            _ = tick.tick(), if !refused.by_source.is_empty() => refused.flush(&server),
+            Some(batch) = inbox.recv() => {
+                for (data, peer) in batch {
+                    server.answer(&*socket, &data, peer, &mut refused).await;
+                }
+            }
+            r = socket.recv_from(&mut buf) => match r.map_err(receive_error) {
+                Ok((n, peer)) => {
+                    let data = &buf[..n];
+                    match super::shards::owner(data, workers.len()) {
+                        Some(owner) if owner != me => {
+                            // Never wait on another worker (two forwarding
+                            // to each other would wait forever): a full
+                            // inbox loses the datagram, as a full socket
+                            // buffer would.
+                            if workers[owner].try_send(vec![(data.to_vec(), peer)]).is_err() {
+                                tracing::debug!("cloud worker {owner} is full; a datagram from {peer} is lost");
+                            }
+                        }
+                        _ => server.answer(&*socket, data, peer, &mut refused).await,
+                    }
+                }
+                Err(Closed(true)) => break,
+                Err(Closed(false)) => {}
+            },
+        }
+    }
+    refused.flush(&server);
+}
+
 impl Server {
     /// Handles one datagram: its replies sent, its bytes and events
     /// journaled (refusals aggregated in `refused`).

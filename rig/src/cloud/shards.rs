@@ -1,14 +1,21 @@
 //! One cloud socket, several workers: how the cloud uses the machine.
 //!
-//! A dispatcher reads every datagram and hands it to one worker, each owning
-//! its own [`Server`] state. Sessions are partitioned by id: worker `i`
-//! hands out only ids `≡ i (mod N)`, so a session's finished flight and all
-//! its records reach the worker that holds its pending handshake, replay
-//! floor and counters, in the order they arrived. Hellos carry no session
-//! and go by source address, so a device's cookie round trip stays on one
-//! worker. Workers overlap their cache round trips (the Redis clients
-//! multiplex concurrent calls on one connection), which a single receive
-//! loop cannot.
+//! Each worker owns its own [`Server`] state. Sessions are partitioned by
+//! id: worker `i` hands out only ids `≡ i (mod N)`, so a session's finished
+//! flight and all its records reach the worker that holds its pending
+//! handshake, replay floor and counters, in the order they arrived. Workers
+//! overlap their cache round trips (the Redis clients multiplex concurrent
+//! calls on one connection), which a single receive loop cannot.
+//!
+//! On a UDP socket each worker reads a socket of its own in one
+//! `SO_REUSEPORT` group ([`Datagram::sibling`]); the kernel keeps a source
+//! address on one socket, so a device's datagrams arrive at one worker in
+//! order. A datagram of a session another worker owns (a device whose NAT
+//! gave it a new port) is forwarded to that worker; hellos are answered
+//! where they arrive. Measured with `rig bench`: a hand-off of every
+//! datagram from one reader to the workers cost a fifth of the memory
+//! cache's throughput. Elsewhere (an in-process network) one dispatcher
+//! reads and hands datagrams out, hellos by source address.
 //!
 //! The only state shared between workers is the per-IP budget of pending
 //! handshakes, so an address cannot hold N times its share by spreading
@@ -21,7 +28,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::server::{Batch, Closed, Server, receive_error, work};
+use super::server::{Batch, Closed, Server, receive_error, work, work_in_group};
 use super::transport::Datagram;
 
 /// Which of `count` workers a server is.
@@ -68,7 +75,12 @@ impl PendingIps {
     }
 }
 
-/// The worker a datagram goes to.
+/// The worker that owns the session a datagram names, if it names one.
+pub fn owner(data: &[u8], workers: usize) -> Option<usize> {
+    rig_proto::frame::session_of(data).map(|s| (s % workers as u64) as usize)
+}
+
+/// The worker a dispatcher hands a datagram to.
 pub fn route(data: &[u8], peer: SocketAddr, workers: usize) -> usize {
     let n = workers as u64;
     let key = match rig_proto::frame::session_of(data) {
@@ -86,20 +98,56 @@ pub fn route(data: &[u8], peer: SocketAddr, workers: usize) -> usize {
 /// dispatcher waits, and the socket's receive buffer takes the rest (where
 /// the kernel counts what overflows).
 const INBOX: usize = 256;
-/// Most datagrams the reader thread takes off the socket before handing
-/// them out: one hand-off (and at most one wakeup) per worker per batch
-/// instead of per datagram, which is most of what a hand-off costs.
-const BATCH: usize = 64;
 
 /// Runs `servers` (from [`Server::sharded`]) on `socket` until `shutdown`.
-///
-/// On an OS socket the dispatcher is a thread of its own: when thousands of
-/// devices wake at once their datagrams arrive in one burst, and a reader
-/// that waits for a turn among the runtime's tasks lets the kernel's receive
-/// queue overflow (measured with `rig bench storm`: 6,328 of 10,000 hellos
-/// dropped with an 8 MiB buffer). The thread drains the queue into the
-/// workers' inboxes as fast as the kernel fills it.
 pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
+    let mut sockets = vec![socket.clone()];
+    while sockets.len() < servers.len() {
+        match socket.sibling() {
+            Some(Ok(s)) => sockets.push(s),
+            Some(Err(e)) => {
+                tracing::warn!("cannot open another socket for a cloud worker ({e}); one reader hands datagrams out");
+                break;
+            }
+            None => break,
+        }
+    }
+    if sockets.len() == servers.len() {
+        in_group(sockets, servers, shutdown).await
+    } else {
+        dispatched(socket, servers, shutdown).await
+    }
+}
+
+async fn in_group(sockets: Vec<Arc<dyn Datagram>>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (inboxes, receivers): (Vec<_>, Vec<_>) = servers.iter().map(|_| mpsc::channel::<Batch>(INBOX)).unzip();
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .zip(servers)
+        .zip(receivers)
+        .enumerate()
+        .map(|(me, ((socket, server), inbox))| {
+            tokio::spawn(work_in_group(
+                socket,
+                server,
+                me,
+                inboxes.clone(),
+                inbox,
+                stopped.clone(),
+            ))
+        })
+        .collect();
+    drop(inboxes);
+    shutdown.await;
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn dispatched(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
     let workers = servers.len();
     let mut inboxes = Vec::with_capacity(workers);
     let mut tasks = Vec::with_capacity(workers);
@@ -108,21 +156,6 @@ pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: im
         inboxes.push(tx);
         tasks.push(tokio::spawn(work(socket.clone(), server, rx)));
     }
-    match socket.os_socket() {
-        Some(os) => read_on_a_thread(os, inboxes, shutdown).await,
-        None => read_on_the_runtime(socket.as_ref(), inboxes, shutdown).await,
-    }
-    // The inboxes are dropped: hanging up lets each worker finish what it
-    // holds and flush its aggregated refusals.
-    for t in tasks {
-        let _ = t.await;
-    }
-}
-
-type Inbox = mpsc::Sender<Batch>;
-
-async fn read_on_the_runtime(socket: &dyn Datagram, inboxes: Vec<Inbox>, shutdown: impl Future<Output = ()>) {
-    tokio::pin!(shutdown);
     let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
     loop {
         let received = tokio::select! {
@@ -136,85 +169,17 @@ async fn read_on_the_runtime(socket: &dyn Datagram, inboxes: Vec<Inbox>, shutdow
             Err(Closed(false)) => continue,
         };
         let data = &buf[..n];
-        let to = route(data, peer, inboxes.len());
+        let to = route(data, peer, workers);
         if inboxes[to].send(vec![(data.to_vec(), peer)]).await.is_err() {
             tracing::error!("cloud worker {to} ended; the cloud stops");
             break;
         }
     }
-}
-
-/// How often the reader thread looks up from an idle socket to see whether
-/// it should stop.
-const IDLE_POLL_MS: i32 = 50;
-
-async fn read_on_a_thread(os: std::net::UdpSocket, inboxes: Vec<Inbox>, shutdown: impl Future<Output = ()>) {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ended_tx, ended) = tokio::sync::oneshot::channel::<()>();
-    let flag = stop.clone();
-    let reader = std::thread::Builder::new().name("cloud reader".into()).spawn(move || {
-        read_until(&os, &inboxes, &flag);
-        let _ = ended_tx.send(());
-    });
-    let Ok(reader) = reader else {
-        tracing::error!("cannot start the cloud's reader thread; the cloud stops");
-        return;
-    };
-    tokio::pin!(ended);
-    tokio::select! {
-        _ = shutdown => {}
-        _ = &mut ended => {}
-    }
-    stop.store(true, Ordering::Relaxed);
-    let _ = ended.await;
-    let _ = reader.join();
-}
-
-/// The reader thread's loop: the socket stays non-blocking (the workers'
-/// sends share it with the runtime), so an empty queue is waited out in
-/// `poll`. What the queue holds (up to [`BATCH`]) is taken at once and
-/// handed out per worker.
-fn read_until(os: &std::net::UdpSocket, inboxes: &[Inbox], stop: &std::sync::atomic::AtomicBool) {
-    use std::os::fd::AsRawFd as _;
-    let mut buf = vec![0u8; rig_proto::MAX_DATAGRAM + 1];
-    let mut batches: Vec<Batch> = vec![Vec::new(); inboxes.len()];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let mut taken = 0;
-        let mut idle = false;
-        while taken < BATCH {
-            match os.recv_from(&mut buf) {
-                Ok((n, peer)) => {
-                    let data = &buf[..n];
-                    batches[route(data, peer, inboxes.len())].push((data.to_vec(), peer));
-                    taken += 1;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    idle = taken == 0;
-                    break;
-                }
-                Err(e) => {
-                    if let Closed(true) = receive_error(e) {
-                        return;
-                    }
-                }
-            }
-        }
-        for (to, batch) in batches.iter_mut().enumerate() {
-            if !batch.is_empty() && inboxes[to].blocking_send(std::mem::take(batch)).is_err() {
-                tracing::error!("cloud worker {to} ended; the cloud stops");
-                return;
-            }
-        }
-        if idle {
-            let mut fd = libc::pollfd {
-                fd: os.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one pollfd we own, for the length we pass.
-            unsafe { libc::poll(&mut fd, 1, IDLE_POLL_MS) };
-        }
+    // Hanging up lets each worker finish what it holds and flush its
+    // aggregated refusals.
+    drop(inboxes);
+    for t in tasks {
+        let _ = t.await;
     }
 }
 

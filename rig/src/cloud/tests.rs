@@ -779,10 +779,15 @@ impl UdpDev {
         Frame::decode(&buf[..n]).ok()
     }
 
-    async fn handshake(&mut self, id: &str, cloud: SocketAddr) {
+    /// With `rebind`, the finished flight leaves from a new source port.
+    async fn handshake_rebinding(&mut self, id: &str, cloud: SocketAddr, rebind: bool) {
         let mut hs = Handshake::new(id, Psk::derive_for(id), [3; 16], 120);
         loop {
-            let answer = self.ask(&hs.flight().encode(), cloud).await.expect("an answer");
+            let flight = hs.flight();
+            if rebind && matches!(flight, Frame::ClientFinished(_)) {
+                self.sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            }
+            let answer = self.ask(&flight.encode(), cloud).await.expect("an answer");
             match hs.on_frame(answer) {
                 Progress::Next => {}
                 Progress::Done(s) => return self.session = Some(s),
@@ -810,6 +815,22 @@ impl UdpDev {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_replays() {
+    // One reader handing datagrams out (a socket without siblings).
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    sessions_stay_on_their_workers(sock, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_on_sibling_sockets_forward_a_session_that_arrives_at_the_wrong_one() {
+    // Each worker on a socket of its own; the finished flight and every
+    // resume from a new source port (a NAT rebinding), so the kernel lands
+    // many of them on a worker that does not hold the pending handshake or
+    // own the session: answered only if forwarded to the one that does.
+    let sock = super::transport::cloud_udp("127.0.0.1:0").unwrap();
+    sessions_stay_on_their_workers(sock, true).await;
+}
+
+async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: bool) {
     const WORKERS: usize = 4;
     let ids: Vec<String> = (0..24).map(|i| format!("shard-dev-{i:02}")).collect();
     let keys = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
@@ -819,7 +840,6 @@ async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_rep
     cfg.workers = WORKERS;
     // All devices share 127.0.0.1.
     cfg.max_pending_per_ip = 64;
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let cloud = sock.local_addr().unwrap();
     let running = super::start(
         Arc::new(sock),
@@ -840,9 +860,12 @@ async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_rep
                     sock: tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
                     session: None,
                 };
-                d.handshake(&id, cloud).await;
+                d.handshake_rebinding(&id, cloud, rebind).await;
                 let mut first = None;
                 for _ in 0..5 {
+                    if rebind {
+                        d.sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    }
                     let (sent, pong) = d.resume(cloud).await;
                     assert!(pong, "{id}: a resume was not answered");
                     first.get_or_insert(sent);
@@ -887,4 +910,27 @@ async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_rep
         .filter(|e| matches!(&e.kind, EventKind::CloudInvalid { reason, .. } if reason.starts_with("replayed record")))
         .count();
     assert!(replays >= 1, "the refused replays are journaled");
+}
+
+#[tokio::test]
+async fn a_second_cloud_on_the_same_address_is_refused_not_joined_to_the_first_ones_group() {
+    // The workers' sockets share a port through SO_REUSEPORT; a second
+    // cloud (or anything else) binding that port must fail as it did before,
+    // not quietly take half of the first cloud's devices.
+    let first = super::transport::cloud_udp("127.0.0.1:0").unwrap();
+    let at = first.local_addr().unwrap().to_string();
+    let second = super::transport::cloud_udp(&at);
+    assert_eq!(second.unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
+    // Its own workers still join: the group is the first cloud's.
+    assert!(super::transport::Datagram::sibling(&first).expect("a udp socket has siblings").is_ok());
+
+    let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let taken = plain.local_addr().unwrap().to_string();
+    assert_eq!(
+        super::transport::cloud_udp(&taken).unwrap_err().kind(),
+        std::io::ErrorKind::AddrInUse
+    );
+    drop(first);
+    // Once the first cloud is gone the address is free again.
+    assert!(super::transport::cloud_udp(&at).is_ok());
 }

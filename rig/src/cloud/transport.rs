@@ -21,10 +21,10 @@ pub trait Datagram: Send + Sync {
     async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize>;
     async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)>;
     fn local_addr(&self) -> io::Result<SocketAddr>;
-    /// The same socket as a std one (a second handle on it, still
-    /// non-blocking), for a reader on its own thread; `None` where there is
-    /// no OS socket.
-    fn os_socket(&self) -> Option<std::net::UdpSocket> {
+    /// Another socket on the same address that shares its datagrams (the
+    /// kernel spreads them by source over the group), for one more receive
+    /// loop; `None` where the transport has no such thing.
+    fn sibling(&self) -> Option<io::Result<Arc<dyn Datagram>>> {
         None
     }
 }
@@ -40,8 +40,15 @@ impl Datagram for tokio::net::UdpSocket {
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::UdpSocket::local_addr(self)
     }
-    fn os_socket(&self) -> Option<std::net::UdpSocket> {
-        socket2::SockRef::from(self).try_clone().ok().map(Into::into)
+    fn sibling(&self) -> Option<io::Result<Arc<dyn Datagram>>> {
+        // Only a socket made by `cloud_udp` is in a group.
+        if !socket2::SockRef::from(self).reuse_port().unwrap_or(false) {
+            return None;
+        }
+        Some(self.local_addr().and_then(|a| {
+            let s = bind_in_group(a)?;
+            Ok(Arc::new(s) as Arc<dyn Datagram>)
+        }))
     }
 }
 
@@ -53,14 +60,35 @@ impl Datagram for tokio::net::UdpSocket {
 pub const CLOUD_RECV_BUFFER: usize = 4 << 20;
 
 /// The cloud's UDP socket on `addr`, non-blocking, with its receive buffer
-/// raised towards [`CLOUD_RECV_BUFFER`].
+/// raised towards [`CLOUD_RECV_BUFFER`], and open to siblings
+/// ([`Datagram::sibling`]): each cloud worker reads a socket of its own on
+/// the same port (`SO_REUSEPORT`), so no datagram is handed from thread to
+/// thread. Linux admits to such a group only sockets of the same user, and
+/// an address already in use is refused first, so two clouds never end up
+/// sharing one port unknowingly.
 pub fn cloud_udp(addr: &str) -> io::Result<tokio::net::UdpSocket> {
-    let std_sock = std::net::UdpSocket::bind(addr)?;
+    use std::net::ToSocketAddrs as _;
+    let a = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr} names no address")))?;
+    if a.port() != 0 {
+        // Fails with "address in use" if anything holds it, whether in a
+        // group or not.
+        drop(std::net::UdpSocket::bind(a)?);
+    }
+    bind_in_group(a)
+}
+
+fn bind_in_group(a: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::DGRAM, None)?;
+    s.set_reuse_port(true)?;
     // Best effort: a smaller buffer than asked for is the kernel's limit,
     // not a reason to refuse to serve.
-    let _ = socket2::SockRef::from(&std_sock).set_recv_buffer_size(CLOUD_RECV_BUFFER);
-    std_sock.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(std_sock)
+    let _ = s.set_recv_buffer_size(CLOUD_RECV_BUFFER);
+    s.set_nonblocking(true)?;
+    s.bind(&a.into())?;
+    tokio::net::UdpSocket::from_std(s.into())
 }
 
 type Packet = (Vec<u8>, SocketAddr);
