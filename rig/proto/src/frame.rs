@@ -391,6 +391,16 @@ pub fn session_of(b: &[u8]) -> Option<SessionId> {
     Some(SessionId::from_be_bytes(id))
 }
 
+/// The session a record names, without decoding it; `None` for any other
+/// message (what a cloud worker fetches from its cache before a burst).
+pub fn record_session_of(b: &[u8]) -> Option<SessionId> {
+    if b.get(3) == Some(&ty::RECORD) {
+        session_of(b)
+    } else {
+        None
+    }
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

@@ -402,6 +402,34 @@ pub trait SessionCache: Send + Sync {
     async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError>;
     async fn delete(&self, id: SessionId) -> Result<(), CacheError>;
 
+    /// Whether a call leaves the process (a server on the network): then
+    /// fetching a burst's sessions together saves round trips; in process
+    /// it only adds bookkeeping.
+    fn remote(&self) -> bool {
+        false
+    }
+
+    /// Several sessions at once, in the order asked for: one round trip
+    /// where the backend can pipeline (a cloud worker fetches what a burst
+    /// of datagrams needs together). A failure fails them all.
+    async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            out.push(self.get(id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Several sessions stored at once (at most one record per session, so
+    /// a backend may write them concurrently); one round trip where the
+    /// backend can pipeline.
+    async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
+        for rec in recs {
+            self.put(rec, ttl).await?;
+        }
+        Ok(())
+    }
+
     /// All data lost, unavailable until `start` or `restore`.
     async fn kill(&self) -> Result<(), CacheError>;
     /// Available again, empty.

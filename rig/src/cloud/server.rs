@@ -26,6 +26,8 @@ use rig_proto::{
 };
 use tokio::time::Instant;
 
+mod burst;
+
 use super::Mitigation;
 use super::durable::DurableKeys;
 use super::shards::{PendingIps, Shard};
@@ -152,6 +154,8 @@ pub struct Server {
     /// Circuit breaker, per part of the cache (a cluster's slot range): a
     /// dead node fails fast only the sessions it served.
     cache_down_until: HashMap<usize, Instant>,
+    /// Sessions fetched for the datagrams of a burst (see `burst`).
+    prefetched: HashMap<SessionId, Result<Option<SessionRecord>, CacheError>>,
     /// Which worker this is: the session ids it hands out are its own.
     shard: Shard,
     /// Pending handshakes per source IP, across all workers.
@@ -238,6 +242,7 @@ impl Server {
             pending_by_age: std::collections::VecDeque::new(),
             peers: HashMap::new(),
             cache_down_until: HashMap::new(),
+            prefetched: HashMap::new(),
             shard,
             ips,
         }
@@ -538,6 +543,13 @@ impl Server {
     }
 
     async fn cache_get(&mut self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
+        // Read as many times as a burst names the session; a failure only
+        // by the first datagram that meets it.
+        match self.prefetched.get(&id) {
+            Some(Ok(rec)) => return Ok(rec.clone()),
+            Some(Err(_)) => return self.prefetched.remove(&id).expect("just seen"),
+            None => {}
+        }
         self.guarded(id, |cache| async move { cache.get(id).await }).await
     }
 
@@ -554,19 +566,15 @@ impl Server {
         Fut: Future<Output = Result<T, CacheError>>,
     {
         let part = self.cache.part_of(id);
-        if let Some(until) = self.cache_down_until.get(&part).copied() {
-            if Instant::now() < until {
-                return Err(CacheError::Down("circuit open after a recent failure".into()));
-            }
-            self.cache_down_until.remove(&part);
+        if self.circuit_open(part, Instant::now()) {
+            return Err(burst::circuit_open());
         }
         let res = match tokio::time::timeout(self.cfg.cache_timeout, op(self.cache.clone())).await {
             Ok(r) => r,
             Err(_) => Err(CacheError::Timeout(self.cfg.cache_timeout)),
         };
-        if matches!(res, Err(CacheError::Down(_) | CacheError::Timeout(_))) {
-            self.cache_down_until
-                .insert(part, Instant::now() + self.cfg.cache_retry);
+        if let Err(e) = &res {
+            self.trip_if_down(part, e);
         }
         res
     }
@@ -738,25 +746,41 @@ pub(super) async fn work_in_group(
             // Sent once, at stop (or the sender is gone).
             _ = stopped.changed() => break,
             _ = tick.tick(), if !refused.by_source.is_empty() => refused.flush(&server),
-            Some(batch) = inbox.recv() => {
-                for (data, peer) in batch {
-                    server.answer(&*socket, &data, peer, &mut refused).await;
-                }
-            }
+            Some(batch) = inbox.recv() => server.answer_burst(&*socket, &batch, &mut refused).await,
             r = socket.recv_from(&mut buf) => match r.map_err(receive_error) {
                 Ok((n, peer)) => {
-                    let data = &buf[..n];
-                    match super::shards::owner(data, workers.len()) {
-                        Some(owner) if owner != me => {
-                            // Never wait on another worker (two forwarding
-                            // to each other would wait forever): a full
-                            // inbox loses the datagram, as a full socket
-                            // buffer would.
-                            if workers[owner].try_send(vec![(data.to_vec(), peer)]).is_err() {
-                                tracing::debug!("cloud worker {owner} is full; a datagram from {peer} is lost");
+                    let mut mine = Vec::new();
+                    let mut theirs: Vec<Batch> = vec![Vec::new(); workers.len()];
+                    let mut sort = |data: &[u8], peer| match super::shards::owner(data, workers.len()) {
+                        Some(owner) if owner != me => theirs[owner].push((data.to_vec(), peer)),
+                        _ => mine.push((data.to_vec(), peer)),
+                    };
+                    sort(&buf[..n], peer);
+                    let mut closed = false;
+                    // What else is queued already joins this burst.
+                    for _ in 1..burst::BURST {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, peer)) => sort(&buf[..n], peer),
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(e) => {
+                                if let Closed(true) = receive_error(e) {
+                                    closed = true;
+                                    break;
+                                }
                             }
                         }
-                        _ => server.answer(&*socket, data, peer, &mut refused).await,
+                    }
+                    for (owner, batch) in theirs.into_iter().enumerate() {
+                        // Never wait on another worker (two forwarding to
+                        // each other would wait forever): a full inbox loses
+                        // the datagrams, as a full socket buffer would.
+                        if !batch.is_empty() && workers[owner].try_send(batch).is_err() {
+                            tracing::debug!("cloud worker {owner} is full; datagrams forwarded to it are lost");
+                        }
+                    }
+                    server.answer_burst(&*socket, &mine, &mut refused).await;
+                    if closed {
+                        break;
                     }
                 }
                 Err(Closed(true)) => break,
@@ -771,6 +795,21 @@ impl Server {
     /// Handles one datagram: its replies sent, its bytes and events
     /// journaled (refusals aggregated in `refused`).
     async fn answer(&mut self, socket: &dyn Datagram, data: &[u8], peer: SocketAddr, refused: &mut Refused) {
+        let mut answered = self.reply(socket, data, peer, refused).await;
+        self.store(&mut answered.out).await;
+        self.finish(answered);
+    }
+
+    /// What follows the store: its events (a failed write), for the device.
+    fn finish(&self, answered: Answered) {
+        for ev in answered.out.events {
+            self.emit(answered.device.as_deref(), ev);
+        }
+    }
+
+    /// A datagram handled, its replies sent and its events journaled; what
+    /// is left is to store the session.
+    async fn reply(&mut self, socket: &dyn Datagram, data: &[u8], peer: SocketAddr, refused: &mut Refused) -> Answered {
         let n = data.len();
         let mut out = self.handle_deferred(data, peer).await;
         let replies = std::mem::take(&mut out.replies);
@@ -834,11 +873,17 @@ impl Server {
                 },
             );
         }
-        self.store(&mut out).await;
-        for ev in out.events {
-            self.emit(device, ev);
+        Answered {
+            device: device_owned,
+            out,
         }
     }
+}
+
+/// A datagram answered but its session not yet stored (see [`Server::reply`]).
+struct Answered {
+    device: Option<String>,
+    out: Outcome,
 }
 
 impl Server {

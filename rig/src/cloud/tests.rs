@@ -22,30 +22,35 @@ use crate::cache::SessionCache;
 use crate::cache::memory::MemoryCache;
 use crate::timeline::{ConnectVia, EventKind, Timeline, UnknownAction};
 
-const A: &str = "dev-a";
-const B: &str = "dev-b";
+pub(super) const A: &str = "dev-a";
+pub(super) const B: &str = "dev-b";
 
-fn peer(n: u8) -> SocketAddr {
+pub(super) fn peer(n: u8) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, n], 40000))
 }
 
-struct Rig {
-    server: Server,
-    cache: MemoryCache,
+pub(super) struct Rig {
+    pub(super) server: Server,
+    pub(super) cache: MemoryCache,
     durable: DurableKeys,
     handle: CloudHandle,
-    timeline: Timeline,
+    pub(super) timeline: Timeline,
 }
 
 fn rig(m: Mitigation) -> Rig {
-    let timeline = Timeline::in_memory();
     let cache = MemoryCache::new(1);
+    rig_on(m, cache.clone(), Arc::new(cache))
+}
+
+/// A cloud on `backend`, which keeps its sessions in `cache`.
+pub(super) fn rig_on(m: Mitigation, cache: MemoryCache, backend: Arc<dyn SessionCache>) -> Rig {
+    let timeline = Timeline::in_memory();
     let durable = DurableKeys::new();
     let handle = CloudHandle::new(m, timeline.clone());
     let keys = BTreeMap::from([(A.to_owned(), Psk::derive_for(A)), (B.to_owned(), Psk::derive_for(B))]);
     let server = Server::new(
         CloudConfig::new(keys, 7),
-        Arc::new(cache.clone()),
+        backend,
         durable.clone(),
         handle.clone(),
         timeline.clone(),
@@ -69,15 +74,15 @@ fn only_reply(o: &Outcome) -> &Frame {
 }
 
 /// A device's side of a session, as firmware keeps it.
-struct Dev {
-    id: SessionId,
+pub(super) struct Dev {
+    pub(super) id: SessionId,
     keys: SessionKeys,
-    tx: u64,
+    pub(super) tx: u64,
 }
 
 impl Dev {
     /// The next record, sealed by the device-side state machine.
-    fn record(&mut self, flags: u8, kind: InnerKind, msg_id: u16) -> Vec<u8> {
+    pub(super) fn record(&mut self, flags: u8, kind: InnerKind, msg_id: u16) -> Vec<u8> {
         let mut s = Session {
             id: self.id,
             keys: self.keys.clone(),
@@ -98,7 +103,7 @@ impl Dev {
 /// A full handshake of `device` from `from`, flight by flight through the
 /// device-side state machine, checking what the cloud answers at each one.
 /// Returns the device's session and its finished flight (for replays).
-async fn handshake(r: &mut Rig, device: &str, from: SocketAddr) -> (Dev, Vec<u8>) {
+pub(super) async fn handshake(r: &mut Rig, device: &str, from: SocketAddr) -> (Dev, Vec<u8>) {
     let nonce = [device.len() as u8; 16];
     let mut hs = Handshake::new(device, Psk::derive_for(device), nonce, 120);
     let o = r.server.handle(&hs.flight().encode(), from).await;
@@ -922,7 +927,11 @@ async fn a_second_cloud_on_the_same_address_is_refused_not_joined_to_the_first_o
     let second = super::transport::cloud_udp(&at);
     assert_eq!(second.unwrap_err().kind(), std::io::ErrorKind::AddrInUse);
     // Its own workers still join: the group is the first cloud's.
-    assert!(super::transport::Datagram::sibling(&first).expect("a udp socket has siblings").is_ok());
+    assert!(
+        super::transport::Datagram::sibling(&first)
+            .expect("a udp socket has siblings")
+            .is_ok()
+    );
 
     let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let taken = plain.local_addr().unwrap().to_string();

@@ -27,6 +27,11 @@ pub trait Datagram: Send + Sync {
     fn sibling(&self) -> Option<io::Result<Arc<dyn Datagram>>> {
         None
     }
+    /// A datagram already queued, without waiting (`WouldBlock` if none, or
+    /// where the transport cannot tell).
+    fn try_recv_from(&self, _buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 #[async_trait]
@@ -39,6 +44,9 @@ impl Datagram for tokio::net::UdpSocket {
     }
     fn local_addr(&self) -> io::Result<SocketAddr> {
         tokio::net::UdpSocket::local_addr(self)
+    }
+    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        tokio::net::UdpSocket::try_recv_from(self, buf)
     }
     fn sibling(&self) -> Option<io::Result<Arc<dyn Datagram>>> {
         // Only a socket made by `cloud_udp` is in a group.

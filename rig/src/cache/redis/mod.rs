@@ -271,6 +271,10 @@ impl SessionCache for RedisCache {
         "redis"
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn pid(&self) -> Option<u32> {
         self.server_pid()
     }
@@ -295,6 +299,33 @@ impl SessionCache for RedisCache {
             .pset_ex(key(rec.session_id), json, ms)
             .await
             .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
+        let mut pipe = redis::pipe();
+        for &id in ids {
+            pipe.get(key(id));
+        }
+        let values: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await.map_err(backend_err)?;
+        values
+            .into_iter()
+            .map(|v| {
+                v.map(|json| serde_json::from_str(&json))
+                    .transpose()
+                    .map_err(CacheError::from)
+            })
+            .collect()
+    }
+
+    async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for rec in recs {
+            pipe.pset_ex(key(rec.session_id), serde_json::to_string(rec)?, ms)
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut self.conn()).await.map_err(backend_err)?;
         Ok(())
     }
 

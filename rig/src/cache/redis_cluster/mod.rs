@@ -199,6 +199,10 @@ impl SessionCache for ClusterCache {
         "redis-cluster"
     }
 
+    fn remote(&self) -> bool {
+        true
+    }
+
     fn on_death(&self, f: super::DeathCallback) {
         self.cluster.on_death(f);
     }
@@ -231,6 +235,21 @@ impl SessionCache for ClusterCache {
             .pset_ex(key(rec.session_id), json, ms)
             .await
             .map_err(data_err)?;
+        Ok(())
+    }
+
+    /// Concurrently, not as one pipeline: the keys live on different nodes
+    /// and a slot can move mid-batch; each command follows its own
+    /// redirects, and the cluster clients still write what is queued for a
+    /// node together.
+    async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
+        futures::future::try_join_all(ids.iter().map(|&id| self.get(id))).await
+    }
+
+    async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
+        // A batch holds one record per session (the cloud folds repeats),
+        // so concurrent writes cannot reorder a session's updates.
+        futures::future::try_join_all(recs.iter().map(|rec| self.put(rec, ttl))).await?;
         Ok(())
     }
 
