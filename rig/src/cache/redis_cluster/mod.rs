@@ -178,6 +178,33 @@ impl ClusterCache {
     fn conn(&self, id: SessionId) -> ClusterConnection {
         self.conns[(id % self.conns.len() as u64) as usize].clone()
     }
+
+    /// Positions of `ids` grouped by the part of the cluster that holds them.
+    fn by_part(&self, ids: impl Iterator<Item = SessionId>) -> Vec<Vec<usize>> {
+        let mut parts: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+        for (i, id) in ids.enumerate() {
+            parts.entry(self.cluster.range_of(slot_of(id))).or_default().push(i);
+        }
+        parts.into_values().collect()
+    }
+
+    /// `pipe` (of `count` commands on keys of one part) sent to the master
+    /// serving `id`'s slot; each command's answer, or `None` if the node
+    /// redirects (the pipeline is not followed to the new master).
+    async fn on_part_of(
+        &self,
+        id: SessionId,
+        pipe: redis::Pipeline,
+        count: usize,
+    ) -> Result<Option<Vec<redis::Value>>, CacheError> {
+        use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot_of(id), SlotAddr::Master));
+        match self.conn(id).route_pipeline(pipe, 0, count, route).await {
+            Ok(values) => Ok(Some(values)),
+            Err(e) if e.redirect_node().is_some() => Ok(None),
+            Err(e) => Err(data_err(e)),
+        }
+    }
 }
 
 async fn cluster_client(cluster: &Cluster) -> Result<ClusterConnection, CacheError> {
@@ -186,7 +213,7 @@ async fn cluster_client(cluster: &Cluster) -> Result<ClusterConnection, CacheErr
         .password(cluster.cloud_password())
         .connection_timeout(DATA_TIMEOUT)
         .response_timeout(DATA_TIMEOUT)
-        .retries(1)
+        .retries(2)
         .min_retry_wait(10)
         .max_retry_wait(100)
         .build()?;
@@ -238,18 +265,66 @@ impl SessionCache for ClusterCache {
         Ok(())
     }
 
-    /// Concurrently, not as one pipeline: the keys live on different nodes
-    /// and a slot can move mid-batch; each command follows its own
-    /// redirects, and the cluster clients still write what is queued for a
-    /// node together.
+    /// One pipeline per part (a slot range, which one master serves
+    /// whole), the parts concurrently. A part whose node redirects (its
+    /// slots moved in a failover the client has not seen yet) is asked for
+    /// again key by key, each following its redirect.
     async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
-        futures::future::try_join_all(ids.iter().map(|&id| self.get(id))).await
+        let mut out = vec![None; ids.len()];
+        let groups = self.by_part(ids.iter().copied());
+        let answers = futures::future::try_join_all(groups.iter().map(|at| {
+            let mut pipe = redis::pipe();
+            for &i in at {
+                pipe.get(key(ids[i]));
+            }
+            self.on_part_of(ids[at[0]], pipe, at.len())
+        }))
+        .await?;
+        for (at, values) in groups.iter().zip(answers) {
+            let Some(values) = values else {
+                for &i in at {
+                    out[i] = self.get(ids[i]).await?;
+                }
+                continue;
+            };
+            for (&i, v) in at.iter().zip(values) {
+                out[i] = match v {
+                    redis::Value::ServerError(_) => self.get(ids[i]).await?,
+                    v => match redis::from_redis_value::<Option<String>>(v) {
+                        Ok(json) => json.map(|j| serde_json::from_str(&j)).transpose()?,
+                        Err(e) => return Err(CacheError::Backend(format!("unexpected answer to GET: {e}"))),
+                    },
+                };
+            }
+        }
+        Ok(out)
     }
 
     async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
-        // A batch holds one record per session (the cloud folds repeats),
-        // so concurrent writes cannot reorder a session's updates.
-        futures::future::try_join_all(recs.iter().map(|rec| self.put(rec, ttl))).await?;
+        let ms = ttl.as_millis().max(1) as u64;
+        let groups = self.by_part(recs.iter().map(|r| r.session_id));
+        let mut pipes = Vec::with_capacity(groups.len());
+        for at in &groups {
+            let mut pipe = redis::pipe();
+            for &i in at {
+                pipe.pset_ex(key(recs[i].session_id), serde_json::to_string(&recs[i])?, ms);
+            }
+            pipes.push(self.on_part_of(recs[at[0]].session_id, pipe, at.len()));
+        }
+        let answers = futures::future::try_join_all(pipes).await?;
+        for (at, values) in groups.iter().zip(answers) {
+            let Some(values) = values else {
+                for &i in at {
+                    self.put(&recs[i], ttl).await?;
+                }
+                continue;
+            };
+            for (&i, v) in at.iter().zip(values) {
+                if let redis::Value::ServerError(_) = v {
+                    self.put(&recs[i], ttl).await?;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -338,3 +413,6 @@ impl SessionCache for ClusterCache {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests;
