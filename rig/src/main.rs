@@ -119,7 +119,7 @@ enum Cmd {
         #[arg(long, default_value = "memory", value_delimiter = ',')]
         cache: Vec<CacheArg>,
         /// Cloud workers (sessions partitioned by id; 1 = one receive loop;
-        /// default 4 with the memory cache, 16 with a networked one).
+        /// default one per core, 2 to 16).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -214,7 +214,7 @@ enum BenchWhat {
         /// Session caches, one storm each, comma-separated: memory, redis, redis-cluster.
         #[arg(long, default_value = "memory", value_delimiter = ',')]
         cache: Vec<CacheArg>,
-        /// Cloud workers (default 4 with the memory cache, 16 with a networked one).
+        /// Cloud workers (default one per core, 2 to 16).
         #[arg(long)]
         workers: Option<usize>,
     },

@@ -167,7 +167,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
     let keys = o.bench.devices.iter().map(|d| (d.id.clone(), d.key.clone())).collect();
     // Reachable from the network: secrets from the OS RNG, never a seed.
     let mut cfg = CloudConfig::with_secrets(keys, crate::cloud::Secrets::Os);
-    cfg.workers = crate::cloud::real_clock_workers(o.cache);
+    cfg.workers = crate::cloud::real_clock_workers();
     let sock =
         crate::cloud::transport::cloud_udp(o.listen).with_context(|| format!("cannot listen on UDP {}", o.listen))?;
     eprintln!(

@@ -41,6 +41,8 @@ pub struct StormFigures {
     pub workers: usize,
     /// The cloud socket's receive buffer as the kernel granted it.
     pub rcvbuf: usize,
+    /// Sockets bound to the cloud's port (its workers' group), if known.
+    pub sockets: Option<usize>,
     /// Time to give every client its first session.
     pub setup: Duration,
     /// Clients back within [`GIVE_UP`].
@@ -185,6 +187,7 @@ fn summarize(
         cache: cache.into(),
         workers,
         rcvbuf,
+        sockets: after.sockets,
         setup,
         reconnected: done.len(),
         resumed: backs.iter().filter(|(_, b)| b.resumed).count(),
@@ -320,16 +323,17 @@ async fn recv_frame(c: &Client, until: Instant) -> Option<Frame> {
 /// The kernel's UDP drop counters.
 #[derive(Debug, Clone, Copy, Default)]
 struct KernelCounters {
+    sockets: Option<usize>,
     cloud_drops: Option<u64>,
     rcvbuf_errors: Option<u64>,
 }
 
 impl KernelCounters {
     fn read(port: u16) -> KernelCounters {
+        let table = std::fs::read_to_string("/proc/net/udp").ok();
         KernelCounters {
-            cloud_drops: std::fs::read_to_string("/proc/net/udp")
-                .ok()
-                .and_then(|t| socket_drops(&t, port)),
+            sockets: table.as_deref().map(|t| bound_to(t, port).len()),
+            cloud_drops: table.as_deref().and_then(|t| socket_drops(t, port)),
             rcvbuf_errors: std::fs::read_to_string("/proc/net/snmp")
                 .ok()
                 .and_then(|t| snmp_udp(&t, "RcvbufErrors")),
@@ -337,17 +341,24 @@ impl KernelCounters {
     }
 }
 
-/// The `drops` column of the socket bound to local `port` in
-/// `/proc/net/udp` (ports are hex after the colon of `local_address`).
-fn socket_drops(table: &str, port: u16) -> Option<u64> {
+/// The rows of `/proc/net/udp` of sockets bound to local `port` (ports are
+/// hex after the colon of `local_address`), split into columns.
+fn bound_to(table: &str, port: u16) -> Vec<Vec<&str>> {
     let want = format!(":{port:04X}");
-    let drops: Vec<u64> = table
+    table
         .lines()
         .skip(1)
-        .filter_map(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            (cols.get(1)?.ends_with(&want)).then(|| cols.last()?.parse().ok())?
-        })
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|cols| cols.get(1).is_some_and(|a| a.ends_with(&want)))
+        .collect()
+}
+
+/// The `drops` column summed over the sockets bound to local `port` (all
+/// of the cloud's workers' group).
+fn socket_drops(table: &str, port: u16) -> Option<u64> {
+    let drops: Vec<u64> = bound_to(table, port)
+        .iter()
+        .filter_map(|cols| cols.last()?.parse().ok())
         .collect();
     (!drops.is_empty()).then(|| drops.iter().sum())
 }
@@ -367,10 +378,11 @@ impl std::fmt::Display for StormFigures {
         let count = |c: Option<u64>| c.map_or("unknown".to_string(), |n| n.to_string());
         writeln!(
             f,
-            "reconnect storm over UDP loopback: {} clients, {} session cache, {} workers, cloud receive buffer {} KiB",
+            "reconnect storm over UDP loopback: {} clients, {} session cache, {} workers reading {} sockets, receive buffer {} KiB each",
             self.devices,
             self.cache,
             self.workers,
+            self.sockets.map_or("?".to_string(), |n| n.to_string()),
             self.rcvbuf / 1024
         )?;
         writeln!(

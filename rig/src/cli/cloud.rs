@@ -149,7 +149,7 @@ pub fn bench(clients: usize, seconds: f64, caches: Vec<CacheCfg>, workers: Optio
             clients,
             Duration::from_secs_f64(seconds),
             cache,
-            workers.unwrap_or_else(|| crate::cloud::real_clock_workers(cache)),
+            workers.unwrap_or_else(crate::cloud::real_clock_workers),
             &dir.path().join(cache.backend().name()),
         ));
         let f = res.map_err(|e| CliError::Fault(format!("{e:#}")))?;
@@ -176,7 +176,7 @@ pub fn storm(devices: usize, caches: Vec<CacheCfg>, workers: Option<usize>) -> R
         let res = rt.block_on(crate::benchmark::storm::run(
             devices,
             cache,
-            workers.unwrap_or_else(|| crate::cloud::real_clock_workers(cache)),
+            workers.unwrap_or_else(crate::cloud::real_clock_workers),
             &dir.path().join(cache.backend().name()),
             true,
         ));

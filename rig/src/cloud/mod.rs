@@ -28,25 +28,15 @@ use crate::timeline::{EventKind, Source, Timeline};
 
 pub use server::{CloudConfig, Secrets, Server, serve};
 
-/// Workers of a cloud on a real socket (`rig run` on the real clock, `rig
-/// cloud serve`, `rig bench`) with a networked cache: more than the cores,
-/// because what a worker mostly waits for is its cache round trip, which
-/// others overlap.
-pub const REAL_CLOCK_WORKERS: usize = 16;
-/// Workers with an in-process cache, which a worker never waits for: a few,
-/// since each one more costs wakeups (`rig bench`, 2 cores: 2–4 workers give
-/// 60–66 % of the echo floor, 16 give 52 %), and each has its own socket
-/// buffer for a reconnect burst (`rig bench storm`: 2 workers let the
-/// kernel drop 864 of 10,000 hellos, 4 none).
-pub const IN_PROCESS_WORKERS: usize = 4;
-
-/// The workers of a real-clock cloud in front of `cache`.
-pub fn real_clock_workers(cache: &crate::cache::CacheCfg) -> usize {
-    if cache.backend().networked() {
-        REAL_CLOCK_WORKERS
-    } else {
-        IN_PROCESS_WORKERS
-    }
+/// Workers of a real-clock cloud: one per core (2 to 16). More do not
+/// overlap more cache round trips than bursts already do, and each one more
+/// costs wakeups and shrinks every worker's bursts (`rig bench`, 2 cores:
+/// Redis 2 workers 39 % of the echo floor, 16 workers 33 %). The reconnect
+/// burst is absorbed by the group's sockets, however few workers read them
+/// (`shards::SOCKETS`), which a single receive loop (1 worker) has not: at
+/// least 2.
+pub fn real_clock_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16)
 }
 
 /// What the cloud does with a record for a session its cache does not know.

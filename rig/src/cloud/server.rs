@@ -725,11 +725,12 @@ pub(super) async fn work(socket: Arc<dyn Datagram>, mut server: Server, mut inbo
     refused.flush(&server);
 }
 
-/// One worker of a cloud whose workers each read a socket of one group
-/// (see `shards`): what arrives for a session another worker owns goes to
-/// that worker's inbox, and what others forward arrives in `inbox`.
+/// One worker of a cloud whose workers each read sockets of one group (see
+/// `shards`): what arrives for a session another worker owns goes to that
+/// worker's inbox, and what others forward arrives in `inbox`. Replies go
+/// out on the first socket (all share one address).
 pub(super) async fn work_in_group(
-    socket: Arc<dyn Datagram>,
+    sockets: Vec<Arc<dyn Datagram>>,
     mut server: Server,
     me: usize,
     workers: Vec<tokio::sync::mpsc::Sender<Batch>>,
@@ -740,55 +741,119 @@ pub(super) async fn work_in_group(
     let mut refused = Refused::default();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reply_on = sockets[0].clone();
+    let mut spare: Vec<Vec<u8>> = sockets.iter().skip(1).map(|_| vec![0u8; buf.len()]).collect();
+    // Where the next burst starts reading, so no socket of this worker is
+    // always read last.
+    let mut next = 0usize;
     loop {
-        tokio::select! {
-            biased;
-            // Sent once, at stop (or the sender is gone).
-            _ = stopped.changed() => break,
-            _ = tick.tick(), if !refused.by_source.is_empty() => refused.flush(&server),
-            Some(batch) = inbox.recv() => server.answer_burst(&*socket, &batch, &mut refused).await,
-            r = socket.recv_from(&mut buf) => match r.map_err(receive_error) {
+        let mut mine = Vec::new();
+        let mut theirs: Vec<Batch> = vec![Vec::new(); workers.len()];
+        let mut sort = |data: &[u8], peer| match super::shards::owner(data, workers.len()) {
+            Some(owner) if owner != me => theirs[owner].push((data.to_vec(), peer)),
+            _ => mine.push((data.to_vec(), peer)),
+        };
+        let mut closed = false;
+        let mut taken = 0usize;
+        // What is queued already forms a burst, without waiting.
+        let mut empty = 0usize;
+        while taken < burst::BURST && empty < sockets.len() {
+            let socket = &sockets[next % sockets.len()];
+            match socket.try_recv_from(&mut buf) {
                 Ok((n, peer)) => {
-                    let mut mine = Vec::new();
-                    let mut theirs: Vec<Batch> = vec![Vec::new(); workers.len()];
-                    let mut sort = |data: &[u8], peer| match super::shards::owner(data, workers.len()) {
-                        Some(owner) if owner != me => theirs[owner].push((data.to_vec(), peer)),
-                        _ => mine.push((data.to_vec(), peer)),
-                    };
                     sort(&buf[..n], peer);
-                    let mut closed = false;
-                    // What else is queued already joins this burst.
-                    for _ in 1..burst::BURST {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, peer)) => sort(&buf[..n], peer),
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                            Err(e) => {
-                                if let Closed(true) = receive_error(e) {
-                                    closed = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    for (owner, batch) in theirs.into_iter().enumerate() {
-                        // Never wait on another worker (two forwarding to
-                        // each other would wait forever): a full inbox loses
-                        // the datagrams, as a full socket buffer would.
-                        if !batch.is_empty() && workers[owner].try_send(batch).is_err() {
-                            tracing::debug!("cloud worker {owner} is full; datagrams forwarded to it are lost");
-                        }
-                    }
-                    server.answer_burst(&*socket, &mine, &mut refused).await;
-                    if closed {
+                    taken += 1;
+                    empty = 0;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    empty += 1;
+                    next += 1;
+                }
+                Err(e) => {
+                    if let Closed(true) = receive_error(e) {
+                        closed = true;
                         break;
                     }
                 }
-                Err(Closed(true)) => break,
-                Err(Closed(false)) => {}
-            },
+            }
+        }
+        if taken == 0 && !closed {
+            // Nothing queued anywhere: wait for the first thing to happen.
+            tokio::select! {
+                biased;
+                // Sent once, at stop (or the sender is gone).
+                _ = stopped.changed() => break,
+                _ = tick.tick(), if !refused.by_source.is_empty() => refused.flush(&server),
+                Some(batch) = inbox.recv() => server.answer_burst(&*reply_on, &batch, &mut refused).await,
+                r = first_datagram(&sockets, &mut buf, &mut spare) => match r.map_err(receive_error) {
+                    Ok((n, peer)) => sort(&buf[..n], peer),
+                    Err(Closed(true)) => closed = true,
+                    Err(Closed(false)) => {}
+                },
+            }
+        } else {
+            // Under load the select above is not reached: keep forwarded
+            // batches, the stop and the refusal tick moving.
+            if *stopped.borrow() {
+                break;
+            }
+            while let Ok(batch) = inbox.try_recv() {
+                server.answer_burst(&*reply_on, &batch, &mut refused).await;
+            }
+            if !refused.by_source.is_empty()
+                && tick
+                    .poll_tick(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+                    .is_ready()
+            {
+                refused.flush(&server);
+            }
+        }
+        for (owner, batch) in theirs.into_iter().enumerate() {
+            // Never wait on another worker (two forwarding to each other
+            // would wait forever): a full inbox loses the datagrams, as a
+            // full socket buffer would.
+            if !batch.is_empty() && workers[owner].try_send(batch).is_err() {
+                tracing::debug!("cloud worker {owner} is full; datagrams forwarded to it are lost");
+            }
+        }
+        if !mine.is_empty() {
+            server.answer_burst(&*reply_on, &mine, &mut refused).await;
+        }
+        if closed {
+            break;
         }
     }
     refused.flush(&server);
+}
+
+/// The first datagram any of `sockets` receives.
+/// `spare` holds a buffer per socket but the first.
+async fn first_datagram(
+    sockets: &[Arc<dyn Datagram>],
+    buf: &mut [u8],
+    spare: &mut [Vec<u8>],
+) -> std::io::Result<(usize, SocketAddr)> {
+    let [first, rest @ ..] = sockets else {
+        return Err(std::io::ErrorKind::NotConnected.into());
+    };
+    if rest.is_empty() {
+        return first.recv_from(buf).await;
+    }
+    // Each waits on its own buffer; the first to finish wins and the others
+    // are dropped unfinished (select_all polls no future after one is
+    // ready, and an unfinished recv_from has taken nothing off its socket).
+    let (r, i) = {
+        let waits = std::iter::once(first.recv_from(&mut *buf))
+            .chain(rest.iter().zip(spare.iter_mut()).map(|(s, b)| s.recv_from(b)));
+        let (r, i, others) = futures::future::select_all(waits).await;
+        drop(others);
+        (r, i)
+    };
+    let (n, peer) = r?;
+    if i > 0 {
+        buf[..n].copy_from_slice(&spare[i - 1][..n]);
+    }
+    Ok((n, peer))
 }
 
 impl Server {

@@ -822,7 +822,7 @@ impl UdpDev {
 async fn a_sharded_cloud_keeps_every_session_on_its_worker_and_still_refuses_replays() {
     // One reader handing datagrams out (a socket without siblings).
     let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    sessions_stay_on_their_workers(sock, false).await;
+    sessions_stay_on_their_workers(sock, false, 4, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -832,17 +832,36 @@ async fn workers_on_sibling_sockets_forward_a_session_that_arrives_at_the_wrong_
     // many of them on a worker that does not hold the pending handshake or
     // own the session: answered only if forwarded to the one that does.
     let sock = super::transport::cloud_udp("127.0.0.1:0").unwrap();
-    sessions_stay_on_their_workers(sock, true).await;
+    sessions_stay_on_their_workers(sock, true, 4, 16).await;
 }
 
-async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: bool) {
-    const WORKERS: usize = 4;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_read_all_sockets_of_a_group_as_large_as_a_reconnect_burst_needs() {
+    // What a burst meets before any worker reads is the sum of the group's
+    // receive buffers: a few workers still read many sockets, every one of
+    // them (the kernel lands the devices' ports on all of them).
+    let sock = super::transport::cloud_udp("127.0.0.1:0").unwrap();
+    sessions_stay_on_their_workers(sock, true, 2, 16).await;
+}
+
+/// The sockets bound to UDP `port` on this machine.
+fn sockets_on(port: u16) -> usize {
+    let want = format!(":{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&want)))
+        .count()
+}
+
+async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: bool, workers: usize, sockets: usize) {
     let ids: Vec<String> = (0..24).map(|i| format!("shard-dev-{i:02}")).collect();
     let keys = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
     let timeline = Timeline::in_memory();
     let cache = MemoryCache::new(1);
     let mut cfg = CloudConfig::with_secrets(keys, super::Secrets::Os);
-    cfg.workers = WORKERS;
+    cfg.workers = workers;
     // All devices share 127.0.0.1.
     cfg.max_pending_per_ip = 64;
     let cloud = sock.local_addr().unwrap();
@@ -854,6 +873,12 @@ async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: boo
         Mitigation::Drop,
         &timeline,
     );
+    // The group is formed by the cloud's task.
+    let formed = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sockets_on(cloud.port()) < sockets && tokio::time::Instant::now() < formed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sockets_on(cloud.port()), sockets, "sockets of the cloud's group");
     // All devices at once: their handshakes and resumes interleave across
     // the workers.
     let tasks: Vec<_> = ids
@@ -885,7 +910,7 @@ async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: boo
     for t in tasks {
         let (session, refused) = t.await.unwrap();
         assert!(refused, "a replayed resume was answered");
-        shards.insert(session % WORKERS as u64);
+        shards.insert(session % workers as u64);
     }
     running.stop().await;
     assert!(shards.len() > 1, "sessions spread over the workers: {shards:?}");

@@ -82,7 +82,7 @@ impl World {
         // One receive loop keeps the virtual clock deterministic; on a real
         // socket, workers overlap their cache round trips.
         if bench.clock == Clock::Real {
-            cfg.workers = crate::cloud::real_clock_workers(&bench.cloud.cache);
+            cfg.workers = crate::cloud::real_clock_workers();
         }
         let running = crate::cloud::start(socket, cfg, cache, durable, bench.cloud.mitigation, timeline);
 
