@@ -142,7 +142,8 @@ pub fn start(
     };
     let task = if cfg.workers > 1 {
         let servers = Server::sharded(cfg, cache, durable, handle.clone(), timeline.clone());
-        tokio::spawn(shards::serve(socket, servers, stopped))
+        let sockets = shards::group(socket, servers.len());
+        tokio::spawn(shards::serve(sockets, servers, stopped))
     } else {
         let server = Server::new(cfg, cache, durable, handle.clone(), timeline.clone());
         tokio::spawn(serve(socket, server, stopped))

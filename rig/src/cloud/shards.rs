@@ -99,10 +99,15 @@ pub fn route(data: &[u8], peer: SocketAddr, workers: usize) -> usize {
 /// the kernel counts what overflows).
 const INBOX: usize = 256;
 
-/// Runs `servers` (from [`Server::sharded`]) on `socket` until `shutdown`.
-pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
+/// The sockets `workers` workers read: `socket` and its siblings (see
+/// [`SOCKETS`]), or `socket` alone where it has none. Formed before the
+/// first worker reads: the kernel spreads sources by the group as it is, so
+/// a group still growing would move a device to another socket between its
+/// hello and its cookie, and another worker's cookie key refuses it
+/// (`rig bench` saw a handful of such failed handshakes per run).
+pub fn group(socket: Arc<dyn Datagram>, workers: usize) -> Vec<Arc<dyn Datagram>> {
     let mut sockets = vec![socket.clone()];
-    let wanted = servers.len() * SOCKETS.div_ceil(servers.len());
+    let wanted = workers * SOCKETS.div_ceil(workers.max(1));
     while sockets.len() < wanted {
         match socket.sibling() {
             Some(Ok(s)) => sockets.push(s),
@@ -113,10 +118,19 @@ pub async fn serve(socket: Arc<dyn Datagram>, servers: Vec<Server>, shutdown: im
             None => break,
         }
     }
+    if sockets.len() < workers {
+        sockets.truncate(1);
+    }
+    sockets
+}
+
+/// Runs `servers` (from [`Server::sharded`]) on `sockets` (from [`group`])
+/// until `shutdown`.
+pub async fn serve(sockets: Vec<Arc<dyn Datagram>>, servers: Vec<Server>, shutdown: impl Future<Output = ()>) {
     if sockets.len() >= servers.len() {
         in_group(sockets, servers, shutdown).await
     } else {
-        dispatched(socket, servers, shutdown).await
+        dispatched(sockets[0].clone(), servers, shutdown).await
     }
 }
 
