@@ -218,6 +218,18 @@ enum BenchWhat {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// What `rig console` costs a flooded board: lines/s, latency (p50, p99)
+    /// and memory of a real `rig console` reading a pty, against a plain
+    /// reader of the same pty.
+    Console {
+        /// Lines per reader (10 to 100,000,000).
+        #[arg(long, default_value_t = 1_000_000)]
+        lines: u64,
+        /// Lines written per second (0: as fast as the reader takes them;
+        /// a 115200-baud UART carries about 150 such lines per second).
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+    },
     /// Wall time, CPU and memory of emulated boards running wake cycles
     /// (needs qemu-system-arm and the images: make -C firmware-fixtures/sleepy-c).
     Qemu {
@@ -386,6 +398,10 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
                 }),
             ..
         } => cli::cloud::storm(devices, cache.into_iter().map(Into::into).collect(), workers),
+        Cmd::Bench {
+            what: Some(BenchWhat::Console { lines, rate }),
+            ..
+        } => cli::bench_console::run(lines, rate),
         Cmd::Bench {
             what: Some(BenchWhat::Fleet { devices, hours, out }),
             ..

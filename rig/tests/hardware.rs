@@ -366,3 +366,29 @@ fn sigint_mid_run_drives_an_active_low_gpio_relay_back_to_off() {
     assert!(levels.starts_with("1\n"), "opened at the safe level: {levels:?}");
     assert!(levels.ends_with("0\n1\n"), "on, then back off after SIGINT: {levels:?}");
 }
+
+/// `rig console` fed a flood on a pty: every line printed, in order (the
+/// benchmark fails otherwise), and its memory does not grow with the lines
+/// (an unbounded queue between the port thread and the printer used to
+/// grow it by ~400 bytes per line whenever printing fell behind).
+#[test]
+fn rig_console_holds_bounded_memory_through_a_flood() {
+    let locks = tempfile::tempdir().unwrap();
+    let o = rig_env(&["bench", "console", "--lines", "300000"], locks.path());
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let mib = |after: &str| -> f64 {
+        let at = out.find(after).unwrap_or_else(|| panic!("no `{after}` in {out}"));
+        let head = &out[..at];
+        head[head.rfind([' ', ',']).unwrap() + 1..]
+            .trim_end_matches(" MiB")
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let early = mib(" MiB after a tenth of the lines");
+    let end = mib(" MiB at the end");
+    assert!(early > 1.0 && end > 1.0, "resident memory was read: {out}");
+    // 270,000 lines after the first sample: 400 bytes each would be 100 MiB.
+    assert!(end - early < 16.0, "rig console grew from {early} to {end} MiB: {out}");
+}

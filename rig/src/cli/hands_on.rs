@@ -64,7 +64,7 @@ where
     let _lock = take_lock(&b, &format!("rig {what} {device}"), wait_lock)?;
     let rt = super::runtime()?;
     let msg = rt.block_on(async {
-        let tl = Timeline::in_memory().retain_last(1000);
+        let tl = Timeline::in_memory().retain_last(8192);
         let d = &b.devices[i];
         let dev = d.kind.hands_on(d, &b, &tl).map_err(|e| fault(device, e))?;
         f(dev, tl).await
@@ -154,6 +154,30 @@ pub fn reset(device: &str, bench: &Path, wait_lock: Option<Duration>) -> Result<
     })
 }
 
+/// Events printed at once by `rig console`.
+const PRINT_BATCH: usize = 256;
+
+/// Console lines and gaps among `events`, written to stdout in one go;
+/// `skipped` events fell out of memory before they could be printed.
+fn print_console(events: &[crate::timeline::Event], skipped: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+    if skipped > 0 {
+        writeln!(
+            out,
+            "--- {skipped} console events not shown: the terminal fell behind ---"
+        )?;
+    }
+    for e in events {
+        match &e.kind {
+            EventKind::ConsoleLine { line, .. } => writeln!(out, "{line}")?,
+            EventKind::ConsoleGap { ms } => writeln!(out, "--- console link gap of {ms} ms ---")?,
+            _ => {}
+        }
+    }
+    out.flush()
+}
+
 /// `rig console DEVICE [--send LINE] [--for D]`: prints the console until
 /// `duration` passes or Ctrl-C/SIGTERM.
 pub fn console(
@@ -168,17 +192,21 @@ pub fn console(
         if let Some(line) = send {
             dev.console_send_confirmed(&line).await.map_err(|e| fault(device, e))?;
         }
-        let printer = tl.wait(0, duration, |e| {
-            if let EventKind::ConsoleLine { line, .. } = &e.kind {
-                println!("{line}");
-            } else if let EventKind::ConsoleGap { ms } = &e.kind {
-                println!("--- console link gap of {ms} ms ---");
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut next = 0;
+        loop {
+            let batch = tokio::select! {
+                b = tl.next_batch(&mut next, PRINT_BATCH, deadline) => b,
+                _ = interrupt.recv() => None,
+            };
+            let Some((events, skipped)) = batch else { break };
+            // Out of the timeline's lock, one write per batch: a flood costs
+            // a syscall per batch, not per line, and a slow terminal delays
+            // only the printing.
+            if print_console(&events, skipped).is_err() {
+                // Stdout closed (`rig console … | head`): nothing to show it on.
+                break;
             }
-            false
-        });
-        tokio::select! {
-            _ = printer => {}
-            _ = interrupt.recv() => {}
         }
         Ok("console closed".to_string())
     })

@@ -12,6 +12,7 @@
 //!   [`bench_fleet`]: `rig bench fleet`.
 //! - [`progress`]: what a run shows while it runs (a bar on a terminal, lines in CI).
 
+pub mod bench_console;
 pub mod bench_fleet;
 pub mod bench_qemu;
 pub mod cache_client;

@@ -404,6 +404,48 @@ impl Timeline {
         self.lock().events.clone()
     }
 
+    /// The retained events from `*next` on, at most `max`, copied out so the
+    /// caller can act on them without holding the timeline (a terminal that
+    /// blocks must not stall the drivers writing it); waits for one if none
+    /// is there yet. Advances `*next` and says how many events before the
+    /// first were no longer retained (the caller fell behind). `None` when
+    /// `deadline` passes first.
+    pub async fn next_batch(
+        &self,
+        next: &mut u64,
+        max: usize,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Option<(Vec<Event>, u64)> {
+        let mut rx = self.shared.notify.subscribe();
+        let mut skipped = 0;
+        loop {
+            rx.borrow_and_update();
+            {
+                let s = self.lock();
+                if *next < s.base {
+                    skipped += s.base - *next;
+                    *next = s.base;
+                }
+                let end = s.base + s.events.len() as u64;
+                if *next < end {
+                    let from = (*next - s.base) as usize;
+                    let n = ((end - *next) as usize).min(max.max(1));
+                    let batch = s.events[from..from + n].to_vec();
+                    *next += n as u64;
+                    return Some((batch, skipped));
+                }
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d, changed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return None,
+                },
+                None => changed.await.ok()?,
+            }
+        }
+    }
+
     /// Feeds every event from `from_seq` on, in order, to `f` (including
     /// events appended while waiting) until `f` returns true; false if
     /// `limit` elapses first. `f` sees each event exactly once.

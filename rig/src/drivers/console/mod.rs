@@ -120,7 +120,7 @@ pub fn watch(
     let (tx, mut rx) = mpsc::unbounded_channel::<(Vec<u8>, Option<Ack>)>();
     let task = tokio::spawn(async move {
         let mut lines = LineAssembler::default();
-        let mut buf = vec![0u8; 1024];
+        let mut buf = vec![0u8; 16 * 1024];
         let mut gap_since: Option<Instant> = None;
         loop {
             tokio::select! {
@@ -171,8 +171,13 @@ pub fn watch(
 }
 
 fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String, partial: bool, at: Instant) {
-    let patterns = slot.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let derived = patterns.and_then(|p| classify(&p, &line));
+    // Classified under the slot's lock: a clone of the patterns per line
+    // was a measurable part of a console flood.
+    let derived = slot
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .and_then(|p| classify(p, &line));
     if timeline.keeps_console_lines() {
         timeline.emit_at(
             Some(device),
