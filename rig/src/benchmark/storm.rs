@@ -332,7 +332,7 @@ impl KernelCounters {
     fn read(port: u16) -> KernelCounters {
         let table = std::fs::read_to_string("/proc/net/udp").ok();
         KernelCounters {
-            sockets: table.as_deref().map(|t| bound_to(t, port).len()),
+            sockets: sockets_on(port),
             cloud_drops: table.as_deref().and_then(|t| socket_drops(t, port)),
             rcvbuf_errors: std::fs::read_to_string("/proc/net/snmp")
                 .ok()
@@ -351,6 +351,12 @@ fn bound_to(table: &str, port: u16) -> Vec<Vec<&str>> {
         .map(|line| line.split_whitespace().collect::<Vec<_>>())
         .filter(|cols| cols.get(1).is_some_and(|a| a.ends_with(&want)))
         .collect()
+}
+
+/// How many sockets are bound to local UDP `port` on this machine.
+pub(crate) fn sockets_on(port: u16) -> Option<usize> {
+    let table = std::fs::read_to_string("/proc/net/udp").ok()?;
+    Some(bound_to(&table, port).len())
 }
 
 /// The `drops` column summed over the sockets bound to local `port` (all

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serialport::{SerialPort, TTYPort};
 
 use super::CliError;
+use super::bench_fleet::fault;
 use crate::report::Overall;
 
 /// At most this many lines per phase.
@@ -30,8 +31,13 @@ pub const MAX_RATE: u64 = 10_000_000;
 /// A line of a typical firmware log, about 80 bytes with its stamp.
 const FILLER: &str = "[app] INFO: cloud: record acked, rssi -71 dBm";
 
-fn fault(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
-    move |e| CliError::Fault(format!("{what}: {e}"))
+/// What an ended child wrote to its stderr.
+fn stderr_of(child: &mut std::process::Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err.trim().to_string()
 }
 
 /// What one reader achieved.
@@ -60,8 +66,15 @@ fn board() -> Result<(TTYPort, TTYPort), CliError> {
 }
 
 /// Writes `lines` stamped lines (nanoseconds since `base`) into `master`,
-/// `rate` per second (0: as fast as they are taken).
-fn flood(mut master: TTYPort, lines: u64, rate: u64, base: Instant) -> std::thread::JoinHandle<std::io::Result<()>> {
+/// `rate` per second (0: as fast as they are taken). Gives the master back:
+/// closed before the reader is done, it would hang up the slave, which may
+/// discard what is still buffered.
+fn flood(
+    mut master: TTYPort,
+    lines: u64,
+    rate: u64,
+    base: Instant,
+) -> std::thread::JoinHandle<std::io::Result<TTYPort>> {
     std::thread::spawn(move || {
         let mut line = Vec::with_capacity(128);
         let start = Instant::now();
@@ -79,10 +92,7 @@ fn flood(mut master: TTYPort, lines: u64, rate: u64, base: Instant) -> std::thre
             master.write_all(&line)?;
         }
         master.flush()?;
-        // Keep the master open until the reader is done, or the slave sees
-        // a hangup that may discard what is still buffered.
-        std::thread::sleep(Duration::from_secs(3600));
-        Ok(())
+        Ok(master)
     })
 }
 
@@ -143,7 +153,8 @@ fn plain_reader(lines: u64, rate: u64) -> Result<Figures, CliError> {
     let base = Instant::now();
     let writer = flood(master, lines, rate, base);
     let (lat, took) = read_stamped(slave, lines, base, &AtomicU64::new(0), || {});
-    drop(writer);
+    // The slave is closed: a writer still blocked fails instead of waiting.
+    let _ = writer.join();
     Ok(figures(lat, took, None))
 }
 
@@ -215,13 +226,9 @@ fn rig_console(lines: u64, rate: u64) -> Result<Figures, CliError> {
         if exited || Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = std::io::Read::read_to_string(&mut e, &mut err);
-            }
             return Err(CliError::Fault(format!(
                 "rig console printed nothing within 10 s (or ended): {}",
-                err.trim()
+                stderr_of(&mut child)
             )));
         }
     }
@@ -251,18 +258,14 @@ fn rig_console(lines: u64, rate: u64) -> Result<Figures, CliError> {
         libc::kill(pid as i32, libc::SIGINT);
     }
     let status = child.wait().map_err(fault("waiting for rig console"))?;
-    drop(writer);
     drop(probe);
     drop(slave);
+    let _ = writer.join();
     if lat.len() as u64 != lines {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut err);
-        }
         return Err(CliError::Fault(format!(
             "rig console printed {} of {lines} lines ({status}): {}",
             lat.len(),
-            err.trim()
+            stderr_of(&mut child)
         )));
     }
     Ok(figures(lat, took, Some((early, last, peak))))

@@ -19,7 +19,7 @@ use crate::report::Overall;
 /// Most devices `rig bench fleet` simulates.
 pub const MAX_DEVICES: usize = 200_000;
 
-fn fault(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
+pub(super) fn fault(what: &str) -> impl Fn(std::io::Error) -> CliError + '_ {
     move |e| CliError::Fault(format!("{what}: {e}"))
 }
 

@@ -10,9 +10,9 @@
 //! On a UDP socket each worker reads sockets of its own in one
 //! `SO_REUSEPORT` group ([`Datagram::sibling`]), at least [`SOCKETS`] in
 //! all; the kernel keeps a source address on one socket, so a device's
-//! datagrams arrive at one worker in order. A datagram of a session another worker owns (a device whose NAT
-//! gave it a new port) is forwarded to that worker; hellos are answered
-//! where they arrive. Measured with `rig bench`: a hand-off of every
+//! datagrams arrive at one worker in order. A datagram of a session another
+//! worker owns (a device whose NAT gave it a new port) is forwarded to that
+//! worker; hellos are answered where they arrive. Measured with `rig bench`: a hand-off of every
 //! datagram from one reader to the workers cost a fifth of the memory
 //! cache's throughput. Elsewhere (an in-process network) one dispatcher
 //! reads and hands datagrams out, hellos by source address.

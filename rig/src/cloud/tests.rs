@@ -844,17 +844,6 @@ async fn two_workers_read_all_sockets_of_a_group_as_large_as_a_reconnect_burst_n
     sessions_stay_on_their_workers(sock, true, 2, 16).await;
 }
 
-/// The sockets bound to UDP `port` on this machine.
-fn sockets_on(port: u16) -> usize {
-    let want = format!(":{port:04X}");
-    std::fs::read_to_string("/proc/net/udp")
-        .unwrap()
-        .lines()
-        .skip(1)
-        .filter(|l| l.split_whitespace().nth(1).is_some_and(|a| a.ends_with(&want)))
-        .count()
-}
-
 async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: bool, workers: usize, sockets: usize) {
     let ids: Vec<String> = (0..24).map(|i| format!("shard-dev-{i:02}")).collect();
     let keys = ids.iter().map(|id| (id.clone(), Psk::derive_for(id))).collect();
@@ -875,7 +864,11 @@ async fn sessions_stay_on_their_workers(sock: tokio::net::UdpSocket, rebind: boo
     );
     // Formed before the cloud runs: a group still growing moves sources
     // between sockets.
-    assert_eq!(sockets_on(cloud.port()), sockets, "sockets of the cloud's group");
+    assert_eq!(
+        crate::benchmark::storm::sockets_on(cloud.port()),
+        Some(sockets),
+        "sockets of the cloud's group"
+    );
     // All devices at once: their handshakes and resumes interleave across
     // the workers.
     let tasks: Vec<_> = ids
