@@ -100,7 +100,7 @@ pub async fn run(
     let running = crate::cloud::start(
         Arc::new(sock),
         cfg,
-        backend,
+        backend.clone(),
         DurableKeys::off(),
         Mitigation::Reject,
         &timeline,
@@ -114,6 +114,29 @@ pub async fn run(
         without == 0,
         "{without} of {devices} clients got no session before the crash"
     );
+
+    // A session is stored after its last flight is answered: wait until
+    // every one is in the cache, or a store landing after the restart would
+    // bring it back (a client resuming after the crash).
+    let ids: Vec<_> = clients
+        .iter()
+        .filter_map(|c| c.session.as_ref().map(|s| s.id))
+        .collect();
+    let stored_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut missing = 0;
+        for part in ids.chunks(1000) {
+            missing += backend.get_many(part).await?.iter().filter(|r| r.is_none()).count();
+        }
+        if missing == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < stored_by,
+            "{missing} sessions not in the cache 10 s after their handshakes"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     if crash {
         running.cache.kill().await?;
