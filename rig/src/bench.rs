@@ -127,6 +127,9 @@ pub struct CloudCfg {
     pub mitigation: Mitigation,
     #[serde(default)]
     pub replay_window: ReplayWindow,
+    /// A team's own cloud in place of the built-in one, behind the relay.
+    #[serde(default)]
+    pub external: Option<crate::cloud::external::ExternalCfg>,
 }
 
 fn default_latency() -> Dur {
@@ -141,6 +144,7 @@ impl Default for CloudCfg {
             latency: default_latency(),
             mitigation: Mitigation::Drop,
             replay_window: ReplayWindow::Process,
+            external: None,
         }
     }
 }
@@ -172,6 +176,10 @@ struct DeviceRaw {
     /// The number of the fleet's first device (default 1).
     #[serde(default)]
     first: Option<u32>,
+    /// The relay port this board sends to, in front of an external cloud
+    /// (default: a free one, which simulated boards are told).
+    #[serde(default)]
+    cloud_port: Option<u16>,
 }
 
 /// Most devices one bench may declare: a fleet is simulated in one process,
@@ -243,6 +251,13 @@ fn expand(
         ));
         return Vec::new();
     }
+    if d.cloud_port.is_some() {
+        errors.push(at(
+            &d.id.referenced,
+            "a fleet cannot share one `cloud_port:`: each board needs a relay port of its own".into(),
+        ));
+        return Vec::new();
+    }
     let first = u64::from(d.first.unwrap_or(1));
     (first..first + u64::from(count.value))
         .map(|n| DeviceRaw {
@@ -280,6 +295,8 @@ struct CloudRaw {
     mitigation: Option<Mitigation>,
     #[serde(default)]
     replay_window: ReplayWindow,
+    #[serde(default)]
+    external: Option<Spanned<crate::cloud::external::ExternalCfg>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,6 +352,8 @@ pub struct Device {
     /// address is derived from, so a slice runs each device as the whole
     /// bench would.
     pub index: usize,
+    /// Its relay port in front of an external cloud (`cloud_port:`).
+    pub cloud_port: Option<u16>,
 }
 
 /// `--shard K/N`: the K-th of N contiguous slices of a bench's devices.
@@ -524,6 +543,7 @@ impl Bench {
                 tags: d.tags,
                 key,
                 drivers,
+                cloud_port: d.cloud_port,
             });
         }
         errors.extend(reject_shared_resources(&devices, &lines, path, text));
@@ -581,6 +601,7 @@ impl Bench {
             latency: None,
             mitigation: None,
             replay_window: ReplayWindow::Process,
+            external: None,
         });
         if let Some(c) = &cloud_raw.cache
             && clock == Clock::Virtual
@@ -594,7 +615,19 @@ impl Bench {
                 ),
             ));
         }
+        let cache_kind = cloud_raw.cache.as_ref().map_or("memory", |c| c.value.backend().name());
+        if let Some(x) = &cloud_raw.external {
+            for problem in x.value.problems(clock == Clock::Real, cache_kind) {
+                errors.push(at(&x.referenced, problem));
+            }
+        } else if let Some((d, loc)) = devices.iter().zip(&lines).find(|(d, _)| d.cloud_port.is_some()) {
+            errors.push(at(
+                loc,
+                format!("device `{}`: `cloud_port:` is a port of the relay in front of an external cloud, and this bench's cloud is built in", d.id),
+            ));
+        }
         let cloud = CloudCfg {
+            external: cloud_raw.external.map(|x| x.value),
             listen: cloud_raw.listen,
             cache: cloud_raw.cache.map(|c| c.value).unwrap_or_default(),
             latency: cloud_raw.latency.unwrap_or_else(default_latency),

@@ -150,7 +150,8 @@ enum CloudCmd {
         /// UDP address to listen on (loopback unless you say otherwise: 0.0.0.0:5684 for a bench network).
         #[arg(long, default_value = "127.0.0.1:5684")]
         listen: String,
-        /// Session cache: memory, redis (a redis-server child) or redis-cluster (3 masters).
+        /// Session cache: memory, redis (a redis-server child), redis-cluster (3 masters)
+        /// or remote-redis (a server someone else runs, its URL in $RIG_CACHE_URL).
         #[arg(long, default_value = "memory")]
         cache: CacheArg,
         #[arg(long, default_value = "drop")]
@@ -186,6 +187,7 @@ enum CacheArg {
     Memory,
     Redis,
     RedisCluster,
+    RemoteRedis,
 }
 
 impl From<CacheArg> for rig::cache::CacheCfg {
@@ -197,6 +199,7 @@ impl From<CacheArg> for rig::cache::CacheCfg {
                 masters: 3,
                 replicas: 0,
             }),
+            CacheArg::RemoteRedis => rig::cache::CacheCfg::RemoteRedis(Default::default()),
         }
     }
 }

@@ -183,9 +183,28 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             tl.wait(0, None, |e| {
                 let what = match &e.kind {
-                    EventKind::CloudConnected { via, session } => format!("connected via {via:?} (session {session})"),
-                    EventKind::CloudResumeUnknown { session, action, .. } => {
-                        format!("resume of unknown session {session}: {action:?}")
+                    EventKind::CloudConnected { via, session } => {
+                        let via = match via {
+                            crate::timeline::ConnectVia::Handshake => "handshake",
+                            crate::timeline::ConnectVia::Resume => "resume",
+                        };
+                        format!("connected via {via} (session {session})")
+                    }
+                    EventKind::CloudResumeUnknown {
+                        session,
+                        action,
+                        resume,
+                    } => {
+                        let action = match action {
+                            crate::timeline::UnknownAction::Dropped => "dropped",
+                            crate::timeline::UnknownAction::Rejected => "rejected",
+                            crate::timeline::UnknownAction::Healed => "healed",
+                        };
+                        if *resume {
+                            format!("resume of unknown session {session}: {action}")
+                        } else {
+                            format!("record for unknown session {session}: {action}")
+                        }
                     }
                     EventKind::CloudInvalid {
                         reason, peer, count, ..

@@ -8,12 +8,14 @@
 //!
 //! Backends, one folder each, registered in [`CacheCfg`] and opened by
 //! [`open`]: [`memory`] (inside the rig, the default), [`redis`] (a real
-//! `redis-server` child process the rig controls) and [`redis_cluster`]
-//! (a Redis Cluster of such processes, broken node by node).
+//! `redis-server` child process the rig controls), [`redis_cluster`]
+//! (a Redis Cluster of such processes, broken node by node) and
+//! [`remote_redis`] (a server someone else runs: the data path only).
 
 pub mod memory;
 pub mod redis;
 pub mod redis_cluster;
+pub mod remote_redis;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,7 @@ crate::drivers::backends! {
         "memory" => Memory(memory::MemoryCfg),
         "redis" => Redis(redis::RedisCfg),
         "redis-cluster" => RedisCluster(redis_cluster::RedisClusterCfg),
+        "remote-redis" => RemoteRedis(remote_redis::RemoteRedisCfg),
     }
 }
 
@@ -391,6 +394,12 @@ pub trait SessionCache: Send + Sync {
 
     /// The pid of the cache's server process, when it is one.
     fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// The URL (with credentials) a cloud outside the rig reaches the
+    /// data path with, for a server the rig runs.
+    fn cloud_url(&self) -> Option<String> {
         None
     }
 

@@ -173,6 +173,10 @@ impl RecoveryTracker {
             | EventKind::CacheNodeStart { .. }
             | EventKind::CacheNodePause { .. }
             | EventKind::CacheNodeResume { .. }
+            | EventKind::CloudProcess { .. }
+            | EventKind::CloudLog { .. }
+            | EventKind::NetworkFault { .. }
+            | EventKind::NetworkHealed { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }

@@ -11,6 +11,7 @@
 //! The wire format lives in the `rig-proto` crate and `docs/protocol.md`.
 
 pub mod durable;
+pub mod external;
 pub mod server;
 pub mod shards;
 pub mod transport;
@@ -112,17 +113,10 @@ impl RunningCloud {
     }
 }
 
-/// Starts the cloud on `socket` with `cache` behind it: the one way `rig
-/// run`, `rig cloud serve` and `rig bench` bring a cloud up. A cache that is
-/// a server process is announced with a `cache.start` naming its pid.
-pub fn start(
-    socket: Arc<dyn transport::Datagram>,
-    cfg: CloudConfig,
-    cache: Arc<dyn crate::cache::SessionCache>,
-    durable: durable::DurableKeys,
-    mitigation: Mitigation,
-    timeline: &Timeline,
-) -> RunningCloud {
+/// The rig's administrative handle on a cloud's cache: a cache that is a
+/// server process is announced with a `cache.start` naming its pid, a
+/// cluster with its layout.
+pub fn admin_cache(cache: &Arc<dyn crate::cache::SessionCache>, timeline: &Timeline) -> crate::cache::Cache {
     if let Some(pid) = cache.pid() {
         timeline.emit(
             None,
@@ -135,6 +129,21 @@ pub fn start(
     }
     let admin = crate::cache::Cache::new(cache.clone(), timeline.clone());
     admin.announce_topology();
+    admin
+}
+
+/// Starts the cloud on `socket` with `cache` behind it: the one way `rig
+/// run`, `rig cloud serve` and `rig bench` bring a cloud up. A cache that is
+/// a server process is announced with a `cache.start` naming its pid.
+pub fn start(
+    socket: Arc<dyn transport::Datagram>,
+    cfg: CloudConfig,
+    cache: Arc<dyn crate::cache::SessionCache>,
+    durable: durable::DurableKeys,
+    mitigation: Mitigation,
+    timeline: &Timeline,
+) -> RunningCloud {
+    let admin = admin_cache(&cache, timeline);
     let handle = CloudHandle::new(mitigation, timeline.clone());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let stopped = async {

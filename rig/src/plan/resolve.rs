@@ -55,15 +55,29 @@ pub enum Action {
     Reset,
     Flash(Arc<Fixture>),
     ConsoleSend(String),
-    WaitFor { target: Target, timeout: Option<Duration> },
+    WaitFor {
+        target: Target,
+        timeout: Option<Duration>,
+    },
     Wait(Duration),
-    SleepCycles { n: u32, timeout: Option<Duration> },
+    SleepCycles {
+        n: u32,
+        timeout: Option<Duration>,
+    },
     Mark(String),
     Cache(CacheCommand),
     Cloud(Mitigation),
+    Network {
+        fault: crate::cloud::external::relay::FaultKind,
+        lasts: Duration,
+        devices: Option<Vec<String>>,
+    },
     Expect(Expect),
     ExpectRecovery(RecoveryArgs),
-    Repeat { times: u32, steps: Vec<Step> },
+    Repeat {
+        times: u32,
+        steps: Vec<Step>,
+    },
 }
 
 /// One resolved step and how progress, events and reports name it.
@@ -305,7 +319,22 @@ pub(super) fn resolve(
                 }
                 Some(Action::Cache(cmd.clone()))
             }
-            StepRaw::Cloud(c) => Some(Action::Cloud(c.mitigation)),
+            StepRaw::Cloud(c) => {
+                if let Some(x) = &ctx.bench.cloud.external
+                    && !x.takes_mitigation()
+                    && c.mitigation != ctx.bench.cloud.mitigation
+                {
+                    errors.push(at(
+                        loc,
+                        format!(
+                            "bench `{}`'s external cloud cannot switch to mitigation `{}`: its command has no `{{mitigation}}`",
+                            ctx.bench.name, c.mitigation
+                        ),
+                    ));
+                }
+                Some(Action::Cloud(c.mitigation))
+            }
+            StepRaw::Network(n) => network_step(n, loc, ctx, errors),
             StepRaw::Repeat(r) => {
                 if r.times == 0 {
                     errors.push(at(loc, "repeat: times must be at least 1".into()));
@@ -405,4 +434,68 @@ pub(super) fn fixture(name: &str, loc: &Location, ctx: &Ctx<'_>, errors: &mut Ve
         }
     }
     Some(f)
+}
+
+/// `network:`, checked: one fault, a duration, known devices, and a relay
+/// for it to act on.
+fn network_step(
+    n: &super::step::NetworkStep,
+    loc: &Location,
+    ctx: &Ctx<'_>,
+    errors: &mut Vec<Diagnostic>,
+) -> Option<Action> {
+    use crate::cloud::external::relay::FaultKind;
+    let at = |m: String| (ctx.at)(loc, m);
+    let mut ok = true;
+    if ctx.bench.cloud.external.is_none() {
+        errors.push(at(format!(
+            "`network:` acts on the relay in front of an external cloud, and bench `{}`'s cloud is built in (see `cloud: {{ external }}` in docs/bench-setup.md)",
+            ctx.bench.name
+        )));
+        ok = false;
+    }
+    let fault = match (n.partition, n.loss, n.delay) {
+        (Some(d), None, None) => {
+            if n.for_.is_some() {
+                errors.push(at("`partition:` is its own duration: drop `for:`".into()));
+                ok = false;
+            }
+            Some((FaultKind::Partition, d.0))
+        }
+        (None, Some(p), None) => {
+            if !(p > 0.0 && p <= 1.0) {
+                errors.push(at(format!("`loss:` is a fraction in (0, 1], found {p}")));
+                ok = false;
+            }
+            n.for_.map(|d| (FaultKind::Loss(p), d.0))
+        }
+        (None, None, Some(d)) => n.for_.map(|f| (FaultKind::Delay(d.0), f.0)),
+        _ => {
+            errors.push(at(
+                "`network:` takes one of `partition: DURATION`, `loss: FRACTION` or `delay: DURATION`".into(),
+            ));
+            return None;
+        }
+    };
+    let Some((fault, lasts)) = fault else {
+        errors.push(at("`loss:` and `delay:` need `for: DURATION`".into()));
+        return None;
+    };
+    if lasts.is_zero() {
+        errors.push(at("a network fault must last longer than 0 s".into()));
+        ok = false;
+    }
+    if let Some(ds) = &n.devices {
+        for d in ds {
+            if !ctx.bench.devices.iter().any(|b| &b.id == d) {
+                errors.push(at(format!("device `{d}` is not on bench `{}`", ctx.bench.name)));
+                ok = false;
+            }
+        }
+    }
+    ok.then(|| Action::Network {
+        fault,
+        lasts,
+        devices: n.devices.clone(),
+    })
 }

@@ -24,6 +24,7 @@ pub enum StepRaw {
     Mark(Spanned<String>),
     Cache(CacheCommand),
     Cloud(CloudStep),
+    Network(NetworkStep),
     Expect(Expect),
     ExpectRecovery(ExpectRecovery),
     Repeat(Repeat),
@@ -178,6 +179,25 @@ pub struct CloudStep {
     pub mitigation: Mitigation,
 }
 
+/// `network: { partition: 10m }`, `{ loss: 0.3, for: 5m }`,
+/// `{ delay: 2s, for: 5m }`, optionally for some `devices:` only: a fault
+/// on the relay between the boards and an external cloud. The step starts
+/// it and goes on; it heals by itself.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkStep {
+    #[serde(default)]
+    pub partition: Option<Dur>,
+    #[serde(default)]
+    pub loss: Option<f64>,
+    #[serde(default)]
+    pub delay: Option<Dur>,
+    #[serde(default, rename = "for")]
+    pub for_: Option<Dur>,
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
@@ -235,6 +255,7 @@ impl StepRaw {
             StepRaw::Mark(_) => "mark",
             StepRaw::Cache(_) => "cache",
             StepRaw::Cloud(_) => "cloud",
+            StepRaw::Network(_) => "network",
             StepRaw::Expect(_) => "expect",
             StepRaw::ExpectRecovery(_) => "expect_recovery",
             StepRaw::Repeat(_) => "repeat",
@@ -267,6 +288,24 @@ impl StepRaw {
             StepRaw::Mark(m) => format!("mark {}", m.value),
             StepRaw::Cache(cmd) => format!("cache {cmd}"),
             StepRaw::Cloud(c) => format!("cloud mitigation {}", c.mitigation),
+            StepRaw::Network(n) => {
+                let what = match (n.partition, n.loss, n.delay) {
+                    (Some(d), _, _) => format!("network partition for {d}"),
+                    (None, Some(p), _) => format!(
+                        "network loss {p} for {}",
+                        n.for_.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                    (None, None, Some(d)) => format!(
+                        "network delay {d} for {}",
+                        n.for_.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                    _ => "network ?".into(),
+                };
+                match &n.devices {
+                    Some(d) => format!("{what} on {}", d.join(", ")),
+                    None => what,
+                }
+            }
             StepRaw::Expect(e) => {
                 let mut s = format!("expect {}", e.event.value);
                 if let Some(m) = e.min {

@@ -155,6 +155,10 @@ pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, Str
             | EventKind::CacheNodeStart { .. }
             | EventKind::CacheNodePause { .. }
             | EventKind::CacheNodeResume { .. }
+            | EventKind::CloudProcess { .. }
+            | EventKind::CloudLog { .. }
+            | EventKind::NetworkFault { .. }
+            | EventKind::NetworkHealed { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }

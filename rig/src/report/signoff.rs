@@ -100,6 +100,16 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 )),
                 EventKind::CacheNodeStart(s) => Some((format!("node {} back ({})", s.node, s.from), "restore")),
                 EventKind::CacheNodePause { node, .. } => Some((format!("node {node} paused"), "kill")),
+                EventKind::NetworkFault { fault, ms, .. } => Some((
+                    format!(
+                        "network {fault} ({})",
+                        crate::units::fmt_duration(std::time::Duration::from_millis(*ms))
+                    ),
+                    "kill",
+                )),
+                EventKind::NetworkHealed { fault, dropped, .. } => {
+                    Some((format!("network {fault} healed ({dropped} dropped)"), "restore"))
+                }
                 // Bench-wide events that draw nothing on a timeline.
                 EventKind::CellStart { .. }
                 | EventKind::CellEnd { .. }
@@ -110,6 +120,8 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
                 | EventKind::CacheCluster { .. }
                 | EventKind::CacheNodeResume { .. }
                 | EventKind::CloudConfig { .. }
+                | EventKind::CloudProcess { .. }
+                | EventKind::CloudLog { .. }
                 | EventKind::PlanStep { .. }
                 | EventKind::CheckPass { .. }
                 | EventKind::CheckFail { .. } => None,
@@ -203,6 +215,10 @@ fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
             | EventKind::CacheNodeStart { .. }
             | EventKind::CacheNodePause { .. }
             | EventKind::CacheNodeResume { .. }
+            | EventKind::CloudProcess { .. }
+            | EventKind::CloudLog { .. }
+            | EventKind::NetworkFault { .. }
+            | EventKind::NetworkHealed { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }

@@ -273,6 +273,10 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             | EventKind::CacheNodeStart { .. }
             | EventKind::CacheNodePause { .. }
             | EventKind::CacheNodeResume { .. }
+            | EventKind::CloudProcess { .. }
+            | EventKind::CloudLog { .. }
+            | EventKind::NetworkFault { .. }
+            | EventKind::NetworkHealed { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. } => {}
         }

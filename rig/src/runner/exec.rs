@@ -176,10 +176,20 @@ impl<'a> Exec<'a> {
                 .run(cmd)
                 .await
                 .map_err(|e| Stop::Fault(format!("session cache: step {n} ({desc}): {e}"))),
-            Action::Cloud(m) => {
-                self.world.cloud.set_mitigation(*m);
-                Ok(())
-            }
+            Action::Cloud(m) => self
+                .world
+                .set_mitigation(*m)
+                .await
+                .map_err(|e| Stop::Fault(format!("cloud: step {n} ({desc}): {e}"))),
+            Action::Network { fault, lasts, devices } => match self.world.relay() {
+                Some(r) => {
+                    r.fault(*fault, *lasts, devices.clone());
+                    Ok(())
+                }
+                None => Err(Stop::Fault(format!(
+                    "network: step {n} ({desc}): no relay stands between the boards and the cloud"
+                ))),
+            },
             Action::WaitFor { target, timeout } => self.wait_for(n, desc, target, *timeout).await,
             Action::SleepCycles { n: cycles, timeout } => self.sleep_cycles(n, desc, *cycles, *timeout).await,
             Action::Expect(e) => self.expect(n, desc, e),

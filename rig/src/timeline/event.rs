@@ -88,6 +88,10 @@ impl EventKind {
             | EventKind::CacheNodeStart { .. }
             | EventKind::CacheNodePause { .. }
             | EventKind::CacheNodeResume { .. }
+            | EventKind::CloudProcess { .. }
+            | EventKind::CloudLog { .. }
+            | EventKind::NetworkFault { .. }
+            | EventKind::NetworkHealed { .. }
             | EventKind::PlanMark { .. }
             | EventKind::PlanStep { .. }
             | EventKind::CheckPass { .. }
@@ -406,6 +410,34 @@ pub enum EventKind {
     /// The cache's server died without the rig killing it.
     #[serde(rename = "cache.died")]
     CacheDied { backend: String, pid: u32, how: String },
+    /// An external cloud the rig started is serving (`cloud: { external }`):
+    /// its process, the command line it was started with (no secrets: those
+    /// go in its environment) and the address the relay forwards to.
+    #[serde(rename = "cloud.process")]
+    CloudProcess {
+        pid: u32,
+        command: String,
+        upstream: String,
+    },
+    /// A line an external cloud wrote on `stream` (`stdout`, `stderr`).
+    #[serde(rename = "cloud.log")]
+    CloudLog { stream: String, line: String },
+    /// A fault on the relay path between boards and the cloud began: for
+    /// `ms`, `partition` drops every datagram, `loss` a seeded random
+    /// fraction, `delay` holds each one `delay_ms`.
+    #[serde(rename = "network.fault")]
+    NetworkFault {
+        fault: String,
+        ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        loss: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+        devices: Vec<String>,
+    },
+    /// The fault ended: datagrams it dropped and delayed, both ways.
+    #[serde(rename = "network.healed")]
+    NetworkHealed { fault: String, dropped: u64, delayed: u64 },
     #[serde(rename = "plan.mark")]
     PlanMark { name: String },
     #[serde(rename = "plan.step")]
@@ -533,6 +565,10 @@ event_tags! {
     CacheNodePause = "cache.node_pause",
     CacheNodeResume = "cache.node_resume",
     CacheDied = "cache.died",
+    CloudProcess = "cloud.process",
+    CloudLog = "cloud.log",
+    NetworkFault = "network.fault",
+    NetworkHealed = "network.healed",
     PlanMark = "plan.mark",
     PlanStep = "plan.step",
     CheckPass = "check.pass",

@@ -225,6 +225,8 @@ impl Timeline {
         s.cell = cell;
         s.cell_base = tokio::time::Instant::now();
         s.marks.clear();
+        // A board or cloud that died in the last cell is gone with its world.
+        s.board_fault = None;
     }
 
     /// Milliseconds since the current cell began.

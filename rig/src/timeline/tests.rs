@@ -160,6 +160,27 @@ mod basics {
                 pid: 77,
                 how: "exit status: 0".into(),
             },
+            EventKind::CloudProcess {
+                pid: 42,
+                command: "rig cloud serve --listen 127.0.0.1:5700".into(),
+                upstream: "127.0.0.1:5700".into(),
+            },
+            EventKind::CloudLog {
+                stream: "stderr".into(),
+                line: "rig cloud: listening".into(),
+            },
+            EventKind::NetworkFault {
+                fault: "loss".into(),
+                ms: 600_000,
+                loss: Some(0.3),
+                delay_ms: None,
+                devices: vec!["d".into()],
+            },
+            EventKind::NetworkHealed {
+                fault: "loss".into(),
+                dropped: 12,
+                delayed: 0,
+            },
             EventKind::PlanMark { name: "crash".into() },
             EventKind::PlanStep {
                 index: 1,

@@ -74,7 +74,7 @@ pub struct RedisCache {
 
 /// The data path fails fast: a dead or stopped server must look like one
 /// within a resume, not after the device gave up.
-const DATA_TIMEOUT: Duration = Duration::from_millis(200);
+pub(crate) const DATA_TIMEOUT: Duration = Duration::from_millis(200);
 /// The rig's own operations (SAVE, SCAN, restores) are rare and heavier, and
 /// a loaded CI box can take longer than the data path's bound to write a
 /// snapshot; a stopped server still fails them, just later.
@@ -142,6 +142,62 @@ pub(crate) async fn scan_sessions(
     }
     keys.sort();
     Ok(keys)
+}
+
+/// The cloud's data path on one server: what the rig's own server and a
+/// server someone else runs ([`super::remote_redis`]) share.
+pub(crate) mod data {
+    use super::*;
+
+    pub async fn get(c: &mut ConnectionManager, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
+        let v: Option<String> = c.get(key(id)).await.map_err(backend_err)?;
+        match v {
+            None => Ok(None),
+            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
+        }
+    }
+
+    pub async fn put(c: &mut ConnectionManager, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError> {
+        let json = serde_json::to_string(rec)?;
+        let ms = ttl.as_millis().max(1) as u64;
+        let _: () = c.pset_ex(key(rec.session_id), json, ms).await.map_err(backend_err)?;
+        Ok(())
+    }
+
+    pub async fn get_many(
+        c: &mut ConnectionManager,
+        ids: &[SessionId],
+    ) -> Result<Vec<Option<SessionRecord>>, CacheError> {
+        let mut pipe = redis::pipe();
+        for &id in ids {
+            pipe.get(key(id));
+        }
+        let values: Vec<Option<String>> = pipe.query_async(c).await.map_err(backend_err)?;
+        values
+            .into_iter()
+            .map(|v| {
+                v.map(|json| serde_json::from_str(&json))
+                    .transpose()
+                    .map_err(CacheError::from)
+            })
+            .collect()
+    }
+
+    pub async fn put_many(c: &mut ConnectionManager, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for rec in recs {
+            pipe.pset_ex(key(rec.session_id), serde_json::to_string(rec)?, ms)
+                .ignore();
+        }
+        let _: () = pipe.query_async(c).await.map_err(backend_err)?;
+        Ok(())
+    }
+
+    pub async fn delete(c: &mut ConnectionManager, id: SessionId) -> Result<(), CacheError> {
+        let _: () = c.del(key(id)).await.map_err(backend_err)?;
+        Ok(())
+    }
 }
 
 impl RedisCache {
@@ -279,59 +335,32 @@ impl SessionCache for RedisCache {
         self.server_pid()
     }
 
+    fn cloud_url(&self) -> Option<String> {
+        Some(RedisCache::cloud_url(self))
+    }
+
     fn on_death(&self, f: super::DeathCallback) {
         self.inner.server.on_death(f);
     }
 
     async fn get(&self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
-        let v: Option<String> = self.conn().get(key(id)).await.map_err(backend_err)?;
-        match v {
-            None => Ok(None),
-            Some(json) => Ok(Some(serde_json::from_str(&json)?)),
-        }
+        data::get(&mut self.conn(), id).await
     }
 
     async fn put(&self, rec: &SessionRecord, ttl: Duration) -> Result<(), CacheError> {
-        let json = serde_json::to_string(rec)?;
-        let ms = ttl.as_millis().max(1) as u64;
-        let _: () = self
-            .conn()
-            .pset_ex(key(rec.session_id), json, ms)
-            .await
-            .map_err(backend_err)?;
-        Ok(())
+        data::put(&mut self.conn(), rec, ttl).await
     }
 
     async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
-        let mut pipe = redis::pipe();
-        for &id in ids {
-            pipe.get(key(id));
-        }
-        let values: Vec<Option<String>> = pipe.query_async(&mut self.conn()).await.map_err(backend_err)?;
-        values
-            .into_iter()
-            .map(|v| {
-                v.map(|json| serde_json::from_str(&json))
-                    .transpose()
-                    .map_err(CacheError::from)
-            })
-            .collect()
+        data::get_many(&mut self.conn(), ids).await
     }
 
     async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
-        let ms = ttl.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        for rec in recs {
-            pipe.pset_ex(key(rec.session_id), serde_json::to_string(rec)?, ms)
-                .ignore();
-        }
-        let _: () = pipe.query_async(&mut self.conn()).await.map_err(backend_err)?;
-        Ok(())
+        data::put_many(&mut self.conn(), recs, ttl).await
     }
 
     async fn delete(&self, id: SessionId) -> Result<(), CacheError> {
-        let _: () = self.conn().del(key(id)).await.map_err(backend_err)?;
-        Ok(())
+        data::delete(&mut self.conn(), id).await
     }
 
     async fn kill(&self) -> Result<(), CacheError> {
