@@ -18,6 +18,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -256,7 +257,13 @@ fn hardware_check(l: &DocLine, args: &[String], clone: &Path) -> String {
                 .take_while(|a| !a.starts_with("--"))
                 .collect();
             assert!(!plans.is_empty(), "{at}: a run names a plan");
-            format!("rig check {} --bench {bench_file}", plans.join(" "))
+            // `--set` pins a matrix axis (a hardware fixture): checked too.
+            let sets: String = args
+                .windows(2)
+                .filter(|w| w[0] == "--set")
+                .map(|w| format!(" --set {}", w[1]))
+                .collect();
+            format!("rig check {} --bench {bench_file}{sets}", plans.join(" "))
         }
         sub => {
             let device = &args[1];
@@ -414,6 +421,35 @@ fn is_real_io(b: &Block) -> bool {
     b.lines.iter().any(|l| l.cmd.contains("bench/sim-real.yaml"))
 }
 
+/// Blocks that run a bench with an external cloud (`rig cloud serve` as a
+/// child, minutes).
+fn is_external(b: &Block) -> bool {
+    b.lines.iter().any(|l| l.cmd.contains("bench/external-cloud.yaml"))
+}
+
+/// The README's commands on bench/external-cloud.yaml, as typed in a fresh
+/// clone: the headline plan's four verdicts through the relay to `rig cloud
+/// serve` run as an outside process, with byte totals equal to that cloud's
+/// own; then a partition that the devices recover from.
+#[test]
+fn the_readme_external_cloud_commands_give_the_headline_verdicts_and_a_healed_partition() {
+    let clone = fresh_clone();
+    let blocks: Vec<Block> = blocks().into_iter().filter(is_external).collect();
+    assert!(!blocks.is_empty(), "the README documents the external-cloud bench");
+    run_blocks(&blocks, clone.path());
+    let runs: Vec<PathBuf> = std::fs::read_dir(clone.path().join("reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let named = |end: &str| {
+        runs.iter()
+            .find(|p| p.file_name().unwrap().to_string_lossy().ends_with(end))
+            .unwrap_or_else(|| panic!("a {end} run under ./reports: {runs:?}"))
+    };
+    headline_through_the_relay(named("session-cache-crash"));
+    partition_through_the_relay(named("network-partition"));
+}
+
 /// Blocks that run the emulated boards (QEMU processes, minutes).
 fn is_qemu(b: &Block) -> bool {
     b.lines.iter().any(|l| l.cmd.contains("bench/qemu.yaml"))
@@ -451,7 +487,10 @@ fn the_docs_have_commands_and_each_is_run_or_checked() {
 #[test]
 fn documented_commands_run_as_written_from_a_fresh_clone() {
     let clone = fresh_clone();
-    let blocks: Vec<Block> = blocks().into_iter().filter(|b| !is_real_io(b) && !is_qemu(b)).collect();
+    let blocks: Vec<Block> = blocks()
+        .into_iter()
+        .filter(|b| !is_real_io(b) && !is_qemu(b) && !is_external(b))
+        .collect();
     run_blocks(&blocks, clone.path());
     // The headline command wrote its run folder under the default ./reports.
     let runs: Vec<PathBuf> = std::fs::read_dir(clone.path().join("reports"))
@@ -603,4 +642,142 @@ fn the_readme_virtual_boards_command_gives_the_four_verdicts_on_qemu() {
         .collect();
     assert!(pids.len() >= 16, "every board of every cell was a process: {pids:?}");
     assert!(pids.iter().all(|p| !pid_alive(*p)), "no qemu left behind");
+}
+
+fn journal_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// (device, kind) → bytes of `cloud.rx`/`cloud.tx` events.
+fn byte_totals<'a>(evs: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, String), u64> {
+    let mut out = BTreeMap::new();
+    for e in evs {
+        let kind = e["kind"].as_str().unwrap_or_default();
+        if (kind == "cloud.rx" || kind == "cloud.tx")
+            && let Some(d) = e["device"].as_str()
+        {
+            *out.entry((d.to_owned(), kind.to_owned())).or_insert(0) += e["bytes"].as_u64().unwrap();
+        }
+    }
+    out
+}
+
+/// The journals the external clouds of one cell wrote (one per start).
+fn cloud_journals(cell_dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(cell_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && p.file_name().unwrap().to_string_lossy().starts_with("cloud-"))
+        .map(|p| p.join("events.jsonl"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The headline plan, unchanged, against the built-in cloud run as an
+/// outside process: the same four verdicts, and the bytes the relay counted
+/// for each board are exactly the bytes that cloud counted for it (UDP: the
+/// relay adds no framing).
+fn headline_through_the_relay(dir: &Path) {
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+    let verdict = |name: &str| cell(&s, name)["verdict"].as_str().unwrap().to_owned();
+    assert_eq!(
+        verdict("fixture=sleepy-1.1 mitigation=drop"),
+        "failed_as_expected",
+        "{s}"
+    );
+    // Diagnosed from the cloud's log as on the built-in cloud: the loop.
+    for c in recovery(cell(&s, "fixture=sleepy-1.1 mitigation=drop")) {
+        let text = c["text"].as_str().unwrap();
+        assert!(text.contains("endless session-resume loop"), "{text}");
+    }
+    for c in [
+        "fixture=sleepy-1.1 mitigation=durable",
+        "fixture=sleepy-1.2 mitigation=drop",
+        "fixture=sleepy-1.2 mitigation=durable",
+    ] {
+        assert_eq!(verdict(c), "passed", "{c}: {s}");
+    }
+    // 1.2 with `drop` recovered by a full handshake after unanswered
+    // resumes, both read from the cloud's log lines.
+    for f in recovery(cell(&s, "fixture=sleepy-1.2 mitigation=drop")) {
+        assert_eq!(f["facts"]["via"], "handshake", "{f}");
+        assert!(f["facts"]["unknown_resumes"].as_u64().unwrap() >= 1, "{f}");
+    }
+    let evs = read_events(dir);
+    for (index, c) in s["cells"].as_array().unwrap().iter().enumerate() {
+        let name = c["name"].as_str().unwrap();
+        let cell_dir = dir.join(format!("cell-{}", index + 1));
+        let journals = cloud_journals(&cell_dir);
+        // The durable cells restart the cloud with their mitigation.
+        let want = if name.contains("durable") { 2 } else { 1 };
+        assert_eq!(journals.len(), want, "{name}: {journals:?}");
+        let theirs: Vec<Value> = journals.iter().flat_map(|j| journal_lines(j)).collect();
+        let mine = byte_totals(evs.iter().filter(|e| e["cell"] == index as u64));
+        assert_eq!(mine.len(), 8, "{name}: rx and tx for each of 4 boards: {mine:?}");
+        assert_eq!(
+            mine,
+            byte_totals(theirs.iter()),
+            "{name}: relay vs the cloud's own count"
+        );
+        let procs: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e["cell"] == index as u64 && e["kind"] == "cloud.process")
+            .collect();
+        assert_eq!(procs.len(), want, "{name}");
+        let command = procs[0]["command"].as_str().unwrap();
+        assert!(command.contains("cloud serve"), "{command}");
+        assert!(
+            !command.contains("redis://"),
+            "no cache password on a command line: {command}"
+        );
+        // Its output is journaled and kept, privately.
+        let log = cell_dir.join("cloud-1.log");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("rig cloud: listening on udp://"), "{text}");
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&log).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    assert!(evs.iter().any(|e| e["kind"] == "cloud.log"));
+}
+
+/// A partition between the boards and the cloud: nothing gets through
+/// while it lasts (the boards still spend bytes trying), and the 1.1 and
+/// 1.2 firmware are back within four wakes of the heal. The sign-off shows
+/// the partition on the timeline.
+fn partition_through_the_relay(dir: &Path) {
+    let evs = read_events(dir);
+    for cell in 0..2u64 {
+        let of_cell: Vec<&Value> = evs.iter().filter(|e| e["cell"] == cell).collect();
+        let pos = |kind: &str| of_cell.iter().position(|e| e["kind"] == kind).unwrap();
+        let (cut, healed) = (pos("network.fault"), pos("network.healed"));
+        assert_eq!(of_cell[cut]["fault"], "partition");
+        assert_eq!(of_cell[cut]["ms"], 15_000);
+        assert_eq!(of_cell[cut]["devices"].as_array().unwrap().len(), 4);
+        let during = &of_cell[cut..healed];
+        assert!(
+            !during.iter().any(|e| e["kind"] == "cloud.connected"),
+            "cell {cell}: nothing connects through a partition"
+        );
+        assert!(
+            during.iter().any(|e| e["kind"] == "cloud.rx"),
+            "cell {cell}: the boards kept trying, and that is counted"
+        );
+        assert!(of_cell[healed]["dropped"].as_u64().unwrap() > 0, "{}", of_cell[healed]);
+        assert!(
+            of_cell[healed..].iter().any(|e| e["kind"] == "cloud.connected"),
+            "cell {cell}: back after the heal"
+        );
+    }
+    let html = std::fs::read_to_string(dir.join("signoff.html")).unwrap();
+    assert!(
+        html.contains("network partition (15s)"),
+        "the sign-off timeline shows the partition"
+    );
+    assert!(html.contains("network partition healed"));
 }
