@@ -249,6 +249,20 @@ mod basics {
         assert!(line.contains(r#""kind":"cloud.resume_unknown""#));
     }
 
+    /// A board or external cloud that died ends its cell; the next cell has
+    /// a fresh world and must not be stopped by the old death (it was: every
+    /// later cell of the run failed at once with the same fault).
+    #[tokio::test]
+    async fn a_board_fault_ends_its_cell_only() {
+        let tl = Timeline::in_memory();
+        tl.begin_cell(0);
+        tl.board_failed("the external cloud exited".into());
+        assert_eq!(tl.board_fault().await, "the external cloud exited");
+        tl.begin_cell(1);
+        let next = tokio::time::timeout(Duration::from_millis(50), tl.board_fault()).await;
+        assert!(next.is_err(), "the next cell starts without a fault: {next:?}");
+    }
+
     #[test]
     fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
