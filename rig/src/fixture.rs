@@ -27,6 +27,10 @@ pub struct Patterns {
     pub wake: Regex,
     /// May capture `secs`.
     pub sleep: Regex,
+    /// The firmware says it is connected to its cloud; may capture `via`
+    /// (containing `resum` for a resumed session) and `session`. Read only
+    /// in front of an external cloud, whose protocol the rig cannot see.
+    pub connected: Option<Regex>,
 }
 
 /// What firmware does with a session whose resume went unanswered.
@@ -127,6 +131,8 @@ struct ConsoleRaw {
     boot: Spanned<String>,
     wake: Spanned<String>,
     sleep: Spanned<String>,
+    #[serde(default)]
+    connected: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -262,6 +268,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
     let boot = re("boot", &raw.console.boot, &mut errors);
     let wake = re("wake", &raw.console.wake, &mut errors);
     let sleep = re("sleep", &raw.console.sleep, &mut errors);
+    let connected = raw.console.connected.as_ref().map(|c| re("connected", c, &mut errors));
     if raw.boards.iter().any(|b| b == "sim") && raw.behaviour.is_none() {
         errors.push(Diagnostic::file(
             path,
@@ -308,6 +315,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
             boot: boot.expect("checked above"),
             wake: wake.expect("checked above"),
             sleep: sleep.expect("checked above"),
+            connected: connected.map(|c| c.expect("checked above")),
         }),
         behaviour: raw.behaviour,
         qemu: raw.qemu.map(|q| q.value),

@@ -184,3 +184,75 @@ fn network_steps_and_external_clouds_are_checked_before_a_run() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("cannot switch to mitigation `durable`"), "{err}");
 }
+
+/// Attached to a cloud the rig did not start and that tells it nothing:
+/// the boards' consoles say when they are connected (the fixture's
+/// `connected:` pattern), and a partition on the relay is recovered from.
+#[test]
+fn attached_to_a_running_cloud_connection_state_comes_from_the_consoles() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bench_text = format!(
+        "name: attached\nclock: real\nsim: {{ time_scale: 0.005, console: pty }}\ncloud:\n  cache: {{ kind: memory }}\n  external: {{ attach: \"127.0.0.1:{port}\" }}\ndevices:\n  - {{ id: sleepy-01, board: sim, tags: [sleepy] }}\n  - {{ id: sleepy-02, board: sim, tags: [sleepy] }}\n"
+    );
+    let (dir, bench) = temp_file("attached.yaml", &bench_text);
+    // The cloud someone else runs: it knows the boards' keys from the same bench.
+    let mut cloud = std::process::Command::new(rig_bin())
+        .args([
+            "cloud",
+            "serve",
+            "--bench",
+            bench.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--out")
+        .arg(dir.path().join("cloud"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while benchmark_bound(port) == 0 {
+        assert!(Instant::now() < deadline, "rig cloud serve did not bind {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = run(&[
+        plan("network-partition.yaml").to_str().unwrap(),
+        "--bench",
+        bench.to_str().unwrap(),
+        "--set",
+        "fixture=sleepy-1.2",
+        "--set",
+        "partition=10s",
+    ]);
+    let _ = cloud.kill();
+    let _ = cloud.wait();
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    let evs = r.events();
+    let connects: Vec<&Value> = evs.iter().filter(|e| e["kind"] == "cloud.connected").collect();
+    assert!(connects.len() >= 4, "{}", connects.len());
+    assert!(connects.iter().all(|e| e["source"] == "console"), "from the consoles");
+    assert!(
+        !evs.iter().any(|e| e["kind"] == "cloud.process"),
+        "the rig started no cloud"
+    );
+    assert!(evs.iter().any(|e| e["kind"] == "network.healed"));
+}
+
+/// How many UDP sockets are bound to `port` (from /proc/net/udp).
+fn benchmark_bound(port: u16) -> usize {
+    let want = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").ends_with(&want))
+        })
+        .count()
+}

@@ -81,6 +81,9 @@ impl World {
         let (mut running, mut external, mut relay) = (None, None, None);
         let (admin, handle, cloud_addr) = match &bench.cloud.external {
             Some(x) => {
+                // A cloud that does not log its connects leaves the boards'
+                // consoles to say so.
+                timeline.set_connects_from_console(x.log.connected.is_none());
                 let admin = crate::cloud::admin_cache(&cache, timeline);
                 let ids = bench.devices.iter().map(|d| d.id.clone());
                 let ext = ExternalCloud::start(
@@ -120,6 +123,7 @@ impl World {
                 )
             }
             None => {
+                timeline.set_connects_from_console(false);
                 let durable = if uses_durable || bench.cloud.mitigation == crate::cloud::Mitigation::Durable {
                     DurableKeys::with_file(&dir.join("durable-keys.jsonl")).map_err(WorldError::Durable)?
                 } else {

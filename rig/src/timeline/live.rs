@@ -48,6 +48,9 @@ struct State {
     journal_error: Option<String>,
     /// Whether console lines are journaled (`journal: { console_lines }`).
     console_lines: bool,
+    /// Whether a console's "connected" line makes the connect events (in
+    /// front of an external cloud, which does not tell the rig).
+    connects_from_console: bool,
     /// A board that failed on its own between steps (an emulator that died).
     board_fault: Option<String>,
     /// Bounded journals (long-running `rig cloud serve`) roll over.
@@ -183,6 +186,14 @@ impl Timeline {
         self.lock().console_lines = keep;
     }
 
+    pub fn set_connects_from_console(&self, yes: bool) {
+        self.lock().connects_from_console = yes;
+    }
+
+    pub fn connects_from_console(&self) -> bool {
+        self.lock().connects_from_console
+    }
+
     pub fn keeps_console_lines(&self) -> bool {
         self.lock().console_lines
     }
@@ -202,6 +213,7 @@ impl Timeline {
                     journal_error: None,
                     console_lines: true,
                     board_fault: None,
+                    connects_from_console: false,
                     rotation: None,
                     cell: 0,
                     cell_base: tokio::time::Instant::now(),

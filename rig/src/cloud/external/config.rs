@@ -106,7 +106,7 @@ impl ExternalCfg {
         if !real_clock {
             out.push("an external cloud needs `clock: real`: another process cannot follow a virtual clock".into());
         }
-        if cache_kind == "memory" {
+        if cache_kind == "memory" && self.command.is_some() {
             out.push("an external cloud cannot reach the rig's in-process `memory` cache: use `cache: { kind: redis }` and hand it `{cache_url}` in `env:`".into());
         }
         let probe = Vars::probe();
@@ -278,6 +278,9 @@ mod tests {
         let c = cfg("command: [cloud]\n");
         assert!(c.problems(false, "redis")[0].contains("clock: real"));
         assert!(c.problems(true, "memory")[0].contains("in-process `memory` cache"));
+        // An attached cloud keeps its own cache.
+        let attached = cfg("attach: '127.0.0.1:5684'\n");
+        assert_eq!(attached.problems(true, "memory"), Vec::<String>::new());
         let both = cfg("command: [cloud]\nattach: '127.0.0.1:5684'\n");
         assert!(both.problems(true, "redis")[0].contains("not both"));
         let none = cfg("ready: port\n");

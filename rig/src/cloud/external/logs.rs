@@ -61,22 +61,34 @@ impl Patterns {
         let Some(device) = self.device(&c) else {
             return;
         };
-        let via = match c.name("via") {
-            Some(v) if v.as_str().to_ascii_lowercase().contains("resum") => ConnectVia::Resume,
-            _ => ConnectVia::Handshake,
-        };
+        let via = via(c.name("via").map(|m| m.as_str()));
         let session = c.name("session").map(|m| m.as_str().to_owned()).unwrap_or_default();
-        let first = match via {
-            ConnectVia::Resume => EventKind::CloudResumed {
-                session: session.clone(),
-            },
-            ConnectVia::Handshake => EventKind::CloudHandshake {
-                session: session.clone(),
-            },
-        };
-        timeline.emit_device(device, Source::Cloud, first);
-        timeline.emit_device(device, Source::Cloud, EventKind::CloudConnected { via, session });
+        connected(timeline, device, via, session, Source::Cloud);
     }
+}
+
+/// How a connect line says the device got its session: a word with
+/// `resum` in it is a resumed session, anything else a full handshake.
+pub fn via(word: Option<&str>) -> ConnectVia {
+    match word {
+        Some(v) if v.to_ascii_lowercase().contains("resum") => ConnectVia::Resume,
+        _ => ConnectVia::Handshake,
+    }
+}
+
+/// The events the built-in cloud records for a connect, from a line that
+/// said so (the cloud's log, or the board's console).
+pub fn connected(timeline: &Timeline, device: &str, via: ConnectVia, session: String, source: Source) {
+    let first = match via {
+        ConnectVia::Resume => EventKind::CloudResumed {
+            session: session.clone(),
+        },
+        ConnectVia::Handshake => EventKind::CloudHandshake {
+            session: session.clone(),
+        },
+    };
+    timeline.emit_device(device, source, first);
+    timeline.emit_device(device, source, EventKind::CloudConnected { via, session });
 }
 
 #[cfg(test)]

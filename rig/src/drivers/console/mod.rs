@@ -186,8 +186,17 @@ fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String
             at,
         );
     }
-    if let Some(kind) = derived {
-        timeline.emit_at(Some(device), Source::Console, kind, at);
+    match derived {
+        // Said by the cloud itself when the rig can see the protocol: only
+        // in front of an external cloud does the console's word count.
+        Some(EventKind::CloudConnected { via, session }) if timeline.connects_from_console() => {
+            crate::cloud::external::logs::connected(timeline, device, via, session, Source::Console);
+        }
+        Some(EventKind::CloudConnected { .. }) => {}
+        Some(kind) => {
+            timeline.emit_at(Some(device), Source::Console, kind, at);
+        }
+        None => {}
     }
 }
 
@@ -204,6 +213,12 @@ pub fn classify(p: &Patterns, line: &str) -> Option<EventKind> {
     if let Some(c) = p.sleep.captures(line) {
         return Some(EventKind::DeviceSleep {
             secs: c.name("secs").and_then(|m| m.as_str().parse().ok()),
+        });
+    }
+    if let Some(c) = p.connected.as_ref().and_then(|re| re.captures(line)) {
+        return Some(EventKind::CloudConnected {
+            via: crate::cloud::external::logs::via(c.name("via").map(|m| m.as_str())),
+            session: c.name("session").map(|m| m.as_str().to_owned()).unwrap_or_default(),
         });
     }
     None
@@ -235,6 +250,7 @@ mod tests {
     #[test]
     fn patterns_classify_lines() {
         let p = Patterns {
+            connected: None,
             boot: Regex::new(r"\[boot\]").unwrap(),
             wake: Regex::new(r"wake #\d+ reason=(?P<reason>\w+)").unwrap(),
             sleep: Regex::new(r"sleeping for (?P<secs>\d+)s").unwrap(),
