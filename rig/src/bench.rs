@@ -618,6 +618,13 @@ impl Bench {
                 ),
             ));
         }
+        if let Some(c) = &cloud_raw.cache
+            && let crate::cache::CacheCfg::Redis(r) = &c.value
+        {
+            for problem in r.problems() {
+                errors.push(at(&c.referenced, problem));
+            }
+        }
         let cache_kind = cloud_raw.cache.as_ref().map_or("memory", |c| c.value.backend().name());
         if let Some(x) = &cloud_raw.external {
             for problem in x.value.problems(clock == Clock::Real, cache_kind) {

@@ -194,7 +194,7 @@ impl From<CacheArg> for rig::cache::CacheCfg {
     fn from(c: CacheArg) -> Self {
         match c {
             CacheArg::Memory => rig::cache::CacheCfg::Memory(rig::cache::memory::MemoryCfg {}),
-            CacheArg::Redis => rig::cache::CacheCfg::Redis(rig::cache::redis::RedisCfg {}),
+            CacheArg::Redis => rig::cache::CacheCfg::Redis(Default::default()),
             CacheArg::RedisCluster => rig::cache::CacheCfg::RedisCluster(rig::cache::redis_cluster::RedisClusterCfg {
                 masters: 3,
                 replicas: 0,

@@ -382,8 +382,20 @@ impl std::fmt::Display for CacheCommand {
 /// A session removed by `evict`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Evicted {
-    pub session_id: SessionId,
+    /// The session's label, or the key of a value that is not one of the
+    /// rig's session records (a team's cloud's own format).
+    pub session: String,
+    /// Whose it was (empty when the value does not say).
     pub device_id: String,
+}
+
+impl Evicted {
+    pub fn of(rec: SessionRecord) -> Evicted {
+        Evicted {
+            session: session_label(rec.session_id),
+            device_id: rec.device_id,
+        }
+    }
 }
 
 /// A session store the rig can break on purpose.
@@ -567,7 +579,7 @@ impl Cache {
                 held: r.sessions,
                 promoted: r.promoted,
                 lost: r.lost.len() as u64,
-                sessions: r.lost.iter().map(|e| session_label(e.session_id)).collect(),
+                sessions: r.lost.iter().map(|e| e.session.clone()).collect(),
                 devices: r.lost.iter().map(|e| e.device_id.clone()).collect(),
             }))),
             NodeOp::Start | NodeOp::Restore(_) | NodeOp::Pause(_) => {
@@ -637,7 +649,7 @@ impl Cache {
         let gone = self.backend.evict(fraction).await?;
         self.emit(EventKind::CacheEvict {
             fraction,
-            sessions: gone.iter().map(|e| session_label(e.session_id)).collect(),
+            sessions: gone.iter().map(|e| e.session.clone()).collect(),
             devices: gone.iter().map(|e| e.device_id.clone()).collect(),
         });
         Ok(())

@@ -213,10 +213,7 @@ impl SessionCache for MemoryCache {
         Ok(ids
             .into_iter()
             .filter_map(|id| s.sessions.remove(&id))
-            .map(|(rec, _)| Evicted {
-                session_id: rec.session_id,
-                device_id: rec.device_id,
-            })
+            .map(|(rec, _)| Evicted::of(rec))
             .collect())
     }
 
@@ -300,7 +297,8 @@ mod tests {
         assert_eq!(ea, eb, "same seed, same victims");
         assert_eq!(a.len(), 5);
         for e in &ea {
-            assert_eq!(a.get(e.session_id).await, Ok(None));
+            let id = u64::from_str_radix(&e.session, 16).unwrap();
+            assert_eq!(a.get(id).await, Ok(None));
         }
         assert_eq!(a.flush().await, Ok(5));
         assert!(a.is_empty());

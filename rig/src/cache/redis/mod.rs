@@ -31,9 +31,27 @@ use super::{CacheBackend, CacheError, Evicted, OpenCtx, RestoreFrom, SessionCach
 pub use server::RedisServer;
 
 /// `cache: { kind: redis }`: one redis-server the rig starts.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RedisCfg {}
+pub struct RedisCfg {
+    /// The key pattern an external cloud keeps its sessions under
+    /// (`keys: "acme:session:*"`): its user may run any command that is not
+    /// `@dangerous` on those keys, and `evict` picks from them.
+    #[serde(default)]
+    pub keys: Option<String>,
+}
+
+impl RedisCfg {
+    /// What is wrong with `keys:` (it goes into an ACL line).
+    pub fn problems(&self) -> Vec<String> {
+        match &self.keys {
+            Some(k) if k.is_empty() || k.len() > 200 || !k.chars().all(|c| c.is_ascii_graphic()) => vec![format!(
+                "`keys: {k:?}` must be 1 to 200 visible ASCII characters without spaces (a Redis key pattern such as `acme:session:*`)"
+            )],
+            _ => Vec::new(),
+        }
+    }
+}
 
 #[async_trait]
 impl CacheBackend for RedisCfg {
@@ -47,7 +65,9 @@ impl CacheBackend for RedisCfg {
     }
 
     async fn open(&self, ctx: &OpenCtx<'_>) -> Result<Arc<dyn SessionCache>, CacheError> {
-        Ok(Arc::new(RedisCache::start_in(&ctx.dir.join("redis"), ctx.seed).await?))
+        Ok(Arc::new(
+            RedisCache::start_with(&ctx.dir.join("redis"), ctx.seed, self.keys.as_deref()).await?,
+        ))
     }
 }
 
@@ -64,6 +84,8 @@ struct Inner {
     /// The rig's administrative operations, as `rig-admin`.
     admin: ConnectionManager,
     rng: Mutex<ChaCha8Rng>,
+    /// The keys `evict` picks from.
+    pattern: String,
 }
 
 /// Cheap-to-clone handle on the rig's own redis-server.
@@ -122,13 +144,22 @@ pub(crate) async fn scan_sessions(
     c: &mut impl redis::aio::ConnectionLike,
     timeout: Duration,
 ) -> Result<Vec<String>, CacheError> {
+    scan_keys(c, &format!("{KEY_PREFIX}*"), timeout).await
+}
+
+/// Every key matching `pattern` on the server `c` is connected to, sorted.
+pub(crate) async fn scan_keys(
+    c: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+    timeout: Duration,
+) -> Result<Vec<String>, CacheError> {
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
         let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{KEY_PREFIX}*"))
+            .arg(pattern)
             .arg("COUNT")
             .arg(1000)
             .query_async(c)
@@ -204,13 +235,27 @@ impl RedisCache {
     /// Starts `redis-server` with its data in `dir`. Must be called on the
     /// thread that will outlive the child (see [`server`]).
     pub async fn start_in(dir: &Path, seed: u64) -> Result<RedisCache, CacheError> {
-        let server = RedisServer::prepare(dir, &[])?;
+        RedisCache::start_with(dir, seed, None).await
+    }
+
+    /// [`RedisCache::start_in`], with an external cloud's own key pattern.
+    pub async fn start_with(dir: &Path, seed: u64, keys: Option<&str>) -> Result<RedisCache, CacheError> {
+        let opts = server::ServerOpts {
+            // Checked when the bench was loaded: no spaces, so nothing but
+            // a key pattern reaches the ACL line.
+            cloud_acl: keys
+                .map(|k| format!(" ~{k} +@all -@dangerous -@admin -@scripting -@pubsub"))
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let server = RedisServer::prepare_opts(dir, opts)?;
         let cache = RedisCache {
             inner: Arc::new(Inner {
                 conn: manager(&server.cloud_url(), DATA_TIMEOUT)?,
                 admin: manager(&server.admin_url(), ADMIN_TIMEOUT)?,
                 server,
                 rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x4ed1)),
+                pattern: keys.map_or_else(|| format!("{KEY_PREFIX}*"), str::to_owned),
             }),
         };
         cache.spawn(false).await?;
@@ -317,7 +362,7 @@ impl RedisCache {
     }
 
     async fn session_keys(&self) -> Result<Vec<String>, CacheError> {
-        scan_sessions(&mut self.admin(), ADMIN_TIMEOUT).await
+        scan_keys(&mut self.admin(), &self.inner.pattern, ADMIN_TIMEOUT).await
     }
 }
 
@@ -428,13 +473,21 @@ impl SessionCache for RedisCache {
         keys.sort();
         let mut out = Vec::new();
         for k in keys {
-            let json: Option<String> = self.admin().get_del(&k).await.map_err(admin_err)?;
-            if let Some(rec) = json.and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok()) {
-                out.push(Evicted {
-                    session_id: rec.session_id,
-                    device_id: rec.device_id,
-                });
+            // DEL, not GETDEL: a team's cloud may keep a hash or a list.
+            let value: Option<String> = self.admin().get(&k).await.unwrap_or(None);
+            let n: u64 = self.admin().del(&k).await.map_err(admin_err)?;
+            if n == 0 {
+                continue;
             }
+            out.push(
+                match value.and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok()) {
+                    Some(rec) => Evicted::of(rec),
+                    None => Evicted {
+                        session: k,
+                        device_id: String::new(),
+                    },
+                },
+            );
         }
         Ok(out)
     }
@@ -451,3 +504,6 @@ impl SessionCache for RedisCache {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -101,10 +101,17 @@ pub struct RedisServer {
 impl RedisServer {
     /// Prepares (does not start) a server in `dir`, which is created private.
     pub fn prepare(dir: &Path, extra_args: &[&str]) -> Result<RedisServer, CacheError> {
-        let opts = ServerOpts {
-            args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
-            ..ServerOpts::default()
-        };
+        RedisServer::prepare_opts(
+            dir,
+            ServerOpts {
+                args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+                ..ServerOpts::default()
+            },
+        )
+    }
+
+    /// [`RedisServer::prepare`] with options, on a free port with fresh credentials.
+    pub fn prepare_opts(dir: &Path, opts: ServerOpts) -> Result<RedisServer, CacheError> {
         let port = free_port().map_err(CacheError::io("no free loopback port"))?;
         RedisServer::prepare_with(dir, port, Credentials::generate()?, opts)
     }

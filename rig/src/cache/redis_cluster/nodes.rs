@@ -415,10 +415,7 @@ impl Cluster {
             for (k, v) in chunk.iter().zip(values) {
                 let ev = v
                     .and_then(|j| serde_json::from_str::<SessionRecord>(&j).ok())
-                    .map(|r| Evicted {
-                        session_id: r.session_id,
-                        device_id: r.device_id,
-                    });
+                    .map(Evicted::of);
                 out.push((k.clone(), ev));
             }
         }

@@ -40,7 +40,11 @@ async fn a_burst_is_read_and_written_on_every_master_and_after_a_failover() {
 
     let report = c.node(1, &NodeOp::Kill).await.unwrap();
     assert!(report.promoted.is_some(), "{report:?}");
-    let lost: BTreeSet<u64> = report.lost.iter().map(|e| e.session_id).collect();
+    let lost: BTreeSet<u64> = report
+        .lost
+        .iter()
+        .map(|e| u64::from_str_radix(&e.session, 16).unwrap())
+        .collect();
     let got = c.get_many(&ids).await.unwrap();
     for (want, got) in first.iter().zip(&got) {
         let expect = (!lost.contains(&want.session_id)).then(|| want.clone());

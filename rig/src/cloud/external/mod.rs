@@ -106,6 +106,9 @@ impl ExternalCloud {
         };
         self.starts += 1;
         let dir = self.cell_dir.join(format!("cloud-{}", self.starts));
+        // Its own state, private: it may keep session keys there.
+        crate::fsutil::ensure_dir(&dir, 0o700)
+            .map_err(|e| ExternalError::Start(format!("cannot create {}: {e}", dir.display())))?;
         let vars = config::Vars {
             rig: std::env::current_exe()
                 .map(|p| p.display().to_string())
@@ -161,6 +164,9 @@ impl ExternalCloud {
     /// (or one the rig attached to) cannot change it.
     pub async fn set_mitigation(&mut self, m: Mitigation) -> Result<(), String> {
         if m == self.mitigation {
+            // Recorded as by the built-in cloud: the sign-off lists the
+            // mitigations a cell ran with.
+            self.config_event(m);
             return Ok(());
         }
         if !self.cfg.takes_mitigation() {
@@ -174,6 +180,11 @@ impl ExternalCloud {
             p.stop().await;
         }
         self.spawn().await.map_err(|e| e.to_string())?;
+        self.config_event(m);
+        Ok(())
+    }
+
+    fn config_event(&self, m: Mitigation) {
         self.timeline.emit(
             None,
             Source::Cloud,
@@ -181,7 +192,6 @@ impl ExternalCloud {
                 mitigation: m.to_string(),
             },
         );
-        Ok(())
     }
 
     /// Stops the process the rig started (SIGTERM, then SIGKILL).
