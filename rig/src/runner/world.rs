@@ -105,7 +105,7 @@ impl World {
                     .iter()
                     .map(|d| (d.id.clone(), d.cloud_port.unwrap_or(0)))
                     .collect();
-                let r = Relay::open(host, &ports, ext.upstream(), timeline, seed)
+                let r = Relay::open(host, &ports, ext.upstream(), x.tcp, timeline, seed)
                     .await
                     .map_err(WorldError::Relay)?;
                 tracing::info!(

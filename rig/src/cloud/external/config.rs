@@ -43,6 +43,10 @@ pub struct ExternalCfg {
     /// Connection state read from the cloud's log lines.
     #[serde(default)]
     pub log: LogCfg,
+    /// The boards also reach the cloud over TCP (MQTT over TLS, say): each
+    /// relay port accepts TCP connections too, forwarded to `{listen}`.
+    #[serde(default)]
+    pub tcp: bool,
 }
 
 fn default_ready_timeout() -> Dur {

@@ -6,7 +6,8 @@
 //! - [`process`]: the cloud as a child process (started, watched, journaled
 //!   and stopped by the rig), or an address it attaches to.
 //! - [`relay`]: one UDP relay per board between the board and the cloud,
-//!   counting each board's bytes and injecting network faults.
+//!   counting each board's bytes and injecting network faults; [`tcp`]:
+//!   the same for TCP connections (`tcp: true`).
 //! - [`logs`]: connection state read from the cloud's log lines, for a
 //!   protocol the rig cannot decrypt.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod logs;
 pub mod process;
 pub mod relay;
+pub mod tcp;
 
 pub use config::ExternalCfg;
 
@@ -140,6 +142,7 @@ impl ExternalCloud {
             ready: &self.cfg.ready,
             ready_timeout: self.cfg.ready_timeout.0,
             upstream: self.upstream,
+            tcp: self.cfg.tcp,
             timeline: &self.timeline,
             patterns: self.patterns.clone(),
         })

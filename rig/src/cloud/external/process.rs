@@ -37,6 +37,9 @@ pub struct Spawn<'a> {
     pub ready: &'a Ready,
     pub ready_timeout: Duration,
     pub upstream: SocketAddr,
+    /// Whether the cloud serves TCP on `upstream` (then a port accepting
+    /// connections is ready too).
+    pub tcp: bool,
     pub timeline: &'a Timeline,
     pub patterns: Arc<Patterns>,
 }
@@ -185,7 +188,11 @@ impl CloudProcess {
         loop {
             let ready = match s.ready {
                 Ready::Log(_) => *ready_rx.borrow_and_update(),
-                Ready::Port => crate::benchmark::storm::sockets_on(port).unwrap_or(0) > 0,
+                Ready::Port => {
+                    crate::benchmark::storm::sockets_on(port).unwrap_or(0) > 0
+                        || (s.tcp
+                            && std::net::TcpStream::connect_timeout(&s.upstream, Duration::from_millis(100)).is_ok())
+                }
             };
             if ready {
                 process.stopping.store(false, Ordering::SeqCst);
@@ -202,6 +209,7 @@ impl CloudProcess {
             if tokio::time::Instant::now() >= deadline {
                 let waited = match s.ready {
                     Ready::Log(re) => format!("for a log line matching `{re}`"),
+                    Ready::Port if s.tcp => format!("for UDP port {port} to be bound or TCP port {port} to accept"),
                     Ready::Port => format!("for UDP port {port} to be bound"),
                 };
                 process.stop().await;

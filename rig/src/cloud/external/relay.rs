@@ -53,7 +53,7 @@ struct Active {
 }
 
 #[derive(Default)]
-struct Faults {
+pub(super) struct Faults {
     active: Mutex<Vec<Arc<Active>>>,
     next: AtomicU64,
 }
@@ -66,6 +66,45 @@ enum Fate {
 }
 
 impl Faults {
+    /// Waits as a byte stream on this path would (see [`super::tcp`]):
+    /// while a partition lasts, then any delay, and a retransmission
+    /// timeout for a chunk that loss would have taken.
+    pub(super) async fn hold(&self, device: &str, rng: &mut ChaCha8Rng) {
+        // Each fault counts a held chunk once, however long it stalls.
+        let mut counted: HashSet<u64> = HashSet::new();
+        loop {
+            let (partitioned, wait) = {
+                let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+                let mut wait = Duration::ZERO;
+                let mut partitioned = false;
+                for a in active.iter() {
+                    if a.devices.as_ref().is_some_and(|d| !d.contains(device)) {
+                        continue;
+                    }
+                    match a.kind {
+                        FaultKind::Partition => partitioned = true,
+                        FaultKind::Loss(p) if rng.random::<f64>() < p => wait += super::tcp::RTO,
+                        FaultKind::Loss(_) => {}
+                        FaultKind::Delay(d) => wait += d,
+                    }
+                    let holds = matches!(a.kind, FaultKind::Partition | FaultKind::Delay(_)) || !wait.is_zero();
+                    if holds && counted.insert(a.id) {
+                        a.delayed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                (partitioned, wait)
+            };
+            if partitioned {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            return;
+        }
+    }
+
     fn fate(&self, device: &str, rng: &mut ChaCha8Rng) -> Fate {
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         let mut delay = Duration::ZERO;
@@ -114,6 +153,7 @@ impl Relay {
         host: std::net::IpAddr,
         devices: &[(String, u16)],
         upstream: SocketAddr,
+        tcp: bool,
         timeline: &Timeline,
         seed: u64,
     ) -> std::io::Result<Relay> {
@@ -145,6 +185,23 @@ impl Relay {
                 rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7e1a_u64.wrapping_mul(i as u64 + 1)),
             };
             tasks.push(tokio::spawn(link.run(closed.clone())));
+            if tcp {
+                // The same port number, for the boards' TCP connections.
+                let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, addr.port()))
+                    .await
+                    .map_err(|e| {
+                        std::io::Error::new(e.kind(), format!("{device}: TCP relay port {}: {e}", addr.port()))
+                    })?;
+                let t = super::tcp::TcpLink {
+                    device: device.clone(),
+                    listener,
+                    upstream,
+                    faults: faults.clone(),
+                    timeline: timeline.clone(),
+                    seed: seed ^ (i as u64 + 1),
+                };
+                tasks.push(tokio::spawn(t.run(closed.clone())));
+            }
         }
         Ok(Relay {
             faults,
@@ -371,7 +428,7 @@ mod tests {
         let cloud = echo_cloud().await;
         let tl = Timeline::in_memory();
         let devices = [("b1".to_string(), 0), ("b2".to_string(), 0)];
-        let relay = Relay::open("127.0.0.1".parse().unwrap(), &devices, cloud, &tl, 1)
+        let relay = Relay::open("127.0.0.1".parse().unwrap(), &devices, cloud, false, &tl, 1)
             .await
             .unwrap();
         let (a1, a2) = (relay.addr("b1").unwrap(), relay.addr("b2").unwrap());
@@ -412,9 +469,16 @@ mod tests {
     async fn loss_drops_about_its_fraction_and_delay_holds_datagrams() {
         let cloud = echo_cloud().await;
         let tl = Timeline::in_memory();
-        let relay = Relay::open("127.0.0.1".parse().unwrap(), &[("b1".to_string(), 0)], cloud, &tl, 7)
-            .await
-            .unwrap();
+        let relay = Relay::open(
+            "127.0.0.1".parse().unwrap(),
+            &[("b1".to_string(), 0)],
+            cloud,
+            false,
+            &tl,
+            7,
+        )
+        .await
+        .unwrap();
         let a = relay.addr("b1").unwrap();
         let board = crate::board::udp("127.0.0.1:0").unwrap();
         relay.fault(
@@ -429,9 +493,16 @@ mod tests {
         relay.close().await;
 
         let tl = Timeline::in_memory();
-        let relay = Relay::open("127.0.0.1".parse().unwrap(), &[("b1".to_string(), 0)], cloud, &tl, 7)
-            .await
-            .unwrap();
+        let relay = Relay::open(
+            "127.0.0.1".parse().unwrap(),
+            &[("b1".to_string(), 0)],
+            cloud,
+            false,
+            &tl,
+            7,
+        )
+        .await
+        .unwrap();
         let a = relay.addr("b1").unwrap();
         relay.fault(FaultKind::Loss(0.5), Duration::from_secs(30), None);
         let mut answered = 0;
@@ -447,6 +518,68 @@ mod tests {
         }
         // Each way loses half: about a quarter come back.
         assert!((3..=20).contains(&answered), "{answered} of 40 answered");
+        relay.close().await;
+    }
+
+    /// A stand-in TCP cloud that answers each chunk reversed.
+    async fn tcp_echo_cloud() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+                    let mut b = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut b).await {
+                        if n == 0 {
+                            break;
+                        }
+                        b[..n].reverse();
+                        if s.write_all(&b[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn tcp_connections_are_relayed_counted_and_stalled_by_a_partition() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let cloud = tcp_echo_cloud().await;
+        let tl = Timeline::in_memory();
+        let relay = Relay::open(
+            "127.0.0.1".parse().unwrap(),
+            &[("b1".to_string(), 0)],
+            cloud,
+            true,
+            &tl,
+            3,
+        )
+        .await
+        .unwrap();
+        let mut board = tokio::net::TcpStream::connect(relay.addr("b1").unwrap()).await.unwrap();
+        let mut b = [0u8; 64];
+        board.write_all(b"abc").await.unwrap();
+        let n = board.read(&mut b).await.unwrap();
+        assert_eq!(&b[..n], b"cba");
+        assert_eq!((bytes(&tl, "cloud.rx"), bytes(&tl, "cloud.tx")), (3, 3));
+        relay.fault(FaultKind::Partition, Duration::from_millis(800), None);
+        board.write_all(b"held").await.unwrap();
+        let stalled = tokio::time::timeout(Duration::from_millis(400), board.read(&mut b)).await;
+        assert!(stalled.is_err(), "nothing gets through a partition");
+        // A stream loses nothing: what was held arrives once it heals.
+        let n = tokio::time::timeout(Duration::from_secs(3), board.read(&mut b))
+            .await
+            .expect("through after the heal")
+            .unwrap();
+        assert_eq!(&b[..n], b"dleh");
+        assert!(tl.snapshot().iter().any(|e| matches!(
+            &e.kind,
+            EventKind::NetworkHealed { delayed, .. } if *delayed >= 1
+        )));
         relay.close().await;
     }
 }
