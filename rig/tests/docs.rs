@@ -644,15 +644,6 @@ fn the_readme_virtual_boards_command_gives_the_four_verdicts_on_qemu() {
     assert!(pids.iter().all(|p| !pid_alive(*p)), "no qemu left behind");
 }
 
-fn journal_lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
 /// (device, kind) → bytes of `cloud.rx`/`cloud.tx` events.
 fn byte_totals<'a>(evs: impl Iterator<Item = &'a Value>) -> BTreeMap<(String, String), u64> {
     let mut out = BTreeMap::new();

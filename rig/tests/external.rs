@@ -19,20 +19,11 @@ fn test_plan(name: &str) -> String {
     repo().join("rig/tests/plans").join(name).to_str().unwrap().to_owned()
 }
 
-fn lines(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
-}
-
 /// Waits for `path` to hold a line for which `f` is true.
 fn wait_for_line(path: &Path, within: Duration, f: impl Fn(&Value) -> bool) -> Option<Value> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if let Some(v) = lines(path).into_iter().find(|v| f(v)) {
+        if let Some(v) = journal_lines(path).into_iter().find(|v| f(v)) {
             return Some(v);
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -97,7 +88,7 @@ fn killing_the_external_cloud_mid_run_is_a_rig_fault_naming_it() {
         stdout.contains("its last lines:") && stdout.contains("connected via"),
         "{stdout}"
     );
-    let evs = lines(&journal);
+    let evs = journal_lines(&journal);
     let fault = evs.iter().find(|e| e["kind"] == "rig.fault").expect("rig.fault");
     assert!(fault["message"].as_str().unwrap().contains("SIGKILL"));
     // Teardown ran: the boards were switched off after the fault.

@@ -55,8 +55,15 @@ impl Run {
 }
 
 pub fn read_events(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("events.jsonl"))
-        .expect("events.jsonl")
+    assert!(dir.join("events.jsonl").exists(), "events.jsonl in {}", dir.display());
+    journal_lines(&dir.join("events.jsonl"))
+}
+
+/// The events of a journal at `path` (after its header line); none if it
+/// is not there (yet).
+pub fn journal_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
         .lines()
         .skip(1)
         .map(|l| serde_json::from_str(l).expect("each line is JSON"))
