@@ -262,4 +262,4 @@ fn the_headline_timeline_for_seed_7_is_the_stored_one() {
     assert_eq!(digest, EXPECTED_HEADLINE_DIGEST, "{} events: {kinds:?}", evs.len());
 }
 
-const EXPECTED_HEADLINE_DIGEST: &str = "5853960c3c7fc687990297217403e80128b085151a3264e82a82fe60033a3aa6";
+const EXPECTED_HEADLINE_DIGEST: &str = "31264488378e705200d4f847164a0ca7f6f3ede11a94a233c31e8b6cfb6d6096";
