@@ -37,6 +37,30 @@ pub enum ExternalError {
     Start(String),
 }
 
+/// A loopback port, free for UDP and TCP, for the cloud to serve on. It is
+/// released before the cloud binds it, so it is picked *below* the kernel's
+/// ephemeral range: a port handed out there (to a board's socket, a
+/// redis-server's client) could be taken again in between, which a test
+/// run with many boards did.
+fn listen_port() -> Result<u16, String> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (from, to) = (low.saturating_sub(12_000).max(1024), low);
+    for _ in 0..200 {
+        let mut b = [0u8; 2];
+        getrandom::fill(&mut b).map_err(|e| format!("no OS randomness for a port: {e}"))?;
+        let port = from + u16::from_le_bytes(b) % (to - from);
+        let free = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free {
+            return Ok(port);
+        }
+    }
+    Err(format!("no free loopback port for the external cloud in {from}-{to}"))
+}
+
 /// What the rig needs to start a cell's external cloud.
 pub struct Setup<'a> {
     pub cfg: &'a ExternalCfg,
@@ -74,11 +98,7 @@ impl ExternalCloud {
     pub async fn start(s: Setup<'_>, mitigation: Mitigation) -> Result<ExternalCloud, ExternalError> {
         let upstream = match &s.cfg.attach {
             Some(a) => config::resolve(a).map_err(ExternalError::Start)?,
-            None => {
-                let port = crate::cache::redis::server::free_port()
-                    .map_err(|e| ExternalError::Start(format!("no free port for the external cloud: {e}")))?;
-                SocketAddr::from(([127, 0, 0, 1], port))
-            }
+            None => SocketAddr::from(([127, 0, 0, 1], listen_port().map_err(ExternalError::Start)?)),
         };
         let mut cloud = ExternalCloud {
             cfg: s.cfg.clone(),
@@ -201,6 +221,22 @@ impl ExternalCloud {
     pub async fn stop(mut self) {
         if let Some(p) = self.process.take() {
             p.stop().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_clouds_port_is_below_the_ephemeral_range_and_free() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32768);
+        for _ in 0..20 {
+            let p = super::listen_port().unwrap();
+            assert!(p < low && p >= 1024, "{p}");
+            std::net::UdpSocket::bind(("127.0.0.1", p)).unwrap();
         }
     }
 }
