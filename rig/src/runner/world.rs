@@ -4,6 +4,7 @@
 //! one cell into the next.
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::device::DeviceHandle;
 use crate::bench::{Bench, Clock, PowerState, ReplayWindow};
@@ -229,7 +230,12 @@ impl World {
         if let Some(r) = self.running.take() {
             r.stop().await;
         }
-        // The cloud first, so the relay counts every datagram it sent.
+        // The boards are off: let what they sent last reach the cloud, then
+        // stop the cloud before the relay, so the relay counts every
+        // datagram the cloud sent.
+        if let Some(r) = &self.relay {
+            r.quiesce(Duration::from_millis(250), Duration::from_secs(3)).await;
+        }
         if let Some(x) = self.external.take() {
             x.into_inner().stop().await;
         }

@@ -139,6 +139,9 @@ impl Faults {
 
 /// The relays of one cell's boards.
 pub struct Relay {
+    /// When a datagram last went through, in ms since `born`.
+    activity: Arc<AtomicU64>,
+    born: std::time::Instant,
     faults: Arc<Faults>,
     addrs: HashMap<String, SocketAddr>,
     timeline: Timeline,
@@ -158,6 +161,8 @@ impl Relay {
         seed: u64,
     ) -> std::io::Result<Relay> {
         let faults = Arc::new(Faults::default());
+        let born = std::time::Instant::now();
+        let activity = Arc::new(AtomicU64::new(0));
         let (close, closed) = tokio::sync::watch::channel(false);
         let mut addrs = HashMap::new();
         let mut tasks = Vec::new();
@@ -183,6 +188,8 @@ impl Relay {
                 faults: faults.clone(),
                 timeline: timeline.clone(),
                 rng: ChaCha8Rng::seed_from_u64(seed ^ 0x7e1a_u64.wrapping_mul(i as u64 + 1)),
+                activity: activity.clone(),
+                born,
             };
             tasks.push(tokio::spawn(link.run(closed.clone())));
             if tcp {
@@ -204,6 +211,8 @@ impl Relay {
             }
         }
         Ok(Relay {
+            activity,
+            born,
             faults,
             addrs,
             timeline: timeline.clone(),
@@ -278,6 +287,23 @@ impl Relay {
 }
 
 impl Relay {
+    /// Waits until no datagram has gone through for `idle` (at most `max`):
+    /// what the boards sent before they were switched off reaches the cloud,
+    /// and its answers come back, before the cloud is stopped. (A cloud
+    /// stopped at once lost the board's last record, which the relay had
+    /// counted.)
+    pub async fn quiesce(&self, idle: Duration, max: Duration) {
+        let deadline = tokio::time::Instant::now() + max;
+        loop {
+            let last = Duration::from_millis(self.activity.load(Ordering::Relaxed));
+            let quiet = self.born.elapsed().saturating_sub(last);
+            if quiet >= idle || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
+
     /// Counts what is still queued on its sockets, then closes. Called once
     /// the cloud has stopped, so every datagram it sent is counted.
     pub async fn close(mut self) {
@@ -298,6 +324,8 @@ impl Drop for Relay {
 
 /// One board's path.
 struct Link {
+    activity: Arc<AtomicU64>,
+    born: std::time::Instant,
     device: String,
     down: Arc<UdpSocket>,
     up: Arc<UdpSocket>,
@@ -366,6 +394,8 @@ impl Link {
     }
 
     fn count(&self, from_board: bool, n: usize, peer: SocketAddr) {
+        self.activity
+            .store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         let (bytes, msg, peer) = (n as u64, "datagram".to_string(), peer.to_string());
         let kind = if from_board {
             EventKind::CloudRx { bytes, msg, peer }
