@@ -168,34 +168,7 @@ pub fn open_read_nofollow(path: &Path) -> Result<File, FsError> {
 /// at `path` is replaced rather than followed, and a failed write leaves
 /// nothing behind.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = None;
-    for _ in 0..16 {
-        let mut r = [0u8; 6];
-        let _ = getrandom::fill(&mut r);
-        let cand = dir.join(format!(
-            ".{name}.{}.tmp",
-            r.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
-        match create_new(&cand, mode) {
-            Ok(f) => {
-                tmp = Some((cand, f));
-                break;
-            }
-            Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    let Some((tmp, mut f)) = tmp else {
-        return Err(io(path)(std::io::Error::other("no free temporary name")));
-    };
+    let (tmp, mut f) = temp_beside(path, mode)?;
     let r = f
         .write_all(data)
         .and_then(|_| f.flush())
@@ -205,6 +178,45 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), FsError> 
         return Err(io(path)(e));
     }
     Ok(())
+}
+
+/// A new file with a random hidden name beside `path` (created, never
+/// opened through a link), for a write that is renamed over `path` once
+/// complete.
+pub fn temp_beside(path: &Path, mode: u32) -> Result<(PathBuf, File), FsError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for _ in 0..16 {
+        let mut r = [0u8; 6];
+        let _ = getrandom::fill(&mut r);
+        let cand = dir.join(format!(
+            ".{name}.{}.tmp",
+            r.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        match create_new(&cand, mode) {
+            Ok(f) => return Ok((cand, f)),
+            Err(FsError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io(path)(std::io::Error::other("no free temporary name")))
+}
+
+/// Appends to a file this process created (a [`temp_beside`] file), never
+/// through a link.
+pub fn append_nofollow(path: &Path, data: &[u8]) -> Result<(), FsError> {
+    let mut f = OpenOptions::new()
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path))?;
+    f.write_all(data).map_err(io(path))
 }
 
 /// Reads at most `limit` bytes of a regular file, without following links.

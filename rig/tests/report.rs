@@ -317,9 +317,10 @@ fn a_thousand_device_signoff_stays_small() {
     let events = tl.snapshot();
     let started = std::time::Instant::now();
     let summary = rig::report::summarize(&header, &events);
+    let evidence = rig::report::evidence::Evidence::of(&summary, &events);
     let run = [rig::report::signoff::Run {
         header: &header,
-        events: &events,
+        evidence: &evidence,
         summary: &summary,
     }];
     let html = rig::report::signoff::html(&run);

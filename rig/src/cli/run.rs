@@ -133,9 +133,10 @@ pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
     let mut empty = false;
     for dir in dirs {
         let path = crate::timeline::journal_in(dir);
-        let (header, events) = crate::timeline::read_jsonl(&path)?;
-        let summary = report::write_all(dir, &header, &events)
-            .map_err(|e| CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())))?;
+        let summary = report::write_from_journal(dir, &path).map_err(|e| match e {
+            report::ReportError::Read(e) => CliError::from(e),
+            report::ReportError::Write(e) => CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())),
+        })?;
         print!("{}", report::verdict_table(&summary));
         println!("\n{}", report::overall_line(&summary.cells));
         println!("reports re-rendered in {}\n", dir.display());

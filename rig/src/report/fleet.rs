@@ -78,134 +78,216 @@ fn pct<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
 
 /// The fleet view of `cell`, or None when it has no `expect_recovery`.
 pub fn stats(cell: &CellSummary, events: &[Event]) -> Option<FleetStats> {
-    let rec = cell.recovery();
-    let first = rec.first()?.1;
-    let mark = first.mark.clone();
-    let mark_t = first.mark_t_ms;
-    let n = rec.len();
+    let mut f = FleetFold::new(cell)?;
+    for e in events {
+        f.feed(e);
+    }
+    Some(f.finish(cell))
+}
 
-    let mut firmware: HashMap<&str, &str> = HashMap::new();
-    let mut restore_ms = None;
-    let mut handshakes: Vec<u64> = Vec::new();
-    let mut end = 0u64;
-    // (t, bytes) of every datagram, for the two windows below.
-    let mut traffic: Vec<(u64, u64)> = Vec::new();
-    let mut first_t: Option<u64> = None;
-    for e in events.iter().filter(|e| e.cell == cell.index) {
-        end = end.max(e.t_ms);
+/// [`stats`] as a fold over the timeline: it keeps a few numbers per
+/// device and per minute of the storm, never the events.
+#[derive(Debug)]
+pub struct FleetFold {
+    cell: u32,
+    mark_t: u64,
+    /// When the last device recovered (cell ms), if all did.
+    t100_end: Option<u64>,
+    firmware: HashMap<String, String>,
+    restore_ms: Option<u64>,
+    /// Handshakes after the mark seen before the restore (the restore's
+    /// time decides which of them count).
+    pending: Vec<u64>,
+    per_minute: Vec<u32>,
+    end: u64,
+    /// Traffic bytes at `end` exactly (a window ending at `end` excludes them).
+    at_end: u64,
+    first_t: Option<u64>,
+    before_mark: u64,
+    /// Traffic from the mark on, and the part of it before `t100_end`.
+    after_mark: u64,
+    in_outage: u64,
+}
+
+impl FleetFold {
+    /// None when `cell` has no `expect_recovery` (no fleet view).
+    pub fn new(cell: &CellSummary) -> Option<FleetFold> {
+        let rec = cell.recovery();
+        let first = rec.first()?.1;
+        let mark_t = first.mark_t_ms;
+        let times = recovery_times(&rec);
+        let t100_end = (times.len() == rec.len()).then(|| mark_t + times.last().copied().unwrap_or(0).max(1));
+        Some(FleetFold {
+            cell: cell.index,
+            mark_t,
+            t100_end,
+            firmware: HashMap::new(),
+            restore_ms: None,
+            pending: Vec::new(),
+            per_minute: Vec::new(),
+            end: 0,
+            at_end: 0,
+            first_t: None,
+            before_mark: 0,
+            after_mark: 0,
+            in_outage: 0,
+        })
+    }
+
+    fn count_handshake(&mut self, t: u64, r: u64) {
+        if t >= r {
+            let m = ((t - r) / 60_000) as usize;
+            if m < STORM_MINUTES {
+                self.per_minute[m] += 1;
+            }
+        }
+    }
+
+    pub fn feed(&mut self, e: &Event) {
+        if e.cell != self.cell {
+            return;
+        }
+        if e.t_ms > self.end {
+            self.end = e.t_ms;
+            self.at_end = 0;
+        }
         match &e.kind {
             EventKind::FlashDone { fixture, .. } => {
                 if let Some(d) = e.device.as_deref() {
-                    firmware.insert(d, fixture);
+                    self.firmware.insert(d.to_owned(), fixture.clone());
                 }
             }
             EventKind::CacheRestore { .. } | EventKind::CacheStart { .. }
-                if e.device.is_none() && e.t_ms >= mark_t && restore_ms.is_none() =>
+                if e.device.is_none() && e.t_ms >= self.mark_t && self.restore_ms.is_none() =>
             {
-                restore_ms = Some(e.t_ms);
+                let r = e.t_ms;
+                self.restore_ms = Some(r);
+                self.per_minute = vec![0u32; STORM_MINUTES];
+                for t in std::mem::take(&mut self.pending) {
+                    self.count_handshake(t, r);
+                }
             }
-            EventKind::CloudHandshake { .. } if e.device.is_some() => handshakes.push(e.t_ms),
+            EventKind::CloudHandshake { .. } if e.device.is_some() => match self.restore_ms {
+                Some(r) => self.count_handshake(e.t_ms, r),
+                None if e.t_ms >= self.mark_t => self.pending.push(e.t_ms),
+                None => {}
+            },
             k => {
                 let b = bytes_of(k);
                 if b > 0 && e.device.is_some() {
-                    first_t.get_or_insert(e.t_ms);
-                    traffic.push((e.t_ms, b));
+                    self.first_t.get_or_insert(e.t_ms);
+                    if e.t_ms < self.mark_t {
+                        self.before_mark += b;
+                    } else {
+                        self.after_mark += b;
+                        if self.t100_end.is_some_and(|end| e.t_ms < end) {
+                            self.in_outage += b;
+                        }
+                    }
+                    if e.t_ms == self.end {
+                        self.at_end += b;
+                    }
                 }
             }
         }
     }
 
-    let mut times: Vec<u64> = rec.iter().filter_map(|(_, f)| f.ms.filter(|_| f.recovered)).collect();
-    times.sort_unstable();
-    let at_share = |share: f64| -> Option<u64> {
-        let need = ((n as f64) * share).ceil() as usize;
-        if need == 0 || times.len() < need {
-            None
-        } else {
-            Some(times[need - 1])
-        }
-    };
-
-    let mut groups: BTreeMap<&str, Vec<&crate::timeline::RecoveryFacts>> = BTreeMap::new();
-    for (d, f) in &rec {
-        groups
-            .entry(firmware.get(d).copied().unwrap_or("?"))
-            .or_default()
-            .push(f);
-    }
-    let by_firmware = groups
-        .into_iter()
-        .map(|(fixture, fs)| {
-            let mut wakes: Vec<u32> = fs.iter().filter(|f| f.recovered).map(|f| f.wakes).collect();
-            let mut ms: Vec<u64> = fs.iter().filter(|f| f.recovered).filter_map(|f| f.ms).collect();
-            wakes.sort_unstable();
-            ms.sort_unstable();
-            FirmwareRow {
-                fixture: fixture.to_owned(),
-                devices: fs.len(),
-                recovered: fs.iter().filter(|f| f.recovered).count(),
-                wakes_p50: pct(&wakes, 0.5),
-                wakes_max: wakes.last().copied(),
-                ms_p50: pct(&ms, 0.5),
-                ms_max: ms.last().copied(),
+    pub fn finish(mut self, cell: &CellSummary) -> FleetStats {
+        let rec = cell.recovery();
+        let first = rec[0].1;
+        let mark = first.mark.clone();
+        let mark_t = self.mark_t;
+        let n = rec.len();
+        let times = recovery_times(&rec);
+        let at_share = |share: f64| -> Option<u64> {
+            let need = ((n as f64) * share).ceil() as usize;
+            if need == 0 || times.len() < need {
+                None
+            } else {
+                Some(times[need - 1])
             }
-        })
-        .collect();
+        };
 
-    let mut per_minute = Vec::new();
-    if let Some(r) = restore_ms {
-        per_minute = vec![0u32; STORM_MINUTES];
-        for t in handshakes.iter().filter(|t| **t >= r) {
-            let m = ((t - r) / 60_000) as usize;
-            if m < STORM_MINUTES {
-                per_minute[m] += 1;
-            }
+        let mut groups: BTreeMap<&str, Vec<&crate::timeline::RecoveryFacts>> = BTreeMap::new();
+        for (d, f) in &rec {
+            groups
+                .entry(self.firmware.get(*d).map_or("?", String::as_str))
+                .or_default()
+                .push(f);
         }
+        let by_firmware = groups
+            .into_iter()
+            .map(|(fixture, fs)| {
+                let mut wakes: Vec<u32> = fs.iter().filter(|f| f.recovered).map(|f| f.wakes).collect();
+                let mut ms: Vec<u64> = fs.iter().filter(|f| f.recovered).filter_map(|f| f.ms).collect();
+                wakes.sort_unstable();
+                ms.sort_unstable();
+                FirmwareRow {
+                    fixture: fixture.to_owned(),
+                    devices: fs.len(),
+                    recovered: fs.iter().filter(|f| f.recovered).count(),
+                    wakes_p50: pct(&wakes, 0.5),
+                    wakes_max: wakes.last().copied(),
+                    ms_p50: pct(&ms, 0.5),
+                    ms_max: ms.last().copied(),
+                }
+            })
+            .collect();
+
+        let mut per_minute = std::mem::take(&mut self.per_minute);
         // Trailing quiet minutes say nothing.
         while per_minute.last() == Some(&0) && per_minute.len() > 1 {
             per_minute.pop();
         }
-    }
-    let storm_peak = per_minute
-        .iter()
-        .enumerate()
-        .max_by_key(|(i, h)| (**h, std::cmp::Reverse(*i)))
-        .filter(|(_, h)| **h > 0)
-        .map(|(i, h)| (i, *h));
-
-    let t100 = at_share(1.0);
-    let outage_end = t100.map_or(end, |t| mark_t + t);
-    let rate = |from: u64, to: u64| -> Option<f64> {
-        if to <= from || n == 0 {
-            return None;
-        }
-        let b: u64 = traffic
+        let storm_peak = per_minute
             .iter()
-            .filter(|(t, _)| *t >= from && *t < to)
-            .map(|(_, b)| b)
-            .sum();
-        Some(b as f64 / n as f64 / ((to - from) as f64 / DAY_MS))
-    };
-    let never_recovered = rec
-        .iter()
-        .filter(|(_, f)| !f.recovered)
-        .map(|(d, _)| (*d).to_owned())
-        .collect();
-    Some(FleetStats {
-        mark,
-        devices: n,
-        recovered: times.len(),
-        t50_ms: at_share(0.5),
-        t99_ms: at_share(0.99),
-        t100_ms: t100,
-        by_firmware,
-        restore_ms,
-        handshakes_per_minute: per_minute,
-        storm_peak,
-        normal_bytes_per_day: first_t.and_then(|f| rate(f, mark_t)),
-        outage_bytes_per_day: rate(mark_t, outage_end.max(mark_t + 1)),
-        never_recovered,
-    })
+            .enumerate()
+            .max_by_key(|(i, h)| (**h, std::cmp::Reverse(*i)))
+            .filter(|(_, h)| **h > 0)
+            .map(|(i, h)| (i, *h));
+
+        let t100 = at_share(1.0);
+        let rate = |bytes: u64, from: u64, to: u64| -> Option<f64> {
+            if to <= from || n == 0 {
+                return None;
+            }
+            Some(bytes as f64 / n as f64 / ((to - from) as f64 / DAY_MS))
+        };
+        // The outage runs from the mark until the last recovery, or to the
+        // end of the cell (whose last instant's traffic it excludes).
+        let outage = match t100 {
+            Some(t) => rate(self.in_outage, mark_t, (mark_t + t).max(mark_t + 1)),
+            None if self.end > mark_t => rate(self.after_mark - self.at_end, mark_t, self.end),
+            None => rate(self.after_mark, mark_t, mark_t + 1),
+        };
+        let never_recovered = rec
+            .iter()
+            .filter(|(_, f)| !f.recovered)
+            .map(|(d, _)| (*d).to_owned())
+            .collect();
+        FleetStats {
+            mark,
+            devices: n,
+            recovered: times.len(),
+            t50_ms: at_share(0.5),
+            t99_ms: at_share(0.99),
+            t100_ms: t100,
+            by_firmware,
+            restore_ms: self.restore_ms,
+            handshakes_per_minute: per_minute,
+            storm_peak,
+            normal_bytes_per_day: self.first_t.and_then(|f| rate(self.before_mark, f, mark_t)),
+            outage_bytes_per_day: outage,
+            never_recovered,
+        }
+    }
+}
+
+/// The recovered devices' times after the mark, sorted.
+fn recovery_times(rec: &[(&str, &crate::timeline::RecoveryFacts)]) -> Vec<u64> {
+    let mut times: Vec<u64> = rec.iter().filter_map(|(_, f)| f.ms.filter(|_| f.recovered)).collect();
+    times.sort_unstable();
+    times
 }
 
 #[cfg(test)]

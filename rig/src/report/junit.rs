@@ -14,15 +14,15 @@ use std::io::Write;
 use quick_xml::Writer;
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event as Xml};
 
+use super::evidence::Evidence;
 use super::summary::{CellSummary, CellVerdict, Summary};
-use crate::timeline::{Event, query};
 use crate::units::fmt_clock;
 
 /// Console lines shown before a failing check.
-const EXCERPT_LINES: usize = 15;
+const EXCERPT_LINES: usize = super::evidence::TAIL;
 
-pub fn render(summary: &Summary, events: &[Event]) -> Vec<u8> {
-    render_runs(&[(summary, events)], false)
+pub fn render(summary: &Summary, evidence: &Evidence) -> Vec<u8> {
+    render_runs(&[(summary, evidence)], false)
 }
 
 /// What a testcase says beyond passing.
@@ -56,11 +56,11 @@ impl Suite {
 
 /// One JUnit file for several runs (`rig report merge`); with `prefix`, each
 /// testsuite is named after its run so cells of different benches stay apart.
-pub fn render_runs(runs: &[(&Summary, &[Event])], prefix: bool) -> Vec<u8> {
+pub fn render_runs(runs: &[(&Summary, &Evidence)], prefix: bool) -> Vec<u8> {
     let mut suites = Vec::new();
-    for (summary, events) in runs {
+    for (summary, evidence) in runs {
         for cell in &summary.cells {
-            let mut ts = suite(summary, cell, events);
+            let mut ts = suite(summary, cell, evidence);
             if prefix {
                 ts.name = format!("{}/{}", summary.run_id, ts.name);
             }
@@ -169,7 +169,7 @@ fn text_element<W: Write>(w: &mut Writer<W>, tag: &str, text: &str) -> std::io::
     Ok(())
 }
 
-fn suite(summary: &Summary, cell: &CellSummary, events: &[Event]) -> Suite {
+fn suite(summary: &Summary, cell: &CellSummary, evidence: &Evidence) -> Suite {
     let name = format!("{}[{}]", cell.plan, cell.name);
     let mut properties = vec![
         ("seed".to_string(), summary.seed.to_string()),
@@ -229,7 +229,7 @@ fn suite(summary: &Summary, cell: &CellSummary, events: &[Event]) -> Suite {
                     kind: c.check.split(' ').next().unwrap_or("check").to_owned(),
                     message: c.text.clone(),
                 },
-                out: Some(excerpt(events, cell.index, c.device.as_deref(), c.seq)),
+                out: Some(excerpt(evidence, cell.index, c.device.as_deref(), c.seq)),
             }
         };
         cases.push(case);
@@ -293,9 +293,10 @@ fn suite(summary: &Summary, cell: &CellSummary, events: &[Event]) -> Suite {
 }
 
 /// The last console lines of `device` before event `seq`.
-fn excerpt(events: &[Event], cell: u32, device: Option<&str>, seq: u64) -> String {
+fn excerpt(evidence: &Evidence, cell: u32, device: Option<&str>, seq: u64) -> String {
     let Some(device) = device else { return String::new() };
-    let lines: Vec<String> = query::console_tail(events, cell, device, seq, EXCERPT_LINES)
+    let lines: Vec<String> = evidence
+        .console_tail(cell, device, seq, EXCERPT_LINES)
         .into_iter()
         .map(|(t, l)| format!("[{}] {l}", fmt_clock(t)))
         .collect();

@@ -5,6 +5,7 @@
 //! cell, so a crash leaves a readable partial report) and `rig report
 //! RUN_DIR` call.
 
+pub mod evidence;
 pub mod fleet;
 pub mod junit;
 pub mod shards;
@@ -22,21 +23,76 @@ pub use summary::{CellSummary, CellVerdict, Overall, Summary, summarize};
 /// Writes every report for `events` into `dir` and returns the summary.
 pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Result<Summary> {
     let summary = summarize(header, events);
-    write_atomic(&dir.join("summary.json"), &serde_json::to_vec_pretty(&summary)?)?;
-    write_atomic(&dir.join("junit.xml"), &junit::render(&summary, events))?;
+    write_with(dir, header, &summary, |f| {
+        events.iter().for_each(f);
+        Ok(())
+    })
+    .map_err(ReportError::into_io)?;
+    Ok(summary)
+}
+
+/// Errors rendering reports from a journal on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Read(#[from] crate::timeline::ReadError),
+    #[error("{0}")]
+    Write(#[from] std::io::Error),
+}
+
+impl ReportError {
+    fn into_io(self) -> std::io::Error {
+        match self {
+            ReportError::Write(e) => e,
+            ReportError::Read(e) => std::io::Error::other(e),
+        }
+    }
+}
+
+/// Every report of the journal at `journal`, written into `dir`, in two
+/// streaming passes (the summary, then what the reports show of it): memory
+/// grows with devices and checks, not with the journal's length.
+pub fn write_from_journal(dir: &Path, journal: &Path) -> Result<Summary, ReportError> {
+    let mut s = summary::Summarizer::default();
+    let header = crate::timeline::store::stream(journal, |e| s.feed(&e))?;
+    let summary = s.summary(&header);
+    write_with(dir, &header, &summary, |f| {
+        crate::timeline::store::stream(journal, |e| f(&e)).map(drop)
+    })?;
+    Ok(summary)
+}
+
+/// Writes the reports of `summary`; `pass` feeds the run's events, in
+/// order, to the function it is given (once).
+fn write_with(
+    dir: &Path,
+    header: &Header,
+    summary: &Summary,
+    pass: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<(), crate::timeline::ReadError>,
+) -> Result<(), ReportError> {
+    let console_dir = dir.join("console");
+    crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
+    let mut gather = evidence::Gather::new(summary);
+    let mut logs = ConsoleLogs::new(&console_dir, summary);
+    pass(&mut |e| {
+        gather.feed(e);
+        logs.feed(e);
+    })?;
+    let evidence = gather.finish(summary);
+    logs.finish()?;
+    write_atomic(
+        &dir.join("summary.json"),
+        &serde_json::to_vec_pretty(summary).map_err(std::io::Error::other)?,
+    )?;
+    write_atomic(&dir.join("junit.xml"), &junit::render(summary, &evidence))?;
     let run = [signoff::Run {
         header,
-        events,
-        summary: &summary,
+        evidence: &evidence,
+        summary,
     }];
     write_atomic(&dir.join("signoff.html"), signoff::html(&run).as_bytes())?;
     write_atomic(&dir.join("signoff.md"), signoff::markdown(&run).as_bytes())?;
-    let console_dir = dir.join("console");
-    crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
-    for (device, text) in console_logs(&summary, events) {
-        write_atomic(&console_dir.join(format!("{device}.log")), text.as_bytes())?;
-    }
-    Ok(summary)
+    Ok(())
 }
 
 // Reports are rewritten after every cell; a reader must never see half a file.
@@ -50,17 +106,22 @@ fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub struct Loaded {
     pub dir: std::path::PathBuf,
     pub header: Header,
-    pub events: Vec<Event>,
+    pub evidence: evidence::Evidence,
     pub summary: Summary,
 }
 
+/// Reads a run folder's journal in two streaming passes.
 pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
-    let (header, events) = crate::timeline::read_jsonl(&crate::timeline::journal_in(dir))?;
-    let summary = summarize(&header, &events);
+    let journal = crate::timeline::journal_in(dir);
+    let mut s = summary::Summarizer::default();
+    let header = crate::timeline::store::stream(&journal, |e| s.feed(&e))?;
+    let summary = s.summary(&header);
+    let mut gather = evidence::Gather::new(&summary);
+    crate::timeline::store::stream(&journal, |e| gather.feed(&e))?;
     Ok(Loaded {
         dir: dir.to_owned(),
         header,
-        events,
+        evidence: gather.finish(&summary),
         summary,
     })
 }
@@ -69,13 +130,13 @@ pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
 /// sign-off and a `merged.json` index in `out`. Returns the combined exit code.
 pub fn merge(runs: &[Loaded], out: &Path) -> std::io::Result<i32> {
     crate::fsutil::ensure_dir(out, 0o755).map_err(std::io::Error::other)?;
-    let pairs: Vec<(&Summary, &[Event])> = runs.iter().map(|r| (&r.summary, r.events.as_slice())).collect();
+    let pairs: Vec<(&Summary, &evidence::Evidence)> = runs.iter().map(|r| (&r.summary, &r.evidence)).collect();
     write_atomic(&out.join("junit.xml"), &junit::render_runs(&pairs, true))?;
     let views: Vec<signoff::Run> = runs
         .iter()
         .map(|r| signoff::Run {
             header: &r.header,
-            events: &r.events,
+            evidence: &r.evidence,
             summary: &r.summary,
         })
         .collect();
@@ -98,82 +159,171 @@ pub fn merge(runs: &[Loaded], out: &Path) -> std::io::Result<i32> {
     Ok(exit_code)
 }
 
-/// One log per device: every console line with its plan time, cell by cell.
-pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, String> {
-    let mut logs: BTreeMap<String, String> = BTreeMap::new();
-    let mut current: BTreeMap<String, u32> = BTreeMap::new();
-    for e in events {
-        let Some(d) = &e.device else { continue };
-        let line = match &e.kind {
-            EventKind::ConsoleLine { line, partial } => {
-                if *partial {
-                    format!("{line} [partial: link lost mid-line]")
-                } else {
-                    line.clone()
-                }
-            }
-            EventKind::ConsoleGap { ms } => format!(
-                "--- console link gap of {} ---",
-                fmt_duration(std::time::Duration::from_millis(*ms))
-            ),
-            EventKind::PowerOn { .. } => "--- rig: power on ---".into(),
-            EventKind::PowerOff { .. } => "--- rig: power off ---".into(),
-            EventKind::ResetSoft => "--- rig: soft reset ---".into(),
-            EventKind::DeviceReset { reason } => format!("--- board reset itself ({reason}) ---"),
-            EventKind::FlashDone { fixture, version, .. } => format!("--- rig: flashed {fixture} {version} ---"),
-            // Not part of what a device's console log shows.
-            EventKind::CellStart { .. }
-            | EventKind::CellEnd { .. }
-            | EventKind::RigFault { .. }
-            | EventKind::FlashStart { .. }
-            | EventKind::DeviceBoot
-            | EventKind::DeviceWake { .. }
-            | EventKind::DeviceSleep { .. }
-            | EventKind::CloudConfig { .. }
-            | EventKind::CloudHandshake { .. }
-            | EventKind::CloudResumed { .. }
-            | EventKind::CloudConnected { .. }
-            | EventKind::CloudResumeUnknown { .. }
-            | EventKind::CloudPublish { .. }
-            | EventKind::CloudRx { .. }
-            | EventKind::CloudTx { .. }
-            | EventKind::CloudExchange { .. }
-            | EventKind::CloudInvalid { .. }
-            | EventKind::CloudReplayAccepted { .. }
-            | EventKind::CacheKill { .. }
-            | EventKind::CacheDied { .. }
-            | EventKind::CacheStart { .. }
-            | EventKind::CacheRestore { .. }
-            | EventKind::CacheSnapshot { .. }
-            | EventKind::CacheFlush { .. }
-            | EventKind::CacheEvict { .. }
-            | EventKind::CachePause { .. }
-            | EventKind::CacheResume
-            | EventKind::CacheError { .. }
-            | EventKind::CacheCluster { .. }
-            | EventKind::CacheNodeKill { .. }
-            | EventKind::CacheNodeStart { .. }
-            | EventKind::CacheNodePause { .. }
-            | EventKind::CacheNodeResume { .. }
-            | EventKind::CloudProcess { .. }
-            | EventKind::CloudLog { .. }
-            | EventKind::NetworkFault { .. }
-            | EventKind::NetworkHealed { .. }
-            | EventKind::PlanMark { .. }
-            | EventKind::PlanStep { .. }
-            | EventKind::CheckPass { .. }
-            | EventKind::CheckFail { .. } => continue,
-        };
-        let log = logs.entry(d.clone()).or_default();
-        if current.get(d) != Some(&e.cell) {
-            current.insert(d.clone(), e.cell);
-            let cell = summary.cells.iter().find(|c| c.index == e.cell);
+/// Most console-log text held in memory before it goes to the files.
+const CONSOLE_SPILL: usize = 8 << 20;
+
+/// One log per device, `console/<device>.log`: every console line with its
+/// plan time, cell by cell. Written as the events stream past: a device's
+/// text is held until [`CONSOLE_SPILL`] bytes are held in all, then
+/// appended to a private temporary file renamed over the log at the end.
+struct ConsoleLogs<'a> {
+    dir: std::path::PathBuf,
+    summary: &'a Summary,
+    held: BTreeMap<String, String>,
+    held_bytes: usize,
+    /// Temporary files of the logs that spilled.
+    spilled: BTreeMap<String, std::path::PathBuf>,
+    current: std::collections::HashMap<String, u32>,
+}
+
+impl<'a> ConsoleLogs<'a> {
+    fn new(dir: &Path, summary: &'a Summary) -> ConsoleLogs<'a> {
+        ConsoleLogs {
+            dir: dir.to_owned(),
+            summary,
+            held: BTreeMap::new(),
+            held_bytes: 0,
+            spilled: BTreeMap::new(),
+            current: Default::default(),
+        }
+    }
+
+    fn feed(&mut self, e: &Event) {
+        let Some(line) = console_log_line(e) else { return };
+        let Some(d) = &e.device else { return };
+        let log = self.held.entry(d.clone()).or_default();
+        let before = log.len();
+        if self.current.get(d) != Some(&e.cell) {
+            self.current.insert(d.clone(), e.cell);
+            let cell = self.summary.cells.iter().find(|c| c.index == e.cell);
             let title = cell.map(|c| format!("{} [{}]", c.plan, c.name)).unwrap_or_default();
             let _ = writeln!(log, "===== cell {}: {title} =====", e.cell + 1);
         }
         let _ = writeln!(log, "[{}] {line}", fmt_clock(e.t_ms));
+        self.held_bytes += log.len() - before;
+        if self.held_bytes > CONSOLE_SPILL {
+            // An error here shows again, and is returned, at `finish`.
+            let _ = self.spill();
+        }
     }
-    logs
+
+    fn log_path(&self, device: &str) -> std::path::PathBuf {
+        self.dir.join(format!("{device}.log"))
+    }
+
+    fn spill(&mut self) -> std::io::Result<()> {
+        for (d, text) in std::mem::take(&mut self.held) {
+            let tmp = match self.spilled.get(&d) {
+                Some(t) => t.clone(),
+                None => {
+                    let (t, _) =
+                        crate::fsutil::temp_beside(&self.log_path(&d), 0o644).map_err(std::io::Error::other)?;
+                    self.spilled.insert(d.clone(), t.clone());
+                    t
+                }
+            };
+            crate::fsutil::append_nofollow(&tmp, text.as_bytes()).map_err(std::io::Error::other)?;
+        }
+        self.held_bytes = 0;
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<()> {
+        if self.spilled.is_empty() {
+            for (d, text) in &self.held {
+                write_atomic(&self.log_path(d), text.as_bytes())?;
+            }
+            return Ok(());
+        }
+        let r = self.spill().and_then(|_| {
+            for (d, tmp) in &self.spilled {
+                std::fs::rename(tmp, self.log_path(d))?;
+            }
+            Ok(())
+        });
+        if r.is_err() {
+            for tmp in self.spilled.values() {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+        r
+    }
+}
+
+/// Every device's console log from events in memory: device → text.
+pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, String> {
+    let mut logs = ConsoleLogs::new(Path::new("."), summary);
+    for e in events {
+        logs.held_bytes = 0;
+        logs.feed(e);
+    }
+    logs.held
+}
+
+/// What an event adds to its device's console log, if anything.
+fn console_log_line(e: &Event) -> Option<String> {
+    e.device.as_ref()?;
+    let line = match &e.kind {
+        EventKind::ConsoleLine { line, partial } => {
+            if *partial {
+                format!("{line} [partial: link lost mid-line]")
+            } else {
+                line.clone()
+            }
+        }
+        EventKind::ConsoleGap { ms } => format!(
+            "--- console link gap of {} ---",
+            fmt_duration(std::time::Duration::from_millis(*ms))
+        ),
+        EventKind::PowerOn { .. } => "--- rig: power on ---".into(),
+        EventKind::PowerOff { .. } => "--- rig: power off ---".into(),
+        EventKind::ResetSoft => "--- rig: soft reset ---".into(),
+        EventKind::DeviceReset { reason } => format!("--- board reset itself ({reason}) ---"),
+        EventKind::FlashDone { fixture, version, .. } => format!("--- rig: flashed {fixture} {version} ---"),
+        // Not part of what a device's console log shows.
+        EventKind::CellStart { .. }
+        | EventKind::CellEnd { .. }
+        | EventKind::RigFault { .. }
+        | EventKind::FlashStart { .. }
+        | EventKind::DeviceBoot
+        | EventKind::DeviceWake { .. }
+        | EventKind::DeviceSleep { .. }
+        | EventKind::CloudConfig { .. }
+        | EventKind::CloudHandshake { .. }
+        | EventKind::CloudResumed { .. }
+        | EventKind::CloudConnected { .. }
+        | EventKind::CloudResumeUnknown { .. }
+        | EventKind::CloudPublish { .. }
+        | EventKind::CloudRx { .. }
+        | EventKind::CloudTx { .. }
+        | EventKind::CloudExchange { .. }
+        | EventKind::CloudInvalid { .. }
+        | EventKind::CloudReplayAccepted { .. }
+        | EventKind::CacheKill { .. }
+        | EventKind::CacheDied { .. }
+        | EventKind::CacheStart { .. }
+        | EventKind::CacheRestore { .. }
+        | EventKind::CacheSnapshot { .. }
+        | EventKind::CacheFlush { .. }
+        | EventKind::CacheEvict { .. }
+        | EventKind::CachePause { .. }
+        | EventKind::CacheResume
+        | EventKind::CacheError { .. }
+        | EventKind::CacheCluster { .. }
+        | EventKind::CacheNodeKill { .. }
+        | EventKind::CacheNodeStart { .. }
+        | EventKind::CacheNodePause { .. }
+        | EventKind::CacheNodeResume { .. }
+        | EventKind::CloudProcess { .. }
+        | EventKind::CloudLog { .. }
+        | EventKind::NetworkFault { .. }
+        | EventKind::NetworkHealed { .. }
+        | EventKind::PlanMark { .. }
+        | EventKind::PlanStep { .. }
+        | EventKind::CheckPass { .. }
+        | EventKind::CheckFail { .. } => return None,
+    };
+    Some(line)
 }
 
 /// The closing line of `rig run` and `rig report`: the whole run's verdict.

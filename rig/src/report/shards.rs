@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use super::{Loaded, summarize};
 use crate::bench::Shard;
-use crate::timeline::{Event, EventKind};
+use crate::timeline::EventKind;
 
 /// Why slices cannot be joined.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,8 @@ pub enum JoinError {
     },
     #[error("{dir}: shard `{shard}` in its journal is not K/N")]
     Unreadable { dir: String, shard: String },
+    #[error(transparent)]
+    Read(#[from] crate::timeline::ReadError),
 }
 
 /// Runs that are slices of one fleet run are joined; the others are kept as
@@ -69,24 +71,26 @@ pub fn join(runs: Vec<Loaded>) -> Result<(Vec<Loaded>, Vec<String>), JoinError> 
         for k in (1..=n).filter(|k| !have.contains(k)) {
             missing.push(format!("shard {k}/{n} of bench `{bench}` (seed {seed})"));
         }
-        out[slot] = Some(join_group(slices.into_iter().map(|(_, r)| r).collect()));
+        out[slot] = Some(join_group(slices.into_iter().map(|(_, r)| r).collect())?);
     }
     Ok((out.into_iter().flatten().collect(), missing))
 }
 
-fn join_group(slices: Vec<Loaded>) -> Loaded {
+// The slices' events are held together to be put in plan-time order (a
+// join needs memory for the whole fleet's timeline, unlike `rig report`).
+fn join_group(slices: Vec<Loaded>) -> Result<Loaded, JoinError> {
     let mut it = slices.into_iter();
     let first = it.next().expect("a group has a slice");
     let mut header = first.header.clone();
-    let mut joined: Vec<Event> = first.events;
+    let (_, mut joined) = crate::timeline::read_jsonl(&crate::timeline::journal_in(&first.dir))?;
     let mut n = 1;
     for s in it {
         n += 1;
-        joined.extend(
-            s.events
-                .into_iter()
-                .filter(|e| e.device.is_some() || matches!(e.kind, EventKind::RigFault { .. })),
-        );
+        crate::timeline::store::stream(&crate::timeline::journal_in(&s.dir), |e| {
+            if e.device.is_some() || matches!(e.kind, EventKind::RigFault { .. }) {
+                joined.push(e);
+            }
+        })?;
     }
     // Stable: within a slice, events at one instant keep their order.
     joined.sort_by_key(|e| (e.cell, e.t_ms));
@@ -96,10 +100,10 @@ fn join_group(slices: Vec<Loaded>) -> Loaded {
     header.shard = None;
     header.run_id = format!("{} (+{} shards joined)", header.run_id, n - 1);
     let summary = summarize(&header, &joined);
-    Loaded {
+    Ok(Loaded {
         dir: first.dir,
         header,
-        events: joined,
+        evidence: super::evidence::Evidence::of(&summary, &joined),
         summary,
-    }
+    })
 }

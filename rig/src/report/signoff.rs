@@ -19,9 +19,9 @@ use std::fmt::Write as _;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use plotters::prelude::*;
 
+use super::evidence::{CellEvidence, Evidence, Mark, Track};
 use super::summary::{CellSummary, CellVerdict, Overall, Summary};
-use crate::timeline::query::{self, Cycle, WakeCycles};
-use crate::timeline::{ConnectVia, Event, EventKind, Header, RecoveryFacts};
+use crate::timeline::{ConnectVia, Header, RecoveryFacts};
 use crate::units::{fmt_bytes, fmt_clock, fmt_duration};
 
 /// Devices drawn in full per cell besides the failing ones.
@@ -31,226 +31,38 @@ const MAX_FAILED_DRAWN: usize = 40;
 /// Console lines quoted per failure diagnosis.
 const EXCERPT: usize = 12;
 
-/// One run to render: its header, events and summary.
+/// One run to render: its header, summary and the evidence gathered for it.
 pub struct Run<'a> {
     pub header: &'a Header,
-    pub events: &'a [Event],
+    pub evidence: &'a Evidence,
     pub summary: &'a Summary,
-}
-
-/// What a device did during a cell, for drawing.
-#[derive(Default, Debug)]
-struct Track {
-    /// (from, to) in cell ms.
-    powered: Vec<(u64, u64)>,
-    awake: Vec<(u64, u64)>,
-    handshakes: Vec<u64>,
-    resumes: Vec<u64>,
-    unknown: Vec<u64>,
-    /// (t, cumulative bytes) at each datagram.
-    bytes: Vec<(u64, u64)>,
-}
-
-/// Bench-wide marks: plan marks and cache operations.
-#[derive(Debug)]
-struct Mark {
-    t: u64,
-    label: String,
-    kind: &'static str,
 }
 
 struct CellView<'a> {
     cell: &'a CellSummary,
-    events: &'a [Event],
-    tracks: BTreeMap<String, Track>,
-    marks: Vec<Mark>,
-    end: u64,
-}
-
-fn close(open: &mut Option<u64>, t: u64, into: &mut Vec<(u64, u64)>) {
-    if let Some(from) = open.take() {
-        into.push((from, t));
-    }
-}
-
-fn view<'a>(cell: &'a CellSummary, events: &'a [Event]) -> CellView<'a> {
-    let mut tracks: BTreeMap<String, Track> = BTreeMap::new();
-    let mut marks = Vec::new();
-    let mut power_on: BTreeMap<String, u64> = BTreeMap::new();
-    let mut cycles: BTreeMap<String, WakeCycles> = BTreeMap::new();
-    let mut end = 0;
-    for e in events.iter().filter(|e| e.cell == cell.index) {
-        end = end.max(e.t_ms);
-        let Some(d) = e.device.as_deref() else {
-            let mark = match &e.kind {
-                EventKind::PlanMark { name } => Some((format!("mark {name}"), "mark")),
-                EventKind::CacheKill { .. } => Some(("cache killed".to_string(), "kill")),
-                EventKind::CacheDied { .. } => Some(("cache died".to_string(), "kill")),
-                EventKind::CacheStart { .. } => Some(("cache started".to_string(), "restore")),
-                EventKind::CacheRestore { from, .. } => Some((format!("cache restored ({from})"), "restore")),
-                EventKind::CachePause { .. } => Some(("cache paused".to_string(), "kill")),
-                EventKind::CacheFlush { .. } => Some(("cache flushed".to_string(), "kill")),
-                EventKind::CacheEvict { .. } => Some(("cache evicted".to_string(), "kill")),
-                EventKind::CacheNodeKill(k) => Some((
-                    match k.promoted {
-                        Some(p) => format!("node {} killed, node {p} took over ({} lost)", k.node, k.lost),
-                        None => format!("node {} killed ({} lost)", k.node, k.lost),
-                    },
-                    "kill",
-                )),
-                EventKind::CacheNodeStart(s) => Some((format!("node {} back ({})", s.node, s.from), "restore")),
-                EventKind::CacheNodePause { node, .. } => Some((format!("node {node} paused"), "kill")),
-                EventKind::NetworkFault { fault, ms, .. } => Some((
-                    format!(
-                        "network {fault} ({})",
-                        crate::units::fmt_duration(std::time::Duration::from_millis(*ms))
-                    ),
-                    "kill",
-                )),
-                EventKind::NetworkHealed { fault, dropped, .. } => {
-                    Some((format!("network {fault} healed ({dropped} dropped)"), "restore"))
-                }
-                // Bench-wide events that draw nothing on a timeline.
-                EventKind::CellStart { .. }
-                | EventKind::CellEnd { .. }
-                | EventKind::RigFault { .. }
-                | EventKind::CacheSnapshot { .. }
-                | EventKind::CacheResume
-                | EventKind::CacheError { .. }
-                | EventKind::CacheCluster { .. }
-                | EventKind::CacheNodeResume { .. }
-                | EventKind::CloudConfig { .. }
-                | EventKind::CloudProcess { .. }
-                | EventKind::CloudLog { .. }
-                | EventKind::PlanStep { .. }
-                | EventKind::CheckPass { .. }
-                | EventKind::CheckFail { .. } => None,
-                // Device events without a device (a peer no device spoke from).
-                EventKind::PowerOn { .. }
-                | EventKind::PowerOff { .. }
-                | EventKind::ResetSoft
-                | EventKind::FlashStart { .. }
-                | EventKind::FlashDone { .. }
-                | EventKind::ConsoleLine { .. }
-                | EventKind::ConsoleGap { .. }
-                | EventKind::DeviceBoot
-                | EventKind::DeviceReset { .. }
-                | EventKind::DeviceWake { .. }
-                | EventKind::DeviceSleep { .. }
-                | EventKind::CloudHandshake { .. }
-                | EventKind::CloudResumed { .. }
-                | EventKind::CloudConnected { .. }
-                | EventKind::CloudResumeUnknown { .. }
-                | EventKind::CloudPublish { .. }
-                | EventKind::CloudRx { .. }
-                | EventKind::CloudTx { .. }
-                | EventKind::CloudExchange { .. }
-                | EventKind::CloudInvalid { .. }
-                | EventKind::CloudReplayAccepted { .. } => None,
-            };
-            if let Some((label, kind)) = mark {
-                marks.push(Mark { t: e.t_ms, label, kind });
-            }
-            continue;
-        };
-        let tr = tracks.entry(d.to_owned()).or_default();
-        // Awake windows are wake cycles, counted as everywhere else.
-        match cycles.entry(d.to_owned()).or_default().feed(e) {
-            Some(Cycle::Slept { from, to } | Cycle::Cut { from, to }) => tr.awake.push((from, to)),
-            Some(Cycle::Woke) | None => {}
-        }
-        match &e.kind {
-            EventKind::PowerOn { .. } => {
-                power_on.insert(d.to_owned(), e.t_ms);
-            }
-            EventKind::PowerOff { .. } => {
-                let mut open = power_on.remove(d);
-                close(&mut open, e.t_ms, &mut tr.powered);
-            }
-            EventKind::CloudHandshake { .. } => tr.handshakes.push(e.t_ms),
-            EventKind::CloudResumed { .. } => tr.resumes.push(e.t_ms),
-            EventKind::CloudResumeUnknown { resume, .. } => {
-                if *resume {
-                    tr.unknown.push(e.t_ms);
-                }
-            }
-            EventKind::CloudRx { bytes, .. } | EventKind::CloudTx { bytes, .. } => {
-                let total = tr.bytes.last().map_or(0, |(_, b)| *b) + bytes;
-                tr.bytes.push((e.t_ms, total));
-            }
-            EventKind::CloudExchange { rx, tx, .. } => {
-                let total = tr.bytes.last().map_or(0, |(_, b)| *b) + rx + tx;
-                tr.bytes.push((e.t_ms, total));
-            }
-            // Drawn from the cycles above, or not drawn.
-            EventKind::ConsoleLine { .. }
-            | EventKind::DeviceWake { .. }
-            | EventKind::DeviceSleep { .. }
-            | EventKind::CellStart { .. }
-            | EventKind::CellEnd { .. }
-            | EventKind::RigFault { .. }
-            | EventKind::ResetSoft
-            | EventKind::FlashStart { .. }
-            | EventKind::FlashDone { .. }
-            | EventKind::ConsoleGap { .. }
-            | EventKind::DeviceBoot
-            | EventKind::DeviceReset { .. }
-            | EventKind::CloudConfig { .. }
-            | EventKind::CloudConnected { .. }
-            | EventKind::CloudPublish { .. }
-            | EventKind::CloudInvalid { .. }
-            | EventKind::CloudReplayAccepted { .. }
-            | EventKind::CacheKill { .. }
-            | EventKind::CacheDied { .. }
-            | EventKind::CacheStart { .. }
-            | EventKind::CacheRestore { .. }
-            | EventKind::CacheSnapshot { .. }
-            | EventKind::CacheFlush { .. }
-            | EventKind::CacheEvict { .. }
-            | EventKind::CachePause { .. }
-            | EventKind::CacheResume
-            | EventKind::CacheError { .. }
-            | EventKind::CacheCluster { .. }
-            | EventKind::CacheNodeKill { .. }
-            | EventKind::CacheNodeStart { .. }
-            | EventKind::CacheNodePause { .. }
-            | EventKind::CacheNodeResume { .. }
-            | EventKind::CloudProcess { .. }
-            | EventKind::CloudLog { .. }
-            | EventKind::NetworkFault { .. }
-            | EventKind::NetworkHealed { .. }
-            | EventKind::PlanMark { .. }
-            | EventKind::PlanStep { .. }
-            | EventKind::CheckPass { .. }
-            | EventKind::CheckFail { .. } => {}
-        }
-    }
-    for (d, from) in power_on {
-        if let Some(tr) = tracks.get_mut(&d) {
-            tr.powered.push((from, end));
-        }
-    }
-    for (d, c) in cycles {
-        if let (Some(from), Some(tr)) = (c.awake_since(), tracks.get_mut(&d)) {
-            tr.awake.push((from, end));
-        }
-    }
-    CellView {
-        cell,
-        events,
-        tracks,
-        marks,
-        end: end.max(1),
-    }
+    ev: &'a CellEvidence,
+    evidence: &'a Evidence,
 }
 
 /// Devices of a cell that failed a check.
-fn failed_devices(cell: &CellSummary) -> Vec<String> {
+pub(super) fn failed_devices(cell: &CellSummary) -> Vec<String> {
     let mut seen = std::collections::BTreeSet::new();
     cell.failed_checks()
         .filter_map(|c| c.device.clone())
         .filter(|d| seen.insert(d.clone()))
         .collect()
+}
+
+/// The devices a cell's section draws in full: every failing one (up to a
+/// cap), then a fixed sample of the others in id order.
+pub(super) fn drawn_devices(c: &CellSummary) -> Vec<String> {
+    let failed = failed_devices(c);
+    let failed_set: std::collections::BTreeSet<&String> = failed.iter().collect();
+    let mut others: Vec<&String> = c.devices.iter().filter(|d| !failed_set.contains(d)).collect();
+    others.sort_unstable();
+    let mut drawn: Vec<String> = failed.iter().take(MAX_FAILED_DRAWN).cloned().collect();
+    drawn.extend(others.into_iter().take(SAMPLE).cloned());
+    drawn
 }
 
 fn overall(runs: &[Run]) -> Overall {
@@ -281,7 +93,19 @@ pub fn html(runs: &[Run]) -> String {
     let overall = overall(runs);
     let views: Vec<Vec<CellView>> = runs
         .iter()
-        .map(|r| r.summary.cells.iter().map(|c| view(c, r.events)).collect())
+        .map(|r| {
+            r.summary
+                .cells
+                .iter()
+                .filter_map(|c| {
+                    Some(CellView {
+                        cell: c,
+                        ev: r.evidence.cells.get(&c.index)?,
+                        evidence: r.evidence,
+                    })
+                })
+                .collect()
+        })
         .collect();
     let page: Markup = html! {
         (DOCTYPE)
@@ -368,7 +192,7 @@ fn tested_table(runs: &[Run]) -> Markup {
                     td.num { (s.seed) }
                     td { @for f in &fixtures { (f) br; } }
                     td { (if mitigations.is_empty() { "bench default".to_string() } else { mitigations.join(", ") }) }
-                    td { (utc(s.started)) br; (r.events.last().map_or("–".into(), |e| utc(e.wall))) }
+                    td { (utc(s.started)) br; (r.evidence.last_wall.map_or("–".into(), utc)) }
                     td { (fmt_duration(std::time::Duration::from_millis(plan_ms))) " / " (fmt_duration(std::time::Duration::from_millis(wall_ms))) }
                 }
             }
@@ -433,10 +257,8 @@ fn verdict_key(v: CellVerdict) -> &'static str {
 
 fn cell_section(v: &CellView) -> Markup {
     let c = v.cell;
-    let failed = failed_devices(c);
-    let mut drawn: Vec<&String> = failed.iter().take(MAX_FAILED_DRAWN).collect();
-    let failed_set: std::collections::BTreeSet<&String> = failed.iter().collect();
-    drawn.extend(v.tracks.keys().filter(|d| !failed_set.contains(d)).take(SAMPLE));
+    let drawn_list = drawn_devices(c);
+    let drawn: Vec<&String> = drawn_list.iter().collect();
     let rec = c.recovery();
     let recovery_at: BTreeMap<&str, u64> = rec
         .iter()
@@ -449,8 +271,8 @@ fn cell_section(v: &CellView) -> Markup {
                 span class=(format!("badge b-{}", verdict_key(c.verdict))) { (c.verdict.label()) }
             }
             @if c.expect_failure { p.neg { "Negative control: this combination reproduces the bug and must fail." } }
-            @if let Some(f) = super::fleet::stats(c, v.events) {
-                (fleet_section(&f))
+            @if let Some(f) = &v.ev.fleet {
+                (fleet_section(f))
             }
             @if !rec.is_empty() {
                 h3 { "Recovery after '" (rec[0].1.mark) "'" }
@@ -474,7 +296,7 @@ fn cell_section(v: &CellView) -> Markup {
                         br; (g.text)
                         @if let Some(dev) = g.devices.first() {
                             details { summary { "console of " (dev) " before the check" }
-                                pre { @for (tm, line) in query::console_tail(v.events, c.index, dev, g.seq, EXCERPT) { "[" (fmt_clock(tm)) "] " (line) "\n" } }
+                                pre { @for (tm, line) in v.evidence.console_tail(c.index, dev, g.seq, EXCERPT) { "[" (fmt_clock(tm)) "] " (line) "\n" } }
                             }
                         }
                     }
@@ -491,14 +313,14 @@ fn cell_section(v: &CellView) -> Markup {
                 span { span.sw style="background:#d93025" {} "resume of an unknown session" }
                 span { span.sw style="background:#7b1fa2" {} "recovered" }
             }
-            @if drawn.len() < v.tracks.len() {
-                p.muted { "Showing " (drawn.len()) " of " (v.tracks.len()) " devices: every failing device (up to " (MAX_FAILED_DRAWN) ") and a sample of the rest; the distributions below cover all." }
+            @if drawn.len() < c.devices.len() {
+                p.muted { "Showing " (drawn.len()) " of " (c.devices.len()) " devices: every failing device (up to " (MAX_FAILED_DRAWN) ") and a sample of the rest; the distributions below cover all." }
             }
-            (axis_svg(&v.marks, v.end))
-            @for d in &drawn { @if let Some(t) = v.tracks.get(*d) {
-                (device_svg(d, t, &v.marks, v.end, recovery_at.get(d.as_str()).copied()))
+            (axis_svg(&v.ev.marks, v.ev.end))
+            @for d in &drawn { @if let Some(t) = v.ev.tracks.get(*d) {
+                (device_svg(d, t, &v.ev.marks, v.ev.end, recovery_at.get(d.as_str()).copied()))
             } }
-            @if v.tracks.len() > drawn.len() { (distributions(&rec)) }
+            @if c.devices.len() > drawn.len() { (distributions(&rec)) }
             h3 { "Cumulative bytes on the air per device" }
             (PreEscaped(bytes_plot(v, &drawn)))
         }
@@ -754,11 +576,11 @@ fn bytes_plot(v: &CellView, drawn: &[&String]) -> String {
     let mut svg = String::new();
     let max_kib = drawn
         .iter()
-        .filter_map(|d| v.tracks.get(*d)?.bytes.last().map(|(_, b)| *b))
+        .filter_map(|d| v.ev.tracks.get(*d)?.bytes.last().map(|(_, b)| *b))
         .max()
         .unwrap_or(0) as f64
         / 1024.0;
-    let hours = v.end as f64 / 3_600_000.0;
+    let hours = v.ev.end as f64 / 3_600_000.0;
     {
         let root = SVGBackend::with_string(&mut svg, (1100, 300)).into_drawing_area();
         let _ = root.fill(&WHITE);
@@ -775,7 +597,7 @@ fn bytes_plot(v: &CellView, drawn: &[&String]) -> String {
             .light_line_style(RGBColor(235, 238, 242))
             .draw();
         for (i, d) in drawn.iter().enumerate() {
-            let Some(t) = v.tracks.get(*d) else { continue };
+            let Some(t) = v.ev.tracks.get(*d) else { continue };
             let color = Palette99::pick(i).to_rgba();
             let points = t
                 .bytes
@@ -858,7 +680,7 @@ pub fn markdown(runs: &[Run]) -> String {
     }
     for r in runs {
         for c in &r.summary.cells {
-            let Some(f) = super::fleet::stats(c, r.events) else {
+            let Some(f) = r.evidence.cells.get(&c.index).and_then(|e| e.fleet.as_ref()) else {
                 continue;
             };
             let _ = writeln!(

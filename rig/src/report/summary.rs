@@ -127,12 +127,36 @@ pub struct Summary {
 
 /// Derives the summary from the timeline.
 pub fn summarize(header: &Header, events: &[Event]) -> Summary {
-    let mut cells: Vec<CellSummary> = Vec::new();
-    let mut first_wall: BTreeMap<u32, OffsetDateTime> = BTreeMap::new();
-    let mut seen: std::collections::HashSet<(u32, String)> = std::collections::HashSet::new();
-    // When each step started (wall clock), for the checks' durations.
-    let mut step_wall: BTreeMap<(u32, usize), OffsetDateTime> = BTreeMap::new();
+    let mut s = Summarizer::default();
     for e in events {
+        s.feed(e);
+    }
+    s.summary(header)
+}
+
+/// The summary as a fold over the timeline, one event at a time: what it
+/// holds grows with cells, devices and checks, never with plan time.
+#[derive(Debug, Default, Clone)]
+pub struct Summarizer {
+    cells: Vec<CellSummary>,
+    first_wall: BTreeMap<u32, OffsetDateTime>,
+    seen: std::collections::HashSet<(u32, String)>,
+    // When each step started (wall clock), for the checks' durations.
+    step_wall: BTreeMap<(u32, usize), OffsetDateTime>,
+    /// Wall time of the last event fed.
+    pub last_wall: Option<OffsetDateTime>,
+}
+
+impl Summarizer {
+    pub fn feed(&mut self, e: &Event) {
+        self.last_wall = Some(e.wall);
+        let Summarizer {
+            cells,
+            first_wall,
+            seen,
+            step_wall,
+            ..
+        } = self;
         if let EventKind::PlanStep { index, .. } = &e.kind {
             step_wall.insert((e.cell, *index), e.wall);
         }
@@ -171,10 +195,10 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
                 faults: Vec::new(),
                 checks: Vec::new(),
             });
-            continue;
+            return;
         }
         let Some(c) = cells.iter_mut().rev().find(|c| c.index == e.cell) else {
-            continue;
+            return;
         };
         c.plan_ms = c.plan_ms.max(e.t_ms);
         if let Some(w) = first_wall.get(&e.cell) {
@@ -281,21 +305,26 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
             | EventKind::PlanStep { .. } => {}
         }
     }
-    for c in &mut cells {
-        c.verdict = verdict_of(c);
-    }
-    let exit_code = exit_code(&cells);
-    Summary {
-        format: "rig.summary".into(),
-        version: 1,
-        run_id: header.run_id.clone(),
-        rig_version: header.rig_version.clone(),
-        seed: header.seed,
-        bench: header.bench.clone(),
-        plans: header.plans.clone(),
-        started: header.started,
-        exit_code,
-        cells,
+
+    /// The summary of what was fed so far.
+    pub fn summary(&self, header: &Header) -> Summary {
+        let mut cells = self.cells.clone();
+        for c in &mut cells {
+            c.verdict = verdict_of(c);
+        }
+        let exit_code = exit_code(&cells);
+        Summary {
+            format: "rig.summary".into(),
+            version: 1,
+            run_id: header.run_id.clone(),
+            rig_version: header.rig_version.clone(),
+            seed: header.seed,
+            bench: header.bench.clone(),
+            plans: header.plans.clone(),
+            started: header.started,
+            exit_code,
+            cells,
+        }
     }
 }
 

@@ -96,6 +96,7 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
     timeline.set_console_lines(cfg.bench.journal.console_lines);
     let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
     let mut index = 0u32;
+    let mut last = None;
     'plans: for plan in cfg.plans {
         for cell in &plan.cells {
             cfg.progress
@@ -113,12 +114,14 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
                     events_path.display()
                 );
             }
-            let summary = timeline
-                .read(|evs| report::write_all(&dir, &header, evs))
+            // From the journal, not the timeline in memory: what is
+            // reported is what is on disk, in memory bounded by the devices.
+            let summary = report::write_from_journal(&dir, &events_path)
                 .with_context(|| format!("cannot write reports in {}", dir.display()))?;
             if let Some(c) = summary.cells.last() {
                 cfg.progress.cell_end(&report::cell_line(c));
             }
+            last = Some(summary);
             index += 1;
             if outcome == CellOutcome::Interrupted {
                 break 'plans;
@@ -128,9 +131,11 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
     if let Some(e) = timeline.journal_error() {
         anyhow::bail!("{} could not be written completely: {e}", events_path.display());
     }
-    let summary = timeline
-        .read(|evs| report::write_all(&dir, &header, evs))
-        .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+    let summary = match last {
+        Some(s) => s,
+        None => report::write_from_journal(&dir, &events_path)
+            .with_context(|| format!("cannot write reports in {}", dir.display()))?,
+    };
     Ok(RunResult { dir, summary })
 }
 

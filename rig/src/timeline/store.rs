@@ -104,8 +104,28 @@ fn next_line<R: BufRead>(r: &mut R, p: &str) -> Result<Option<String>, ReadError
     ))
 }
 
-fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
-    let Some(header_line) = next_line(&mut r, p)? else {
+fn read_jsonl_named<R: BufRead>(r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
+    let mut events = Vec::new();
+    let header = stream_named(r, p, |ev| events.push(ev))?;
+    Ok((header, events))
+}
+
+/// Feeds every event of a journal, plain or compressed, to `f` in order
+/// without holding them: what `rig report` and the run's reports read, so
+/// memory does not grow with the journal. Returns the header.
+pub fn stream(path: &Path, f: impl FnMut(Event)) -> Result<Header, ReadError> {
+    let p = path.display().to_string();
+    stream_named(open_lines(path)?, &p, f)
+}
+
+/// The header of a journal, with the `format`/`version` check of [`stream`].
+pub fn header(path: &Path) -> Result<Header, ReadError> {
+    let p = path.display().to_string();
+    read_header(&mut open_lines(path)?, &p)
+}
+
+fn read_header<R: BufRead>(r: &mut R, p: &str) -> Result<Header, ReadError> {
+    let Some(header_line) = next_line(r, p)? else {
         return Err(ReadError::Parse {
             path: p.to_owned(),
             line: 1,
@@ -127,7 +147,11 @@ fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>
             ),
         });
     }
-    let mut events = Vec::new();
+    Ok(header)
+}
+
+fn stream_named<R: BufRead>(mut r: R, p: &str, mut f: impl FnMut(Event)) -> Result<Header, ReadError> {
+    let header = read_header(&mut r, p)?;
     let mut lineno = 1;
     let mut next = next_line(&mut r, p)?;
     while let Some(line) = next {
@@ -137,7 +161,7 @@ fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>
             continue;
         }
         match serde_json::from_str::<Event>(&line) {
-            Ok(ev) => events.push(ev),
+            Ok(ev) => f(ev),
             // A torn last line: the rig was killed mid-write.
             Err(_) if next.is_none() => break,
             Err(e) => {
@@ -149,5 +173,5 @@ fn read_jsonl_named<R: BufRead>(mut r: R, p: &str) -> Result<(Header, Vec<Event>
             }
         }
     }
-    Ok((header, events))
+    Ok(header)
 }
