@@ -10,13 +10,17 @@
 //! - [`expect`]: counting events in a window, and `expect`'s bounds.
 //! - [`waiting`]: `wait_for` and `sleep_cycles`.
 //! - [`recovery`]: `expect_recovery`, with the endless-resume-loop diagnosis.
+//! - [`recovery_set`]: one `expect_recovery` for every device of a cell,
+//!   followed live from its mark (with the sessions faults lose).
 
 pub mod expect;
 pub mod recovery;
+pub mod recovery_set;
 pub mod waiting;
 
 pub use expect::{Counter, Window};
 pub use recovery::{Fate, RecoveryArgs, RecoveryTracker, RecoveryVerdict};
+pub use recovery_set::RecoverySet;
 pub use waiting::{SleepCyclesTracker, WaitForTracker};
 
 /// The outcome of one check for one device (or the bench): what a

@@ -88,6 +88,10 @@ impl RecoveryTracker {
         self
     }
 
+    pub fn set_fate(&mut self, fate: Fate) {
+        self.fate = fate;
+    }
+
     /// Feeds one event of this device that came after the mark.
     pub fn feed(&mut self, e: &Event) {
         if self.closed {

@@ -8,19 +8,17 @@
 //! step stops the remaining steps (teardown still runs). A driver or cache
 //! error is a fault that names the device and the step.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::time::Instant;
 
 use super::world::World;
-use crate::checks::{
-    self, RecoveryArgs, RecoveryTracker, RecoveryVerdict, SleepCyclesTracker, Verdict, WaitForTracker, Window,
-};
+use crate::checks::{self, RecoveryArgs, RecoverySet, SleepCyclesTracker, Verdict, WaitForTracker};
 use crate::drivers::DriverError;
 use crate::plan::{Action, Cell, Expect, PowerAction, Step, Target};
-use crate::timeline::query;
 use crate::timeline::{EventKind, RecoveryFacts, Source, Timeline};
 use crate::units::fmt_duration;
 
@@ -49,6 +47,33 @@ pub struct Exec<'a> {
     step_no: usize,
     on_step: OnStep<'a>,
     timed_out_in: Option<(usize, String)>,
+    /// Every `expect_recovery` of the cell (by the address of its args).
+    recoveries: Vec<(usize, RecoveryArgs)>,
+    /// Those whose mark was set: followed live since, by an observer.
+    live: HashMap<usize, (Arc<Mutex<RecoverySet>>, u64)>,
+}
+
+impl Drop for Exec<'_> {
+    fn drop(&mut self) {
+        for (_, (_, id)) in self.live.drain() {
+            self.timeline.unobserve(id);
+        }
+    }
+}
+
+/// The key of an `expect_recovery` step: where its arguments live.
+fn key(args: &RecoveryArgs) -> usize {
+    std::ptr::from_ref(args) as usize
+}
+
+/// Every step of `steps`, repeated ones included.
+fn each_step<'s>(steps: &'s [Step], f: &mut impl FnMut(&'s Step)) {
+    for s in steps {
+        f(s);
+        if let Action::Repeat { steps, .. } = &s.action {
+            each_step(steps, f);
+        }
+    }
 }
 
 impl<'a> Exec<'a> {
@@ -59,6 +84,19 @@ impl<'a> Exec<'a> {
         cell: &Cell,
         on_step: OnStep<'a>,
     ) -> Exec<'a> {
+        // What the checks will ask of the past is gathered as it happens.
+        let mut recoveries = Vec::new();
+        for phase in [&cell.setup, &cell.steps, &cell.teardown] {
+            each_step(phase, &mut |s| match &s.action {
+                Action::Expect(Expect {
+                    after: Some(m),
+                    within: Some(w),
+                    ..
+                }) => timeline.want_limit(m, w.as_millis() as u64),
+                Action::ExpectRecovery(args) => recoveries.push((key(args), args.clone())),
+                _ => {}
+            });
+        }
         Exec {
             world,
             timeline,
@@ -68,6 +106,8 @@ impl<'a> Exec<'a> {
             step_no: 0,
             on_step,
             timed_out_in: None,
+            recoveries,
+            live: HashMap::new(),
         }
     }
 
@@ -166,8 +206,10 @@ impl<'a> Exec<'a> {
                 Ok(())
             }
             Action::Mark(name) => {
-                self.timeline
+                let seq = self
+                    .timeline
                     .emit(None, Source::Runner, EventKind::PlanMark { name: name.clone() });
+                self.follow_recoveries(name, seq);
                 Ok(())
             }
             Action::Cache(cmd) => self
@@ -193,7 +235,7 @@ impl<'a> Exec<'a> {
             Action::WaitFor { target, timeout } => self.wait_for(n, desc, target, *timeout).await,
             Action::SleepCycles { n: cycles, timeout } => self.sleep_cycles(n, desc, *cycles, *timeout).await,
             Action::Expect(e) => self.expect(n, desc, e),
-            Action::ExpectRecovery(args) => self.expect_recovery(n, desc, args.clone()).await,
+            Action::ExpectRecovery(args) => self.expect_recovery(n, desc, key(args), &args.mark).await,
             Action::Repeat { .. } => unreachable!("expanded by run_step"),
         }
     }
@@ -257,10 +299,7 @@ impl<'a> Exec<'a> {
     }
 
     fn last_console_line(&self, device: &str) -> Option<String> {
-        self.timeline
-            .read(|evs| query::console_tail(evs, self.cell_index, device, u64::MAX, 1))
-            .pop()
-            .map(|(_, l)| l)
+        self.timeline.index(|i| i.last_console_line(device))
     }
 
     /// Bound for a waiting step: its own timeout if shorter than the plan's.
@@ -314,38 +353,30 @@ impl<'a> Exec<'a> {
     }
 
     fn expect(&mut self, n: usize, desc: &str, e: &Expect) -> Result<(), Stop> {
-        let until_seq = self.timeline.len();
-        let (after_seq, within_ms, since) = match &e.after {
-            Some(a) => {
-                let (seq, t) = self.mark(n, a)?;
-                let within = e.within.map(|w| (t, w.as_millis() as u64));
-                let since = match e.within {
-                    Some(w) => format!("within {} after '{a}'", fmt_duration(w)),
-                    None => format!("after '{a}'"),
-                };
-                (Some(seq), within, since)
-            }
-            None => (None, None, "since the start of the cell".to_owned()),
+        let since = match (&e.after, e.within) {
+            (Some(a), Some(w)) => format!("within {} after '{a}'", fmt_duration(w)),
+            (Some(a), None) => format!("after '{a}'"),
+            (None, _) => "since the start of the cell".to_owned(),
         };
-        let w = Window {
-            after_seq,
-            within_ms,
-            until_seq,
-        };
+        if let Some(a) = &e.after {
+            self.mark(n, a)?;
+        }
+        let within = e.within.filter(|_| e.after.is_some()).map(|w| w.as_millis() as u64);
+        let after = e.after.as_deref();
         let mut ok = true;
         if e.tag.is_deviceless() {
             let seen = self
                 .timeline
-                .read(|evs| checks::expect::count(evs, self.cell_index, None, e.tag, w));
+                .index(|i| i.count(None, e.tag, after, within))
+                .unwrap_or(0);
             let v = checks::expect::verdict("bench", seen, e.tag, e.min, e.max, &since);
             ok &= self.record(n, desc, None, v, None);
         } else {
-            let verdicts: Vec<_> = self.timeline.read(|evs| {
-                let counts = checks::expect::count_per_device(evs, self.cell_index, e.tag, w);
+            let verdicts: Vec<_> = self.timeline.index(|i| {
                 self.devices
                     .iter()
                     .map(|d| {
-                        let seen = counts.get(d.as_str()).copied().unwrap_or(0);
+                        let seen = i.count(Some(d), e.tag, after, within).unwrap_or(0);
                         checks::expect::verdict(d, seen, e.tag, e.min, e.max, &since)
                     })
                     .collect()
@@ -358,50 +389,56 @@ impl<'a> Exec<'a> {
         verdict(ok, false)
     }
 
-    async fn expect_recovery(&mut self, n: usize, desc: &str, args: RecoveryArgs) -> Result<(), Stop> {
-        let (mark_seq, mark_t) = self.mark(n, &args.mark)?;
-        // On a cluster cache: the node each session lived on at the mark, and
-        // (exact_loss) which sessions a fault since lost. A lost device's
-        // tracker follows it from that fault on: a resume before the fault
-        // still had its session.
-        let cell = self.cell_index;
-        let (nodes, lost) = if self.world.cache.backend().nodes() > 0 || args.exact_loss {
-            self.timeline.read(|evs| {
-                let lost = if args.exact_loss {
-                    query::lost_sessions(evs, cell, mark_seq, &self.devices)
-                } else {
-                    Default::default()
-                };
-                (query::session_nodes(evs, cell, mark_seq), lost)
-            })
-        } else {
-            Default::default()
+    /// A mark was set: every `expect_recovery` after it starts following
+    /// the devices from here (again, if the mark is set again).
+    fn follow_recoveries(&mut self, name: &str, mark_seq: u64) {
+        let mark_t = self.timeline.mark(name).map_or(0, |(_, t)| t);
+        let cluster = self.world.cache.backend().nodes() > 0;
+        for (k, args) in self.recoveries.iter().filter(|(_, a)| a.mark == name) {
+            if let Some((_, id)) = self.live.remove(k) {
+                self.timeline.unobserve(id);
+            }
+            let sessions = self
+                .timeline
+                .index(|i| i.sessions_at_mark(name).cloned().unwrap_or_default());
+            let set = RecoverySet::new(
+                self.cell_index,
+                args.clone(),
+                mark_t,
+                &self.devices,
+                sessions,
+                cluster || args.exact_loss,
+            );
+            let set = Arc::new(Mutex::new(set));
+            let fed = Arc::clone(&set);
+            let id = self.timeline.observe(Box::new(move |e| {
+                if e.seq > mark_seq {
+                    fed.lock().unwrap_or_else(|p| p.into_inner()).feed(e);
+                }
+            }));
+            self.live.insert(*k, (set, id));
+        }
+    }
+
+    async fn expect_recovery(&mut self, n: usize, desc: &str, k: usize, mark: &str) -> Result<(), Stop> {
+        self.mark(n, mark)?;
+        let Some((set, id)) = self.live.remove(&k) else {
+            return Err(Stop::Fault(format!(
+                "step {n}: mark '{mark}' was set, but not followed for this check"
+            )));
         };
-        let mut trackers: BTreeMap<String, RecoveryTracker> = self
-            .devices
-            .iter()
-            .map(|d| {
-                let fate = checks::Fate {
-                    node: nodes.get(d).copied(),
-                    lost: args.exact_loss.then(|| lost.contains_key(d)),
-                    how: lost.get(d).map(|(_, how)| how.clone()).unwrap_or_default(),
-                };
-                (d.clone(), RecoveryTracker::new(d, args.clone(), mark_t).with_fate(fate))
-            })
-            .collect();
-        let mut decided: BTreeMap<String, RecoveryVerdict> = BTreeMap::new();
-        let mut next = mark_seq + 1;
+        let lock = || set.lock().unwrap_or_else(|p| p.into_inner());
+        lock().start();
         let mut timed_out = false;
         loop {
+            // The timeline's lock is never taken while the set's is held
+            // (the observer takes them the other way round).
             let now = self.timeline.now_ms();
-            for (d, tr) in &trackers {
-                if !decided.contains_key(d)
-                    && let Some(v) = tr.decided(now)
-                {
-                    decided.insert(d.clone(), v);
-                }
-            }
-            if decided.len() == trackers.len() {
+            let (all, next_deadline) = {
+                let mut s = lock();
+                (s.decide(now), s.next_deadline())
+            };
+            if all {
                 break;
             }
             if self.remaining().is_zero() {
@@ -409,37 +446,22 @@ impl<'a> Exec<'a> {
                 break;
             }
             // Wake up for new events, or when a time limit falls due.
-            let next_deadline = trackers
-                .iter()
-                .filter(|(d, _)| !decided.contains_key(*d))
-                .filter_map(|(_, t)| t.deadline_ms())
-                .min()
-                .map(|ms| Duration::from_millis(ms.saturating_sub(now)));
-            let limit = next_deadline.map_or(self.remaining(), |d| d.min(self.remaining()));
-            self.follow(next, limit, |e| {
-                next = e.seq + 1;
-                if e.cell != cell {
-                    return false;
-                }
-                let Some(d) = e.device.as_deref() else { return false };
-                let Some(tr) = trackers.get_mut(d) else { return false };
-                if decided.contains_key(d) || lost.get(d).is_some_and(|(seq, _)| e.seq <= *seq) {
-                    return false;
-                }
-                tr.feed(e);
-                if let Some(v) = tr.decided(e.t_ms) {
-                    decided.insert(d.to_owned(), v);
-                }
-                decided.len() == trackers.len()
-            })
-            .await;
+            let limit = next_deadline
+                .map(|ms| Duration::from_millis(ms.saturating_sub(now)))
+                .map_or(self.remaining(), |d| d.min(self.remaining()));
+            let from = self.timeline.len();
+            self.follow(from, limit, |_| lock().all_decided()).await;
         }
+        self.timeline.unobserve(id);
+        let verdicts = lock().verdicts();
         let mut ok = true;
-        for d in &self.devices {
-            let v = match decided.remove(d) {
+        for (d, v) in verdicts {
+            let v = match v {
                 Some(v) => v,
                 None => {
-                    let mut v = trackers[d].verdict();
+                    let Some(mut v) = lock().verdict_so_far(&d) else {
+                        continue;
+                    };
                     v.passed = false;
                     v.text = format!("plan timeout before the check was decided: {}", v.text);
                     v
@@ -450,7 +472,7 @@ impl<'a> Exec<'a> {
             } else {
                 Verdict::Fail(v.text)
             };
-            ok &= self.record(n, desc, Some(d), r, Some(v.facts));
+            ok &= self.record(n, desc, Some(&d), r, Some(v.facts));
         }
         verdict(ok, timed_out)
     }

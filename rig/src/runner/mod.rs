@@ -91,8 +91,12 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         Clock::Virtual => Flush::Batched,
         Clock::Real => Flush::EveryEvent,
     };
+    // Checks read the cell's index and follow the live events, reports read
+    // the journal: memory holds only the last events (and those a waiting
+    // step has yet to see), whatever the plan's length.
     let timeline = Timeline::create_with(&events_path, &header, flush, cfg.bench.journal.compress)
-        .with_context(|| format!("cannot create {}", events_path.display()))?;
+        .with_context(|| format!("cannot create {}", events_path.display()))?
+        .retain_last(RETAINED_EVENTS);
     timeline.set_console_lines(cfg.bench.journal.console_lines);
     let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
     let mut index = 0u32;
@@ -138,6 +142,10 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
     };
     Ok(RunResult { dir, summary })
 }
+
+/// Events `rig run` keeps in memory besides those a waiting step has not
+/// seen yet (what a debugger or a panic message can still show).
+const RETAINED_EVENTS: usize = 4096;
 
 fn runtime(clock: Clock) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_current_thread();
@@ -308,6 +316,8 @@ async fn run_cell(
         }
         Some(_) => {}
     }
+    // Its live checks stop following the timeline with it.
+    drop(exec);
     for (d, e) in world.enforce_safe_state().await {
         fault(timeline, format!("{d}: cannot restore the safe power state: {e}"));
         outcome = CellOutcome::Fault;

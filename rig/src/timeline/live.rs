@@ -59,7 +59,18 @@ struct State {
     cell_base: tokio::time::Instant,
     /// Marks set in the current cell: name → (seq, cell ms) of the last one.
     marks: std::collections::HashMap<String, (u64, u64)>,
+    index: super::index::CellIndex,
+    /// Called with every event as it is emitted (live checks).
+    observers: Vec<(u64, Observer)>,
+    /// Where each running [`Timeline::wait`] has got to: events it has not
+    /// seen are retained whatever `retain` says.
+    cursors: std::collections::BTreeMap<u64, u64>,
+    next_id: u64,
 }
+
+/// A function fed every event as it is emitted, under the timeline's lock:
+/// it must be quick and must not touch the timeline.
+pub type Observer = Box<dyn FnMut(&Event) + Send>;
 
 /// When a journal rolls over: `events.jsonl` becomes `events.1.jsonl` (and
 /// so on up to `keep`) and a new file starts with the same header.
@@ -218,6 +229,10 @@ impl Timeline {
                     cell: 0,
                     cell_base: tokio::time::Instant::now(),
                     marks: std::collections::HashMap::new(),
+                    index: Default::default(),
+                    observers: Vec::new(),
+                    cursors: Default::default(),
+                    next_id: 0,
                 }),
                 notify,
             }),
@@ -237,6 +252,7 @@ impl Timeline {
         s.cell = cell;
         s.cell_base = tokio::time::Instant::now();
         s.marks.clear();
+        s.index = Default::default();
         // A board or cloud that died in the last cell is gone with its world.
         s.board_fault = None;
     }
@@ -325,12 +341,20 @@ impl Timeline {
         if let EventKind::PlanMark { name } = &ev.kind {
             s.marks.insert(name.clone(), (seq, t_ms));
         }
+        s.index.feed(&ev);
+        for (_, f) in &mut s.observers {
+            f(&ev);
+        }
         s.events.push(ev);
         if let Some(n) = s.retain
             && s.events.len() > n.max(1) * 2
         {
-            // Drop the older half at once: amortised O(1) per event.
-            let drop_n = s.events.len() - n;
+            // Drop the older half at once: amortised O(1) per event. Never
+            // what a waiting step has yet to see.
+            let mut drop_n = s.events.len() - n;
+            if let Some(min) = s.cursors.values().min() {
+                drop_n = drop_n.min(min.saturating_sub(s.base) as usize);
+            }
             s.events.drain(..drop_n);
             s.base += drop_n as u64;
         }
@@ -362,6 +386,30 @@ impl Timeline {
     /// The last `plan.mark` named `name` in the current cell: (seq, cell ms).
     pub fn mark(&self, name: &str) -> Option<(u64, u64)> {
         self.lock().marks.get(name).copied()
+    }
+
+    /// Asks the cell's index for counts `within_ms` after each mark `mark`
+    /// (an `expect` step's window). Call after [`Timeline::begin_cell`].
+    pub fn want_limit(&self, mark: &str, within_ms: u64) {
+        self.lock().index.want_limit(mark, within_ms);
+    }
+
+    /// Runs `f` on the current cell's index.
+    pub fn index<R>(&self, f: impl FnOnce(&super::index::CellIndex) -> R) -> R {
+        f(&self.lock().index)
+    }
+
+    /// Feeds every event from now on to `f` until [`Timeline::unobserve`].
+    pub fn observe(&self, f: Observer) -> u64 {
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.observers.push((id, f));
+        id
+    }
+
+    pub fn unobserve(&self, id: u64) {
+        self.lock().observers.retain(|(i, _)| *i != id);
     }
 
     /// A journal write error, if one happened.
@@ -466,11 +514,12 @@ impl Timeline {
     pub async fn wait(&self, from_seq: u64, limit: Option<Duration>, mut f: impl FnMut(&Event) -> bool) -> bool {
         let mut rx = self.shared.notify.subscribe();
         let mut next = from_seq;
+        let cursor = Cursor::new(self, from_seq);
         let deadline = limit.map(|l| tokio::time::Instant::now() + l);
         loop {
             rx.borrow_and_update();
             let done = {
-                let s = self.lock();
+                let mut s = self.lock();
                 let mut done = false;
                 // Events no longer retained are skipped.
                 next = next.max(s.base);
@@ -482,6 +531,7 @@ impl Timeline {
                         break;
                     }
                 }
+                s.cursors.insert(cursor.id, next);
                 done
             };
             if done {
@@ -501,5 +551,28 @@ impl Timeline {
                 }
             }
         }
+    }
+}
+
+/// A running wait's place in the timeline, dropped with it (also when the
+/// wait is cancelled).
+struct Cursor<'a> {
+    tl: &'a Timeline,
+    id: u64,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(tl: &'a Timeline, at: u64) -> Cursor<'a> {
+        let mut s = tl.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.cursors.insert(id, at);
+        Cursor { tl, id }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    fn drop(&mut self) {
+        self.tl.lock().cursors.remove(&self.id);
     }
 }

@@ -20,8 +20,12 @@
 //! - [`store`]: reading `events.jsonl` back.
 //! - [`query`]: what checks and reports ask of a timeline (marks, wake
 //!   cycles, a device's last console lines).
+//! - [`index`]: what the checks ask of the current cell's past, kept as
+//!   events are emitted, so `rig run` holds only the last few thousand
+//!   events in memory (and any a waiting step has not seen yet).
 
 pub mod event;
+pub mod index;
 pub mod live;
 pub mod query;
 pub mod store;

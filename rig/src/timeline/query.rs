@@ -3,6 +3,8 @@
 //! The runner, the checks, JUnit and the sign-off all use these, so "a wake
 //! cycle" or "the last console line" means the same thing everywhere.
 
+use std::collections::HashMap;
+
 use super::{Event, EventKind};
 
 /// The last `plan.mark` named `name` in `cell`: (seq, cell milliseconds).
@@ -35,37 +37,12 @@ pub fn console_tail(events: &[Event], cell: u32, device: &str, before: u64, n: u
 /// (inclusive) of `cell`: its last session (from the cloud's handshake,
 /// resume and connect events), hashed to its slot, and the slot's master in
 /// the last `cache.cluster` layout. Empty without a cluster cache.
-pub fn session_nodes(events: &[Event], cell: u32, upto: u64) -> std::collections::HashMap<String, u32> {
-    let mut layout: Option<&Vec<super::ClusterNode>> = None;
-    let mut session: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
+pub fn session_nodes(events: &[Event], cell: u32, upto: u64) -> HashMap<String, u32> {
+    let mut s = Sessions::default();
     for e in events.iter().filter(|e| e.cell == cell && e.seq <= upto) {
-        match &e.kind {
-            EventKind::CacheCluster { nodes } => layout = Some(nodes),
-            EventKind::CloudHandshake { session: s }
-            | EventKind::CloudResumed { session: s }
-            | EventKind::CloudConnected { session: s, .. } => {
-                if let Some(d) = e.device.as_deref() {
-                    session.insert(d, s);
-                }
-            }
-            _ => {}
-        }
+        s.feed(e);
     }
-    let Some(layout) = layout else {
-        return Default::default();
-    };
-    let owners = crate::cache::redis_cluster::nodes::owners(layout);
-    session
-        .into_iter()
-        .filter_map(|(d, s)| {
-            let slot = crate::cache::redis_cluster::slot_of(u64::from_str_radix(s, 16).ok()?);
-            let node = owners
-                .iter()
-                .find(|((lo, hi), _)| (*lo..=*hi).contains(&slot))
-                .map(|(_, n)| *n)?;
-            Some((d.to_owned(), node))
-        })
-        .collect()
+    s.nodes()
 }
 
 /// Devices whose current cloud session a cache fault in `cell` after event
@@ -75,57 +52,121 @@ pub fn session_nodes(events: &[Event], cell: u32, upto: u64) -> std::collections
 /// device that has handshaken since may linger on a node); a `cache.kill`
 /// or `cache.flush` loses every device of `all`. (A restore from a snapshot
 /// afterwards is not subtracted.)
-pub fn lost_sessions(
-    events: &[Event],
-    cell: u32,
-    after: u64,
-    all: &[String],
-) -> std::collections::HashMap<String, (u64, String)> {
-    let mut lost: std::collections::HashMap<String, (u64, String)> = std::collections::HashMap::new();
-    let mut current: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
-    let mut add = |d: &str, seq: u64, how: &str| {
-        lost.entry(d.to_owned()).or_insert_with(|| (seq, how.to_owned()));
-    };
+pub fn lost_sessions(events: &[Event], cell: u32, after: u64, all: &[String]) -> HashMap<String, (u64, String)> {
+    let mut s = Sessions::default();
+    let mut losses = Vec::new();
     for e in events.iter().filter(|e| e.cell == cell) {
-        let listed = |sessions: &[String], devices: &[String]| -> Vec<String> {
-            sessions
-                .iter()
-                .zip(devices)
-                .filter(|(s, d)| current.get(d.as_str()) == Some(&s.as_str()))
-                .map(|(_, d)| d.clone())
-                .collect()
+        if e.seq > after {
+            s.losses(e, &mut losses);
+        }
+        s.feed(e);
+    }
+    first_losses(&losses, after, all)
+}
+
+/// A session a cache fault lost: its device (None: every device), the
+/// fault's seq and how.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    pub seq: u64,
+    pub device: Option<String>,
+    pub how: String,
+}
+
+/// Each device's first loss after event `after`.
+pub fn first_losses(losses: &[Loss], after: u64, all: &[String]) -> HashMap<String, (u64, String)> {
+    let mut lost: HashMap<String, (u64, String)> = HashMap::new();
+    for l in losses.iter().filter(|l| l.seq > after) {
+        let mut add = |d: &str| {
+            lost.entry(d.to_owned()).or_insert_with(|| (l.seq, l.how.clone()));
         };
+        match &l.device {
+            Some(d) => add(d),
+            None => all.iter().for_each(|d| add(d)),
+        }
+    }
+    lost
+}
+
+/// The cloud session each device is on and the cache's cluster layout, as
+/// the events go by: bounded by the devices, whatever the plan's length.
+#[derive(Debug, Clone, Default)]
+pub struct Sessions {
+    layout: Option<Vec<super::ClusterNode>>,
+    current: HashMap<String, String>,
+}
+
+impl Sessions {
+    pub fn feed(&mut self, e: &Event) {
         match &e.kind {
+            EventKind::CacheCluster { nodes } => self.layout = Some(nodes.clone()),
             EventKind::CloudHandshake { session: s }
             | EventKind::CloudResumed { session: s }
             | EventKind::CloudConnected { session: s, .. } => {
                 if let Some(d) = e.device.as_deref() {
-                    current.insert(d, s);
-                }
-            }
-            EventKind::CacheNodeKill(k) if e.seq > after => {
-                let how = match k.promoted {
-                    Some(p) => format!("with node {} (not yet on node {p}, which took over)", k.node),
-                    None => format!("with node {}", k.node),
-                };
-                for d in listed(&k.sessions, &k.devices) {
-                    add(&d, e.seq, &how);
-                }
-            }
-            EventKind::CacheEvict { sessions, devices, .. } if e.seq > after => {
-                for d in listed(sessions, devices) {
-                    add(&d, e.seq, "to an eviction");
-                }
-            }
-            EventKind::CacheKill { .. } | EventKind::CacheFlush { .. } if e.seq > after => {
-                for d in all {
-                    add(d, e.seq, "with the whole cache");
+                    match self.current.get_mut(d) {
+                        Some(cur) if cur == s => {}
+                        Some(cur) => s.clone_into(cur),
+                        None => {
+                            self.current.insert(d.to_owned(), s.clone());
+                        }
+                    }
                 }
             }
             _ => {}
         }
     }
-    lost
+
+    /// The node each device's current session lives on (empty without a
+    /// cluster layout).
+    pub fn nodes(&self) -> HashMap<String, u32> {
+        let Some(layout) = &self.layout else {
+            return Default::default();
+        };
+        let owners = crate::cache::redis_cluster::nodes::owners(layout);
+        self.current
+            .iter()
+            .filter_map(|(d, s)| {
+                let slot = crate::cache::redis_cluster::slot_of(u64::from_str_radix(s, 16).ok()?);
+                let node = owners
+                    .iter()
+                    .find(|((lo, hi), _)| (*lo..=*hi).contains(&slot))
+                    .map(|(_, n)| *n)?;
+                Some((d.clone(), node))
+            })
+            .collect()
+    }
+
+    /// The sessions cache fault `e` loses, given the sessions before it.
+    pub fn losses(&self, e: &Event, out: &mut Vec<Loss>) {
+        let listed = |sessions: &[String], devices: &[String], how: &str, out: &mut Vec<Loss>| {
+            for (s, d) in sessions.iter().zip(devices) {
+                if self.current.get(d.as_str()) == Some(s) {
+                    out.push(Loss {
+                        seq: e.seq,
+                        device: Some(d.clone()),
+                        how: how.to_owned(),
+                    });
+                }
+            }
+        };
+        match &e.kind {
+            EventKind::CacheNodeKill(k) => {
+                let how = match k.promoted {
+                    Some(p) => format!("with node {} (not yet on node {p}, which took over)", k.node),
+                    None => format!("with node {}", k.node),
+                };
+                listed(&k.sessions, &k.devices, &how, out);
+            }
+            EventKind::CacheEvict { sessions, devices, .. } => listed(sessions, devices, "to an eviction", out),
+            EventKind::CacheKill { .. } | EventKind::CacheFlush { .. } => out.push(Loss {
+                seq: e.seq,
+                device: None,
+                how: "with the whole cache".into(),
+            }),
+            _ => {}
+        }
+    }
 }
 
 /// What one event did to a device's wake cycles.

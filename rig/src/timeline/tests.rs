@@ -367,6 +367,97 @@ mod basics {
         assert_eq!(none.len(), 3);
     }
 
+    /// `rig run` keeps only the last few thousand events: a waiting step
+    /// that is polled after a burst of more than that (a fleet's devices all
+    /// waking at one virtual instant) must still see every event of it.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_sees_every_event_however_few_are_retained() {
+        let tl = Timeline::in_memory().retain_last(8);
+        let tl2 = tl.clone();
+        let waiter = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            tl2.wait(0, Some(Duration::from_secs(60)), |e| {
+                seen.push(e.seq);
+                e.kind == EventKind::PowerOff { pid: None }
+            })
+            .await;
+            seen
+        });
+        // The waiter registers, then 1,000 events arrive before it runs again.
+        tokio::task::yield_now().await;
+        for _ in 0..1000 {
+            tl.emit(Some("a"), Source::Power, EventKind::PowerOn { pid: None });
+        }
+        tl.emit(Some("a"), Source::Power, EventKind::PowerOff { pid: None });
+        let seen = waiter.await.unwrap();
+        assert_eq!(seen, (0..=1000).collect::<Vec<u64>>(), "no event skipped");
+        // With the waiter gone, memory goes back to the bound.
+        for _ in 0..100 {
+            tl.emit(None, Source::Runner, EventKind::PowerOn { pid: None });
+        }
+        assert!(tl.snapshot().len() <= 16, "{}", tl.snapshot().len());
+    }
+
+    /// What the checks ask of a cell's past comes from the index, which the
+    /// retained events' bound does not touch.
+    #[tokio::test(start_paused = true)]
+    async fn the_cell_index_counts_since_marks_and_within_limits() {
+        let tl = Timeline::in_memory().retain_last(2);
+        tl.begin_cell(0);
+        tl.want_limit("crash", 60_000);
+        let resumed = |d: &str| {
+            tl.emit(Some(d), Source::Cloud, EventKind::CloudResumed { session: "5".into() });
+        };
+        resumed("a");
+        resumed("a");
+        tl.emit(None, Source::Runner, EventKind::PlanMark { name: "crash".into() });
+        resumed("a");
+        resumed("b");
+        tokio::time::advance(Duration::from_secs(61)).await;
+        resumed("a");
+        tl.emit_device(
+            "a",
+            Source::Console,
+            EventKind::ConsoleLine {
+                line: "zz".into(),
+                partial: false,
+            },
+        );
+        tl.index(|i| {
+            let t = EventTag::CloudResumed;
+            assert_eq!(i.count(Some("a"), t, None, None), Some(4), "since the cell began");
+            assert_eq!(i.count(Some("a"), t, Some("crash"), None), Some(2), "since the mark");
+            assert_eq!(
+                i.count(Some("a"), t, Some("crash"), Some(60_000)),
+                Some(1),
+                "within 1 min of it"
+            );
+            assert_eq!(i.count(Some("b"), t, Some("crash"), Some(60_000)), Some(1));
+            assert_eq!(i.count(Some("c"), t, Some("crash"), None), Some(0));
+            assert_eq!(i.count(None, EventTag::PlanMark, None, None), Some(1));
+            assert_eq!(i.count(Some("a"), t, Some("never-set"), None), None);
+            assert_eq!(i.last_console_line("a").as_deref(), Some("zz"));
+            assert_eq!(i.last_console_line("b"), None);
+        });
+        tl.emit(
+            None,
+            Source::Cache,
+            EventKind::CacheKill {
+                backend: "memory".into(),
+                pid: None,
+            },
+        );
+        let all = vec!["a".to_string(), "b".to_string()];
+        let lost = tl.index(|i| i.lost_since(0, &all));
+        assert_eq!(lost.len(), 2, "a cache kill loses every device's session");
+        // The next cell starts from nothing.
+        tl.begin_cell(1);
+        assert_eq!(
+            tl.index(|i| i.count(Some("a"), EventTag::CloudResumed, None, None)),
+            Some(0)
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn wait_sees_each_event_once_and_times_out() {
         let tl = Timeline::in_memory();
