@@ -85,6 +85,28 @@ struct CellFold {
     fleet: Option<FleetFold>,
 }
 
+/// Which journal lines [`Gather`] and the console logs need: what any
+/// device's console log or the fleet view shows, checks, device-less
+/// events, and every event of the devices drawn or quoted. The rest (a
+/// fleet's wakes, resumes, publishes) is not parsed at all.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    devices: std::collections::HashSet<String>,
+    traffic: bool,
+}
+
+impl Filter {
+    pub fn keep(&self, kind: &str, device: Option<&str>) -> bool {
+        let Some(d) = device else { return true };
+        match kind {
+            "console.line" | "console.gap" | "power.on" | "power.off" | "reset.soft" | "device.reset"
+            | "flash.done" | "cloud.handshake" | "check.pass" | "check.fail" => true,
+            "cloud.exchange" | "cloud.rx" | "cloud.tx" if self.traffic => true,
+            _ => self.devices.contains(d),
+        }
+    }
+}
+
 /// The one pass that builds [`Evidence`].
 pub struct Gather {
     cells: BTreeMap<u32, CellFold>,
@@ -123,6 +145,20 @@ impl Gather {
             rings,
             wanted_at,
             tails: HashMap::new(),
+        }
+    }
+
+    /// The lines this gathering needs (see [`Filter`]).
+    pub fn filter(&self) -> Filter {
+        let mut devices: std::collections::HashSet<String> = self
+            .cells
+            .values()
+            .flat_map(|c| c.view.tracks.keys().cloned())
+            .collect();
+        devices.extend(self.rings.keys().map(|(_, d)| d.clone()));
+        Filter {
+            devices,
+            traffic: self.cells.values().any(|c| c.fleet.is_some()),
         }
     }
 

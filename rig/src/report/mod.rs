@@ -23,7 +23,7 @@ pub use summary::{CellSummary, CellVerdict, Overall, Summary, summarize};
 /// Writes every report for `events` into `dir` and returns the summary.
 pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Result<Summary> {
     let summary = summarize(header, events);
-    write_with(dir, header, &summary, |f| {
+    write_with(dir, header, &summary, events.last().map(|e| e.wall), |_, f| {
         events.iter().for_each(f);
         Ok(())
     })
@@ -56,29 +56,44 @@ pub fn write_from_journal(dir: &Path, journal: &Path) -> Result<Summary, ReportE
     let mut s = summary::Summarizer::default();
     let header = crate::timeline::store::stream(journal, |e| s.feed(&e))?;
     let summary = s.summary(&header);
-    write_with(dir, &header, &summary, |f| {
-        crate::timeline::store::stream(journal, |e| f(&e)).map(drop)
-    })?;
+    write_summarized(dir, &header, &summary, s.last_wall, journal)?;
     Ok(summary)
 }
 
-/// Writes the reports of `summary`; `pass` feeds the run's events, in
-/// order, to the function it is given (once).
+/// The reports of a run whose summary is known (`rig run` keeps it as the
+/// events are emitted), from one filtered streaming pass over its journal.
+pub fn write_summarized(
+    dir: &Path,
+    header: &Header,
+    summary: &Summary,
+    last_wall: Option<time::OffsetDateTime>,
+    journal: &Path,
+) -> Result<(), ReportError> {
+    write_with(dir, header, summary, last_wall, |filter, f| {
+        crate::timeline::store::stream_filtered(journal, |k, d| filter.keep(k, d), |e| f(&e)).map(drop)
+    })
+}
+
+/// Writes the reports of `summary`; `pass` feeds the run's events (those
+/// the filter keeps, at least), in order, to the function it is given.
 fn write_with(
     dir: &Path,
     header: &Header,
     summary: &Summary,
-    pass: impl FnOnce(&mut dyn FnMut(&Event)) -> Result<(), crate::timeline::ReadError>,
+    last_wall: Option<time::OffsetDateTime>,
+    pass: impl FnOnce(&evidence::Filter, &mut dyn FnMut(&Event)) -> Result<(), crate::timeline::ReadError>,
 ) -> Result<(), ReportError> {
     let console_dir = dir.join("console");
     crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
     let mut gather = evidence::Gather::new(summary);
     let mut logs = ConsoleLogs::new(&console_dir, summary);
-    pass(&mut |e| {
+    let filter = gather.filter();
+    pass(&filter, &mut |e| {
         gather.feed(e);
         logs.feed(e);
     })?;
-    let evidence = gather.finish(summary);
+    let mut evidence = gather.finish(summary);
+    evidence.last_wall = last_wall.or(evidence.last_wall);
     logs.finish()?;
     write_atomic(
         &dir.join("summary.json"),
@@ -117,11 +132,14 @@ pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
     let header = crate::timeline::store::stream(&journal, |e| s.feed(&e))?;
     let summary = s.summary(&header);
     let mut gather = evidence::Gather::new(&summary);
-    crate::timeline::store::stream(&journal, |e| gather.feed(&e))?;
+    let filter = gather.filter();
+    crate::timeline::store::stream_filtered(&journal, |k, d| filter.keep(k, d), |e| gather.feed(&e))?;
+    let mut evidence = gather.finish(&summary);
+    evidence.last_wall = s.last_wall.or(evidence.last_wall);
     Ok(Loaded {
         dir: dir.to_owned(),
         header,
-        evidence: gather.finish(&summary),
+        evidence,
         summary,
     })
 }

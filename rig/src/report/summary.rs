@@ -140,7 +140,7 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
 pub struct Summarizer {
     cells: Vec<CellSummary>,
     first_wall: BTreeMap<u32, OffsetDateTime>,
-    seen: std::collections::HashSet<(u32, String)>,
+    seen: BTreeMap<u32, std::collections::HashSet<String>>,
     // When each step started (wall clock), for the checks' durations.
     step_wall: BTreeMap<(u32, usize), OffsetDateTime>,
     /// Wall time of the last event fed.
@@ -205,10 +205,12 @@ impl Summarizer {
             c.wall_ms = (e.wall - *w).whole_milliseconds().max(0) as u64;
         }
         // A set beside the list: a fleet has thousands of devices.
-        if let Some(d) = &e.device
-            && seen.insert((e.cell, d.clone()))
-        {
-            c.devices.push(d.clone());
+        if let Some(d) = &e.device {
+            let in_cell = seen.entry(e.cell).or_default();
+            if !in_cell.contains(d) {
+                in_cell.insert(d.clone());
+                c.devices.push(d.clone());
+            }
         }
         match &e.kind {
             EventKind::CellEnd { outcome } => c.outcome = Some(*outcome),

@@ -98,6 +98,11 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         .with_context(|| format!("cannot create {}", events_path.display()))?
         .retain_last(RETAINED_EVENTS);
     timeline.set_console_lines(cfg.bench.journal.console_lines);
+    // The summary is kept as the events are emitted (it is small); the
+    // rest of the reports come from the journal after each cell.
+    let summarizer = std::sync::Arc::new(std::sync::Mutex::new(report::summary::Summarizer::default()));
+    let fed = std::sync::Arc::clone(&summarizer);
+    timeline.observe(Box::new(move |e| fed.lock().unwrap_or_else(|p| p.into_inner()).feed(e)));
     let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
     let mut index = 0u32;
     let mut last = None;
@@ -120,7 +125,11 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
             }
             // From the journal, not the timeline in memory: what is
             // reported is what is on disk, in memory bounded by the devices.
-            let summary = report::write_from_journal(&dir, &events_path)
+            let (summary, last_wall) = {
+                let s = summarizer.lock().unwrap_or_else(|p| p.into_inner());
+                (s.summary(&header), s.last_wall)
+            };
+            report::write_summarized(&dir, &header, &summary, last_wall, &events_path)
                 .with_context(|| format!("cannot write reports in {}", dir.display()))?;
             if let Some(c) = summary.cells.last() {
                 cfg.progress.cell_end(&report::cell_line(c));

@@ -106,7 +106,7 @@ fn next_line<R: BufRead>(r: &mut R, p: &str) -> Result<Option<String>, ReadError
 
 fn read_jsonl_named<R: BufRead>(r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
     let mut events = Vec::new();
-    let header = stream_named(r, p, |ev| events.push(ev))?;
+    let header = stream_named(r, p, |_| true, |ev| events.push(ev))?;
     Ok((header, events))
 }
 
@@ -115,7 +115,45 @@ fn read_jsonl_named<R: BufRead>(r: R, p: &str) -> Result<(Header, Vec<Event>), R
 /// memory does not grow with the journal. Returns the header.
 pub fn stream(path: &Path, f: impl FnMut(Event)) -> Result<Header, ReadError> {
     let p = path.display().to_string();
-    stream_named(open_lines(path)?, &p, f)
+    stream_named(open_lines(path)?, &p, |_| true, f)
+}
+
+/// [`stream`] of the events whose journal line `keep` accepts (given the
+/// line's `kind` and `device` as written): a reader that needs a few kinds
+/// does not pay for parsing the rest.
+pub fn stream_filtered(
+    path: &Path,
+    keep: impl Fn(&str, Option<&str>) -> bool,
+    f: impl FnMut(Event),
+) -> Result<Header, ReadError> {
+    let p = path.display().to_string();
+    stream_named(open_lines(path)?, &p, |line| wanted(line, &keep), f)
+}
+
+/// Whether `keep` wants a journal line, read from its `kind` and `device`
+/// as the rig writes them (`"device":"…"` before `"kind":"…"`); a line
+/// written otherwise is parsed, so nothing is missed.
+fn wanted(line: &str, keep: &impl Fn(&str, Option<&str>) -> bool) -> bool {
+    const KIND: &str = "\"kind\":\"";
+    const DEVICE: &str = "\"device\":\"";
+    let Some(at) = line.find(KIND) else { return true };
+    let Some(kind) = quoted(&line[at + KIND.len()..]) else {
+        return true;
+    };
+    let device = match line[..at].find(DEVICE) {
+        None => None,
+        Some(d) => match quoted(&line[d + DEVICE.len()..at]) {
+            Some(id) => Some(id),
+            None => return true,
+        },
+    };
+    keep(kind, device)
+}
+
+/// The text up to the closing quote; None if it holds an escape.
+fn quoted(s: &str) -> Option<&str> {
+    let v = &s[..s.find('"')?];
+    (!v.contains('\\')).then_some(v)
 }
 
 /// The header of a journal, with the `format`/`version` check of [`stream`].
@@ -150,14 +188,19 @@ fn read_header<R: BufRead>(r: &mut R, p: &str) -> Result<Header, ReadError> {
     Ok(header)
 }
 
-fn stream_named<R: BufRead>(mut r: R, p: &str, mut f: impl FnMut(Event)) -> Result<Header, ReadError> {
+fn stream_named<R: BufRead>(
+    mut r: R,
+    p: &str,
+    keep: impl Fn(&str) -> bool,
+    mut f: impl FnMut(Event),
+) -> Result<Header, ReadError> {
     let header = read_header(&mut r, p)?;
     let mut lineno = 1;
     let mut next = next_line(&mut r, p)?;
     while let Some(line) = next {
         lineno += 1;
         next = next_line(&mut r, p)?;
-        if line.trim().is_empty() {
+        if line.trim().is_empty() || !keep(&line) {
             continue;
         }
         match serde_json::from_str::<Event>(&line) {
