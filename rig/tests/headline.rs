@@ -340,3 +340,28 @@ const SOFT_RESET_CODE: i32 = 0;
 const SOFT_RESET_CHECKS: &str = "827d50b9c8b25be011d6a94fd7e387148ff6f2224f15d754de5f49201571f1ef";
 const HEADLINE_CODE: i32 = 0;
 const HEADLINE_CHECKS: &str = "333a9344d4ef61ed2e29f032f496d6aa39c72700118041383534f8dd83bc13f3";
+
+/// The reports `rig run` writes (from a read of the journal that skips the
+/// lines no report needs) are those rendered from every event in memory.
+#[test]
+fn reports_from_the_filtered_journal_are_those_of_every_event() {
+    let r = run(&[plan("session-cache-crash.yaml").to_str().unwrap(), "--seed", "4"]);
+    assert_eq!(r.code(), 0);
+    let dir = r.run_dir();
+    let (header, events) = rig::timeline::read_jsonl(&dir.join("events.jsonl")).unwrap();
+    let all = tempfile::tempdir().unwrap();
+    rig::report::write_all(all.path(), &header, &events).unwrap();
+    for f in [
+        "summary.json",
+        "junit.xml",
+        "signoff.html",
+        "signoff.md",
+        "console/sleepy-03.log",
+    ] {
+        let (a, b) = (
+            std::fs::read(dir.join(f)).unwrap(),
+            std::fs::read(all.path().join(f)).unwrap(),
+        );
+        assert!(a == b, "{f} differs");
+    }
+}

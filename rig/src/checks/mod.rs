@@ -7,7 +7,7 @@
 //! (which is what lets `rig report` re-derive a verdict from `events.jsonl`).
 //!
 //! # Layout
-//! - [`expect`]: counting events in a window, and `expect`'s bounds.
+//! - [`expect`]: `expect`'s bounds.
 //! - [`waiting`]: `wait_for` and `sleep_cycles`.
 //! - [`recovery`]: `expect_recovery`, with the endless-resume-loop diagnosis.
 //! - [`recovery_set`]: one `expect_recovery` for every device of a cell,
@@ -18,7 +18,6 @@ pub mod recovery;
 pub mod recovery_set;
 pub mod waiting;
 
-pub use expect::{Counter, Window};
 pub use recovery::{Fate, RecoveryArgs, RecoveryTracker, RecoveryVerdict};
 pub use recovery_set::RecoverySet;
 pub use waiting::{SleepCyclesTracker, WaitForTracker};

@@ -419,3 +419,86 @@ impl ViewFold {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::{CellStart, Header, Source};
+
+    fn ev(seq: u64, cell: u32, t: u64, device: Option<&str>, kind: EventKind) -> Event {
+        let mut e = Event::at(seq, t, device.unwrap_or("-"), Source::Console, kind);
+        e.cell = cell;
+        e.device = device.map(str::to_owned);
+        e
+    }
+
+    fn line(s: &str) -> EventKind {
+        EventKind::ConsoleLine {
+            line: s.into(),
+            partial: false,
+        }
+    }
+
+    fn start() -> EventKind {
+        EventKind::CellStart(Box::new(CellStart {
+            plan: "p".into(),
+            plan_path: "p.yaml".into(),
+            plan_sha256: "00".into(),
+            name: "c".into(),
+            vars: Default::default(),
+            expect_failure: false,
+            seed: 1,
+            bench: "sim".into(),
+            clock: "virtual".into(),
+        }))
+    }
+
+    fn fail(check: &str) -> EventKind {
+        EventKind::CheckFail {
+            step: 1,
+            check: check.into(),
+            message: "m".into(),
+            facts: None,
+        }
+    }
+
+    /// The console lines quoted for a failed check are the device's last
+    /// ones in its cell before the check: not another cell's, not another
+    /// device's, not those after it.
+    #[test]
+    fn a_failed_checks_console_tail_is_its_devices_last_lines_of_the_cell_before_it() {
+        let evs = vec![
+            ev(0, 0, 0, None, start()),
+            ev(1, 0, 1, Some("a"), line("old cell")),
+            ev(2, 1, 0, None, start()),
+            ev(3, 1, 1, Some("a"), line("one")),
+            ev(4, 1, 2, Some("b"), line("other device")),
+            ev(5, 1, 3, Some("a"), line("two")),
+            ev(6, 1, 4, Some("a"), line("three")),
+            ev(7, 1, 5, Some("a"), fail("x")),
+            ev(8, 1, 6, Some("a"), line("after")),
+        ];
+        let header = Header {
+            format: crate::timeline::FORMAT.into(),
+            version: 1,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec![],
+            started: time::OffsetDateTime::UNIX_EPOCH,
+            shard: None,
+        };
+        let summary = super::super::summarize(&header, &evs);
+        let ev = Evidence::of(&summary, &evs);
+        assert_eq!(
+            ev.console_tail(1, "a", 7, 2),
+            vec![(3, "two".to_string()), (4, "three".to_string())]
+        );
+        assert_eq!(ev.console_tail(1, "a", 7, 10).len(), 3);
+        assert!(ev.console_tail(1, "b", 7, 10).is_empty(), "b failed nothing");
+        // Only the failing device and the sample are drawn; all are counted.
+        let cell = &ev.cells[&1];
+        assert!(cell.tracks.contains_key("a"));
+    }
+}

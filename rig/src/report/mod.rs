@@ -189,9 +189,12 @@ struct ConsoleLogs<'a> {
     summary: &'a Summary,
     held: BTreeMap<String, String>,
     held_bytes: usize,
+    spill_at: usize,
     /// Temporary files of the logs that spilled.
     spilled: BTreeMap<String, std::path::PathBuf>,
     current: std::collections::HashMap<String, u32>,
+    /// The first failed spill (what was held then is lost): `finish` says so.
+    error: Option<std::io::Error>,
 }
 
 impl<'a> ConsoleLogs<'a> {
@@ -201,8 +204,10 @@ impl<'a> ConsoleLogs<'a> {
             summary,
             held: BTreeMap::new(),
             held_bytes: 0,
+            spill_at: CONSOLE_SPILL,
             spilled: BTreeMap::new(),
             current: Default::default(),
+            error: None,
         }
     }
 
@@ -219,9 +224,10 @@ impl<'a> ConsoleLogs<'a> {
         }
         let _ = writeln!(log, "[{}] {line}", fmt_clock(e.t_ms));
         self.held_bytes += log.len() - before;
-        if self.held_bytes > CONSOLE_SPILL {
-            // An error here shows again, and is returned, at `finish`.
-            let _ = self.spill();
+        if self.held_bytes > self.spill_at
+            && let Err(e) = self.spill()
+        {
+            self.error.get_or_insert(e);
         }
     }
 
@@ -247,6 +253,12 @@ impl<'a> ConsoleLogs<'a> {
     }
 
     fn finish(mut self) -> std::io::Result<()> {
+        if let Some(e) = self.error.take() {
+            for tmp in self.spilled.values() {
+                let _ = std::fs::remove_file(tmp);
+            }
+            return Err(e);
+        }
         if self.spilled.is_empty() {
             for (d, text) in &self.held {
                 write_atomic(&self.log_path(d), text.as_bytes())?;
@@ -266,16 +278,6 @@ impl<'a> ConsoleLogs<'a> {
         }
         r
     }
-}
-
-/// Every device's console log from events in memory: device → text.
-pub fn console_logs(summary: &Summary, events: &[Event]) -> BTreeMap<String, String> {
-    let mut logs = ConsoleLogs::new(Path::new("."), summary);
-    for e in events {
-        logs.held_bytes = 0;
-        logs.feed(e);
-    }
-    logs.held
 }
 
 /// What an event adds to its device's console log, if anything.
@@ -436,4 +438,66 @@ pub fn verdict_table(s: &Summary) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::Source;
+
+    fn logs_with(spill_at: usize, events: &[Event]) -> BTreeMap<String, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let header = Header {
+            format: crate::timeline::FORMAT.into(),
+            version: 1,
+            run_id: "r".into(),
+            rig_version: "0".into(),
+            seed: 1,
+            bench: "sim".into(),
+            plans: vec![],
+            started: time::OffsetDateTime::UNIX_EPOCH,
+            shard: None,
+        };
+        let summary = summarize(&header, events);
+        let mut logs = ConsoleLogs::new(dir.path(), &summary);
+        logs.spill_at = spill_at;
+        for e in events {
+            logs.feed(e);
+        }
+        logs.finish().unwrap();
+        let mut out = BTreeMap::new();
+        for f in std::fs::read_dir(dir.path()).unwrap() {
+            let f = f.unwrap();
+            let name = f.file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "no temporary file left: {name}");
+            out.insert(name, std::fs::read_to_string(f.path()).unwrap());
+        }
+        out
+    }
+
+    /// Console logs past the memory they may take go to temporary files
+    /// and come out the same as those written from memory at once.
+    #[test]
+    fn console_logs_that_spill_to_disk_are_the_same_as_those_held() {
+        let events: Vec<Event> = (0..400u64)
+            .map(|i| {
+                let d = format!("dev-{}", i % 3);
+                Event::at(
+                    i,
+                    i * 10,
+                    &d,
+                    Source::Console,
+                    EventKind::ConsoleLine {
+                        line: format!("line {i} of {d}"),
+                        partial: false,
+                    },
+                )
+            })
+            .collect();
+        let held = logs_with(usize::MAX, &events);
+        let spilled = logs_with(200, &events);
+        assert_eq!(held.len(), 3);
+        assert!(held["dev-1.log"].contains("line 397 of dev-1"));
+        assert_eq!(held, spilled);
+    }
 }

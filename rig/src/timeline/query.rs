@@ -7,63 +7,6 @@ use std::collections::HashMap;
 
 use super::{Event, EventKind};
 
-/// The last `plan.mark` named `name` in `cell`: (seq, cell milliseconds).
-pub fn mark(events: &[Event], cell: u32, name: &str) -> Option<(u64, u64)> {
-    events
-        .iter()
-        .rev()
-        .filter(|e| e.cell == cell)
-        .find(|e| matches!(&e.kind, EventKind::PlanMark { name: n } if n == name))
-        .map(|e| (e.seq, e.t_ms))
-}
-
-/// The last `n` console lines of `device` in `cell` before event `before`
-/// (exclusive; `u64::MAX` for all), oldest first, with their cell times.
-pub fn console_tail(events: &[Event], cell: u32, device: &str, before: u64, n: usize) -> Vec<(u64, String)> {
-    let mut out: Vec<(u64, String)> = events
-        .iter()
-        .rev()
-        .filter(|e| e.seq < before)
-        .take_while(|e| e.cell >= cell)
-        .filter(|e| e.cell == cell && e.is(device))
-        .filter_map(|e| e.kind.console_line().map(|l| (e.t_ms, l.to_owned())))
-        .take(n)
-        .collect();
-    out.reverse();
-    out
-}
-
-/// The cluster node each device's session lived on at event `upto`
-/// (inclusive) of `cell`: its last session (from the cloud's handshake,
-/// resume and connect events), hashed to its slot, and the slot's master in
-/// the last `cache.cluster` layout. Empty without a cluster cache.
-pub fn session_nodes(events: &[Event], cell: u32, upto: u64) -> HashMap<String, u32> {
-    let mut s = Sessions::default();
-    for e in events.iter().filter(|e| e.cell == cell && e.seq <= upto) {
-        s.feed(e);
-    }
-    s.nodes()
-}
-
-/// Devices whose current cloud session a cache fault in `cell` after event
-/// `after` lost, with the seq of that fault and how it was lost: a
-/// `cache.node_kill` or `cache.evict` lists sessions, and a device counts
-/// only if the listed one was its current session (an older session of a
-/// device that has handshaken since may linger on a node); a `cache.kill`
-/// or `cache.flush` loses every device of `all`. (A restore from a snapshot
-/// afterwards is not subtracted.)
-pub fn lost_sessions(events: &[Event], cell: u32, after: u64, all: &[String]) -> HashMap<String, (u64, String)> {
-    let mut s = Sessions::default();
-    let mut losses = Vec::new();
-    for e in events.iter().filter(|e| e.cell == cell) {
-        if e.seq > after {
-            s.losses(e, &mut losses);
-        }
-        s.feed(e);
-    }
-    first_losses(&losses, after, all)
-}
-
 /// A session a cache fault lost: its device (None: every device), the
 /// fault's seq and how.
 #[derive(Debug, Clone)]
@@ -241,31 +184,6 @@ mod tests {
             cell,
             ..Event::at(seq, t, device, Source::Console, kind)
         }
-    }
-
-    fn line(s: &str) -> EventKind {
-        EventKind::ConsoleLine {
-            line: s.into(),
-            partial: false,
-        }
-    }
-
-    #[test]
-    fn console_tail_is_the_devices_last_lines_of_the_cell_before_an_event() {
-        let evs = vec![
-            ev(0, 0, 1, "a", line("old cell")),
-            ev(1, 1, 1, "a", line("one")),
-            ev(2, 1, 2, "b", line("other device")),
-            ev(3, 1, 3, "a", line("two")),
-            ev(4, 1, 4, "a", line("three")),
-            ev(5, 1, 5, "a", line("after")),
-        ];
-        assert_eq!(
-            console_tail(&evs, 1, "a", 5, 2),
-            vec![(3, "two".to_string()), (4, "three".to_string())]
-        );
-        assert_eq!(console_tail(&evs, 1, "a", u64::MAX, 10).len(), 4);
-        assert!(console_tail(&evs, 1, "c", u64::MAX, 10).is_empty());
     }
 
     #[test]

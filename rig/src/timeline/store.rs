@@ -218,3 +218,34 @@ fn stream_named<R: BufRead>(
     }
     Ok(header)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wanted;
+
+    /// The line filter reads `kind` and `device` as the rig writes them and
+    /// parses anything else in full rather than miss it.
+    #[test]
+    fn the_line_filter_reads_kind_and_device_and_keeps_what_it_cannot_read() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let keep = |k: &str, d: Option<&str>| {
+            seen.borrow_mut().push((k.to_owned(), d.map(str::to_owned)));
+            false
+        };
+        let line = r#"{"seq":1,"cell":0,"t_ms":5,"wall":"x","device":"dev-1","source":"cloud","kind":"cloud.resumed","session":"5"}"#;
+        assert!(!wanted(line, &keep));
+        let bench = r#"{"seq":2,"cell":0,"t_ms":5,"wall":"x","source":"runner","kind":"plan.mark","name":"a \"device\":\"x\""}"#;
+        assert!(!wanted(bench, &keep));
+        assert_eq!(
+            *seen.borrow(),
+            vec![
+                ("cloud.resumed".to_owned(), Some("dev-1".to_owned())),
+                ("plan.mark".to_owned(), None)
+            ]
+        );
+        // An escaped id, or no kind where the rig puts it: parsed in full.
+        let escaped = r#"{"seq":3,"device":"a\"b","kind":"cloud.resumed"}"#;
+        assert!(wanted(escaped, &keep));
+        assert!(wanted(r#"{"seq":4}"#, &keep));
+    }
+}
