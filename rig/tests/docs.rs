@@ -629,7 +629,10 @@ fn the_readme_virtual_boards_command_gives_the_four_verdicts_on_qemu() {
             .iter()
             .any(|e| e["kind"] == "cloud.resume_unknown" && e["resume"] == true);
         let wakes = if attempt_in_the_wake_at_the_mark { 3 } else { 4 };
-        assert_eq!(c["facts"]["wakes"], wakes, "recovered on the 4th wake after the crash: {c}");
+        assert_eq!(
+            c["facts"]["wakes"], wakes,
+            "recovered on the 4th wake after the crash: {c}"
+        );
     }
     for name in [
         "fixture=sleepy-1.1 mitigation=durable",
