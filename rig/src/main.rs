@@ -258,6 +258,10 @@ enum BenchWhat {
         /// Keep the run folder under this folder (default: a temporary one).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Slices run side by side, one thread each (as `rig run --jobs`);
+        /// by default one per core.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
 }
 
@@ -320,6 +324,11 @@ struct RunArgs {
     /// `rig report merge` joins the slices into one fleet sign-off.
     #[arg(long)]
     shard: Option<rig::bench::Shard>,
+    /// Run a virtual-clock bench's devices as N slices side by side, one
+    /// core each, joined into one run's reports (what `--shard K/N` on N
+    /// runners and `rig report merge` give).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 fn main() -> ExitCode {
@@ -344,6 +353,7 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             out: a.out,
             wait_lock: a.wait_lock,
             shard: a.shard,
+            jobs: a.jobs,
         }),
         Cmd::Check(a) => run::check(&a.against.with(a.plans)),
         Cmd::Report {
@@ -406,9 +416,20 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             ..
         } => cli::bench_console::run(lines, rate),
         Cmd::Bench {
-            what: Some(BenchWhat::Fleet { devices, hours, out }),
+            what:
+                Some(BenchWhat::Fleet {
+                    devices,
+                    hours,
+                    out,
+                    jobs,
+                }),
             ..
-        } => cli::bench_fleet::run(devices, hours, out.as_deref()),
+        } => cli::bench_fleet::run(
+            devices,
+            hours,
+            jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
+            out.as_deref(),
+        ),
         Cmd::Bench {
             what: None,
             clients,

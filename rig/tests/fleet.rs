@@ -290,6 +290,67 @@ fn shards_run_each_device_as_the_whole_fleet_would_and_merge_into_one_signoff() 
         "as many test cases as the whole run"
     );
 
+    // The same slices run side by side in one process (`--jobs 3`): each
+    // slice folder is the shard's run, and the run's own reports join them.
+    let sliced = tempfile::tempdir().unwrap();
+    let mut args = vec!["run".to_string()];
+    args.extend(fleet_args(b).iter().map(|s| s.to_string()));
+    args.extend([
+        "--jobs".into(),
+        "3".into(),
+        "--out".into(),
+        sliced.path().to_str().unwrap().into(),
+    ]);
+    let o = rig(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let dirs: Vec<_> = std::fs::read_dir(sliced.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one run folder: {dirs:?}");
+    let run_dir = &dirs[0];
+    for (k, shard) in slices.iter().enumerate() {
+        let slice = run_dir.join(format!("slices/{}", k + 1));
+        assert_eq!(
+            read_events(&slice)
+                .iter()
+                .filter(|e| e["device"].is_string())
+                .map(|e| (e["device"].clone(), e["t_ms"].clone(), e["kind"].clone()))
+                .collect::<Vec<_>>(),
+            read_events(shard)
+                .iter()
+                .filter(|e| e["device"].is_string())
+                .map(|e| (e["device"].clone(), e["t_ms"].clone(), e["kind"].clone()))
+                .collect::<Vec<_>>(),
+            "slice {} runs as shard {}/3 does",
+            k + 1,
+            k + 1
+        );
+        assert!(slice.join("console/dev-0001.log").exists() || k > 0);
+    }
+    assert!(!run_dir.join("events.jsonl").exists(), "the journals are the slices'");
+    let joined: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(facts(&joined), judged, "every device judged as on its shard");
+    assert!(
+        joined["run_id"].as_str().unwrap().ends_with("(3 slices joined)"),
+        "{}",
+        joined["run_id"]
+    );
+    let md = std::fs::read_to_string(run_dir.join("signoff.md")).unwrap();
+    assert!(md.contains("fleet:** 30/30 recovered"), "one fleet sign-off: {md}");
+    assert_eq!(
+        cases(&run_dir.join("junit.xml")),
+        cases(&whole.run_dir().join("junit.xml"))
+    );
+    // `rig report` reads the slices back to the same verdicts and facts.
+    std::fs::remove_file(run_dir.join("summary.json")).unwrap();
+    let o = rig(&["report", run_dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    let again: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(facts(&again), judged);
+    assert_eq!(again["cells"][0]["checks"], joined["cells"][0]["checks"]);
+    assert_eq!(again["cells"][0]["devices"], joined["cells"][0]["devices"]);
+
     // A slice missing is said; a slice given twice is refused.
     let o = rig(&[
         "report",
@@ -321,6 +382,12 @@ fn a_shard_needs_a_seed_and_a_slice_that_exists() {
         (vec!["--shard", "1/2"], "--shard needs --seed"),
         (vec!["--shard", "3/2", "--seed", "1"], "K must be 1 to N"),
         (vec!["--shard", "5/9", "--seed", "1"], "is empty"),
+        (vec!["--jobs", "0"], "--jobs must be at least 1"),
+        (
+            vec!["--jobs", "2", "--shard", "1/2", "--seed", "1"],
+            "do not go together",
+        ),
+        (vec!["--jobs", "4"], "has 3 devices, fewer than the slices"),
     ] {
         let mut all = vec!["run", "test-plans/fleet-cache-crash.yaml", "--bench", b];
         all.extend(args);
@@ -329,4 +396,20 @@ fn a_shard_needs_a_seed_and_a_slice_that_exists() {
         assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
         assert!(err.contains(says), "{all:?}: {err}");
     }
+    // Only the virtual clock runs slices side by side.
+    let (_r, real) = temp_file(
+        "real.yaml",
+        &fleet_bench(2, "{}").replace("clock: virtual", "clock: real"),
+    );
+    let o = rig(&[
+        "run",
+        "test-plans/fleet-cache-crash.yaml",
+        "--bench",
+        real.to_str().unwrap(),
+        "--jobs",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("runs on the real clock"), "{err}");
 }

@@ -81,7 +81,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-pub fn run(devices: usize, hours: u32, out: Option<&Path>) -> Result<Overall, CliError> {
+pub fn run(devices: usize, hours: u32, jobs: usize, out: Option<&Path>) -> Result<Overall, CliError> {
     if devices == 0 || devices > MAX_DEVICES {
         return Err(CliError::Usage(format!(
             "--devices must be between 1 and {MAX_DEVICES}, not {devices}"
@@ -102,12 +102,19 @@ pub fn run(devices: usize, hours: u32, out: Option<&Path>) -> Result<Overall, Cl
     std::fs::write(&bench_path, bench_text).map_err(fault("writing the bench"))?;
     std::fs::write(&plan_path, plan_text).map_err(fault("writing the plan"))?;
     let fixtures = super::inputs::fixtures(None, None)?;
-    let (bench, fixtures, plans) = super::inputs::load(
-        std::slice::from_ref(&plan_path),
-        Some(&bench_path),
-        Some(&fixtures.dir),
-        &[],
-    )?;
+    let input = super::run::InputOpts {
+        plans: vec![plan_path],
+        bench: Some(bench_path),
+        sets: Vec::new(),
+        fixtures: Some(fixtures.dir.clone()),
+    };
+    let (bench, fixtures, plans) =
+        super::inputs::load(&input.plans, input.bench.as_deref(), input.fixtures.as_deref(), &[])?;
+    if jobs == 0 {
+        return Err(CliError::Usage("--jobs must be at least 1".into()));
+    }
+    let jobs = jobs.min(devices);
+    let slices = super::run::slices(&input, &bench, jobs)?;
     let runs = out.map_or_else(|| tmp.path().join("runs"), Path::to_owned);
     let wall = Instant::now();
     let cfg = crate::runner::RunConfig {
@@ -118,19 +125,38 @@ pub fn run(devices: usize, hours: u32, out: Option<&Path>) -> Result<Overall, Cl
         out: &runs,
         progress: &crate::runner::Quiet,
         shard: None,
+        folder: None,
     };
-    let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")))?;
+    let result = match &slices {
+        Some(s) => crate::runner::slices::run_sliced(&cfg, s),
+        None => crate::runner::run(&cfg),
+    }
+    .map_err(|e| CliError::Fault(format!("{e:#}")))?;
     let wall = wall.elapsed();
     let peak_mib = peak_rss_kib() as f64 / 1024.0;
-    let journal = crate::timeline::journal_in(&result.dir);
-    let journal_bytes = std::fs::metadata(&journal).map(|m| m.len()).unwrap_or(0);
+    let mut journals = crate::timeline::join::slices_in(&result.dir);
+    if journals.is_empty() {
+        journals.push(crate::timeline::journal_in(&result.dir));
+    }
+    let journal_bytes: u64 = journals
+        .iter()
+        .map(|j| std::fs::metadata(j).map(|m| m.len()).unwrap_or(0))
+        .sum();
     let folder_bytes = dir_bytes(&result.dir);
-    let (wakes, exchanges) = count(&journal)?;
+    let (mut wakes, mut exchanges) = (0, 0);
+    for j in &journals {
+        let (w, x) = count(j)?;
+        wakes += w;
+        exchanges += x;
+    }
     let overall = Overall::of(&result.summary.cells);
     let w = wakes.max(1) as f64;
     let floor = aead_floor(exchanges as f64 / w);
     let per_wake = wall.as_secs_f64() / w;
-    println!("{devices} sim devices (sleepy-1.2, 15-minute sleeps), {hours} h of plan time, one cache crash");
+    println!(
+        "{devices} sim devices (sleepy-1.2, 15-minute sleeps), {hours} h of plan time, one cache crash, {jobs} slice{} side by side",
+        if jobs == 1 { "" } else { "s" }
+    );
     println!(
         "  wall         {:>9.1} s    {:.0} wake cycles per wall second ({wakes} wakes)",
         wall.as_secs_f64(),

@@ -136,6 +136,7 @@ pub fn run(boards: usize, cycles: u32, fixture: &str) -> Result<Overall, CliErro
         out: &tmp.path().join("runs"),
         progress: &crate::runner::Quiet,
         shard: None,
+        folder: None,
     };
     let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")));
     let wall = wall.elapsed();

@@ -23,6 +23,8 @@ pub struct RunOpts {
     pub out: PathBuf,
     pub wait_lock: Option<Duration>,
     pub shard: Option<crate::bench::Shard>,
+    /// Slices of the fleet run side by side, one thread each (1: unsliced).
+    pub jobs: usize,
 }
 
 fn load(i: &InputOpts) -> Result<(crate::bench::Bench, crate::fixture::Fixtures, Vec<crate::plan::Plan>), CliError> {
@@ -67,6 +69,14 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
             "--shard needs --seed: every slice of a fleet must run with the same seed".into(),
         ));
     }
+    if o.jobs == 0 {
+        return Err(CliError::Usage("--jobs must be at least 1".into()));
+    }
+    if o.jobs > 1 && o.shard.is_some() {
+        return Err(CliError::Usage(
+            "--jobs and --shard do not go together: a shard is already one slice (run it with --jobs 1)".into(),
+        ));
+    }
     let (bench, fixtures, plans) = match o.shard {
         None => load(&o.input)?,
         Some(shard) => {
@@ -101,6 +111,7 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
     } else {
         None
     };
+    let slices = slices(&o.input, &bench, o.jobs)?;
     let progress = super::progress::for_stderr();
     let wall = Instant::now();
     let cfg = RunConfig {
@@ -111,8 +122,13 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
         out: &o.out,
         progress: progress.as_ref(),
         shard: o.shard,
+        folder: None,
     };
-    let result = runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")))?;
+    let result = match &slices {
+        Some(slices) => runner::slices::run_sliced(&cfg, slices),
+        None => runner::run(&cfg),
+    }
+    .map_err(|e| CliError::Fault(format!("{e:#}")))?;
     drop(progress);
     print!("\n{}", report::verdict_table(&result.summary));
     let plan_ms: u64 = result.summary.cells.iter().map(|c| c.plan_ms).sum();
@@ -126,14 +142,48 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
     Ok(Overall::of(&result.summary.cells))
 }
 
+/// The slices `--jobs N` runs side by side (None for one), each with the
+/// plans resolved against it as `--shard K/N` would.
+pub(super) fn slices(
+    input: &InputOpts,
+    bench: &crate::bench::Bench,
+    jobs: usize,
+) -> Result<Option<Vec<runner::slices::Slice>>, CliError> {
+    if jobs <= 1 {
+        return Ok(None);
+    }
+    if bench.clock != crate::bench::Clock::Virtual {
+        return Err(CliError::Usage(format!(
+            "--jobs {jobs}: bench `{}` runs on the real clock; only a virtual-clock bench is run as slices side by side",
+            bench.name
+        )));
+    }
+    if jobs > bench.devices.len() {
+        return Err(CliError::Usage(format!(
+            "--jobs {jobs}: bench `{}` has {} devices, fewer than the slices",
+            bench.name,
+            bench.devices.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(jobs);
+    for k in 1..=jobs {
+        let b = bench
+            .clone()
+            .into_shard(crate::bench::Shard { k, n: jobs })
+            .map_err(CliError::Usage)?;
+        let (b, _, plans) = inputs::load_against(b, &input.plans, input.fixtures.as_deref(), &input.sets)?;
+        out.push(runner::slices::Slice { bench: b, plans });
+    }
+    Ok(Some(out))
+}
+
 /// `rig report RUN_DIR...`: re-renders every report from `events.jsonl`;
 /// the outcome is the worst of the runs'.
 pub fn report(dirs: &[PathBuf]) -> Result<Overall, CliError> {
     let mut cells = Vec::new();
     let mut empty = false;
     for dir in dirs {
-        let path = crate::timeline::journal_in(dir);
-        let summary = report::write_from_journal(dir, &path).map_err(|e| match e {
+        let summary = report::write_from_folder(dir).map_err(|e| match e {
             report::ReportError::Read(e) => CliError::from(e),
             report::ReportError::Write(e) => CliError::Fault(format!("cannot write reports in {}: {e}", dir.display())),
         })?;

@@ -23,7 +23,7 @@ pub use summary::{CellSummary, CellVerdict, Overall, Summary, summarize};
 /// Writes every report for `events` into `dir` and returns the summary.
 pub fn write_all(dir: &Path, header: &Header, events: &[Event]) -> std::io::Result<Summary> {
     let summary = summarize(header, events);
-    write_with(dir, header, &summary, events.last().map(|e| e.wall), |_, f| {
+    write_with(dir, header, &summary, events.last().map(|e| e.wall), true, |_, f| {
         events.iter().for_each(f);
         Ok(())
     })
@@ -69,8 +69,107 @@ pub fn write_summarized(
     last_wall: Option<time::OffsetDateTime>,
     journal: &Path,
 ) -> Result<(), ReportError> {
-    write_with(dir, header, summary, last_wall, |filter, f| {
+    write_with(dir, header, summary, last_wall, true, |filter, f| {
         crate::timeline::store::stream_filtered(journal, |k, d| filter.keep(k, d), |e| f(&e)).map(drop)
+    })
+}
+
+/// The reports of a run folder: from its journal, or from its slices'
+/// journals joined when it ran as slices side by side (`rig run --jobs`).
+pub fn write_from_folder(dir: &Path) -> Result<Summary, ReportError> {
+    let journals = crate::timeline::join::slices_in(dir);
+    if journals.is_empty() {
+        return write_from_journal(dir, &crate::timeline::journal_in(dir));
+    }
+    let slices = slice_summaries(&journals)?;
+    write_joined(dir, &journals, &slices, &joined_id(dir, journals.len()))
+}
+
+/// What a run folder of slices run side by side is called in its reports.
+pub fn joined_id(dir: &Path, slices: usize) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!("{name} ({slices} slices joined)")
+}
+
+/// Each slice's summary and last event time, read from its journal (one
+/// thread per slice), parsing only the lines a summary needs.
+pub fn slice_summaries(journals: &[std::path::PathBuf]) -> Result<Vec<Summary>, crate::timeline::ReadError> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = journals
+            .iter()
+            .map(|j| {
+                s.spawn(move || {
+                    let mut sum = summary::Summarizer::default();
+                    let lines = summary::SummaryLines::default();
+                    let header =
+                        crate::timeline::store::stream_in_cells(j, |c, k, d| lines.keep(c, k, d), |e| sum.feed(&e))?;
+                    Ok(sum.summary(&header))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
+}
+
+/// The reports of slices' journals read as one run ([`crate::timeline::join`]),
+/// given the slices' summaries, written into `dir` and named `run_id`. The
+/// devices' console logs stay in the slices' folders (`slices/K/console/`),
+/// where they were written.
+pub fn write_joined(
+    dir: &Path,
+    journals: &[std::path::PathBuf],
+    slices: &[Summary],
+    run_id: &str,
+) -> Result<Summary, ReportError> {
+    let (header, summary) = joined_summary(journals, slices, run_id)?;
+    write_with(dir, &header, &summary, None, false, |filter, f| {
+        crate::timeline::join::stream(journals, |_, k, d| filter.keep(k, d), |e| f(&e)).map(drop)
+    })?;
+    Ok(summary)
+}
+
+/// The joined run's header (the first slice's, no longer a slice, renamed)
+/// and its summary joined from the slices'.
+fn joined_summary(
+    journals: &[std::path::PathBuf],
+    slices: &[Summary],
+    run_id: &str,
+) -> Result<(Header, Summary), crate::timeline::ReadError> {
+    let first = journals.first().ok_or_else(|| crate::timeline::ReadError::Parse {
+        path: "(no journal)".into(),
+        line: 0,
+        message: "a join needs at least one slice".into(),
+    })?;
+    let mut header = crate::timeline::store::header(first)?;
+    header.shard = None;
+    header.run_id = run_id.to_owned();
+    let summary = summary::join(&header, slices);
+    Ok((header, summary))
+}
+
+/// Slices' journals joined and read back as one run, given their summaries.
+pub fn load_joined(
+    dir: &Path,
+    journals: &[std::path::PathBuf],
+    slices: &[Summary],
+    run_id: &str,
+) -> Result<Loaded, crate::timeline::ReadError> {
+    let (header, summary) = joined_summary(journals, slices, run_id)?;
+    let mut gather = evidence::Gather::new(&summary);
+    let filter = gather.filter();
+    crate::timeline::join::stream(journals, |_, k, d| filter.keep(k, d), |e| gather.feed(&e))?;
+    let evidence = gather.finish(&summary);
+    Ok(Loaded {
+        dir: dir.to_owned(),
+        header,
+        evidence,
+        summary,
     })
 }
 
@@ -81,20 +180,29 @@ fn write_with(
     header: &Header,
     summary: &Summary,
     last_wall: Option<time::OffsetDateTime>,
+    console_logs: bool,
     pass: impl FnOnce(&evidence::Filter, &mut dyn FnMut(&Event)) -> Result<(), crate::timeline::ReadError>,
 ) -> Result<(), ReportError> {
-    let console_dir = dir.join("console");
-    crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
+    let mut logs = if console_logs {
+        let console_dir = dir.join("console");
+        crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
+        Some(ConsoleLogs::new(&console_dir, summary))
+    } else {
+        None
+    };
     let mut gather = evidence::Gather::new(summary);
-    let mut logs = ConsoleLogs::new(&console_dir, summary);
     let filter = gather.filter();
     pass(&filter, &mut |e| {
         gather.feed(e);
-        logs.feed(e);
+        if let Some(l) = &mut logs {
+            l.feed(e);
+        }
     })?;
     let mut evidence = gather.finish(summary);
     evidence.last_wall = last_wall.or(evidence.last_wall);
-    logs.finish()?;
+    if let Some(l) = logs {
+        l.finish()?;
+    }
     write_atomic(
         &dir.join("summary.json"),
         &serde_json::to_vec_pretty(summary).map_err(std::io::Error::other)?,
@@ -127,6 +235,11 @@ pub struct Loaded {
 
 /// Reads a run folder's journal in two streaming passes.
 pub fn load(dir: &Path) -> Result<Loaded, crate::timeline::ReadError> {
+    let journals = crate::timeline::join::slices_in(dir);
+    if !journals.is_empty() {
+        let slices = slice_summaries(&journals)?;
+        return load_joined(dir, &journals, &slices, &joined_id(dir, journals.len()));
+    }
     let journal = crate::timeline::journal_in(dir);
     let mut s = summary::Summarizer::default();
     let header = crate::timeline::store::stream(&journal, |e| s.feed(&e))?;

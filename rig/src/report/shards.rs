@@ -2,18 +2,14 @@
 //! runners, same bench, seed and plans) back into one run, so `rig report
 //! merge` renders one fleet sign-off instead of N side by side.
 //!
-//! Each slice journaled its own devices and the same bench-wide events (cell
-//! starts, plan steps, marks, cache operations: the plan ran the same way on
-//! every slice). The join keeps every device's events from every slice and
-//! the bench-wide ones of the first slice (a rig fault from any slice), in
-//! plan-time order within each cell, renumbered; the summary is then derived
-//! from the joined timeline as for any run.
+//! The join is [`crate::timeline::join`]'s (what it keeps of each slice,
+//! and in which order); the summary and the evidence are then derived from
+//! the joined timeline as for any run.
 
 use std::collections::BTreeMap;
 
-use super::{Loaded, summarize};
+use super::Loaded;
 use crate::bench::Shard;
-use crate::timeline::EventKind;
 
 /// Why slices cannot be joined.
 #[derive(Debug, thiserror::Error)]
@@ -76,34 +72,12 @@ pub fn join(runs: Vec<Loaded>) -> Result<(Vec<Loaded>, Vec<String>), JoinError> 
     Ok((out.into_iter().flatten().collect(), missing))
 }
 
-// The slices' events are held together to be put in plan-time order (a
-// join needs memory for the whole fleet's timeline, unlike `rig report`).
+// Read again from the slices' journals, joined as a stream: memory holds a
+// line per slice and what the reports keep, not the fleet's timeline.
 fn join_group(slices: Vec<Loaded>) -> Result<Loaded, JoinError> {
-    let mut it = slices.into_iter();
-    let first = it.next().expect("a group has a slice");
-    let mut header = first.header.clone();
-    let (_, mut joined) = crate::timeline::read_jsonl(&crate::timeline::journal_in(&first.dir))?;
-    let mut n = 1;
-    for s in it {
-        n += 1;
-        crate::timeline::store::stream(&crate::timeline::journal_in(&s.dir), |e| {
-            if e.device.is_some() || matches!(e.kind, EventKind::RigFault { .. }) {
-                joined.push(e);
-            }
-        })?;
-    }
-    // Stable: within a slice, events at one instant keep their order.
-    joined.sort_by_key(|e| (e.cell, e.t_ms));
-    for (i, e) in joined.iter_mut().enumerate() {
-        e.seq = i as u64;
-    }
-    header.shard = None;
-    header.run_id = format!("{} (+{} shards joined)", header.run_id, n - 1);
-    let summary = summarize(&header, &joined);
-    Ok(Loaded {
-        dir: first.dir,
-        header,
-        evidence: super::evidence::Evidence::of(&summary, &joined),
-        summary,
-    })
+    let first = slices.first().expect("a group has a slice");
+    let run_id = format!("{} (+{} shards joined)", first.header.run_id, slices.len() - 1);
+    let journals: Vec<_> = slices.iter().map(|s| crate::timeline::journal_in(&s.dir)).collect();
+    let summaries: Vec<_> = slices.iter().map(|s| s.summary.clone()).collect();
+    Ok(super::load_joined(&first.dir, &journals, &summaries, &run_id)?)
 }

@@ -134,6 +134,43 @@ pub fn summarize(header: &Header, events: &[Event]) -> Summary {
     s.summary(header)
 }
 
+/// Which journal lines a [`Summarizer`] needs (for a reader that does not
+/// parse the rest): everything without a device, a device's checks,
+/// faults, fixtures and power, and the first line of each device in each
+/// cell (the cell's device list). A fleet's wakes and datagrams are not
+/// among them.
+#[derive(Debug, Default)]
+pub struct SummaryLines {
+    seen: std::cell::RefCell<std::collections::HashMap<u32, std::collections::HashSet<String>>>,
+}
+
+impl SummaryLines {
+    pub fn keep(&self, cell: u32, kind: &str, device: Option<&str>) -> bool {
+        let Some(d) = device else { return true };
+        if matches!(
+            kind,
+            "check.pass"
+                | "check.fail"
+                | "rig.fault"
+                | "flash.done"
+                | "power.on"
+                | "power.off"
+                | "cell.start"
+                | "cell.end"
+                | "plan.step"
+        ) {
+            return true;
+        }
+        let mut seen = self.seen.borrow_mut();
+        let in_cell = seen.entry(cell).or_default();
+        if in_cell.contains(d) {
+            return false;
+        }
+        in_cell.insert(d.to_owned());
+        true
+    }
+}
+
 /// The summary as a fold over the timeline, one event at a time: what it
 /// holds grows with cells, devices and checks, never with plan time.
 #[derive(Debug, Default, Clone)]
@@ -328,6 +365,86 @@ impl Summarizer {
             cells,
         }
     }
+}
+
+/// The summary of slices joined as [`crate::timeline::join`] joins their
+/// journals, from the slices' own summaries: every device's checks from
+/// every slice, the bench-wide ones of the first, and whatever failed on
+/// any; each cell's outcome the worst of the slices'. `header` names the
+/// joined run.
+pub fn join(header: &Header, slices: &[Summary]) -> Summary {
+    use crate::timeline::join::joined_seq;
+    let n = slices.len();
+    let mut cells: Vec<CellSummary> = Vec::new();
+    for (i, s) in slices.iter().enumerate() {
+        for c in &s.cells {
+            let mut rows: Vec<CheckRow> = c
+                .checks
+                .iter()
+                .filter(|k| i == 0 || k.device.is_some() || !k.passed)
+                .cloned()
+                .map(|mut k| {
+                    k.seq = joined_seq(k.seq, i, n);
+                    k
+                })
+                .collect();
+            let Some(j) = cells.iter_mut().find(|j| j.index == c.index) else {
+                let mut c = c.clone();
+                c.checks = rows;
+                cells.push(c);
+                continue;
+            };
+            let known: std::collections::HashSet<String> = j.devices.iter().cloned().collect();
+            j.devices
+                .extend(c.devices.iter().filter(|d| !known.contains(*d)).cloned());
+            for f in &c.fixtures {
+                if !j.fixtures.iter().any(|g| g.sha256 == f.sha256) {
+                    j.fixtures.push(f.clone());
+                }
+            }
+            j.faults.extend(c.faults.iter().cloned());
+            j.checks.append(&mut rows);
+            j.outcome = worse(j.outcome, c.outcome);
+            j.plan_ms = j.plan_ms.max(c.plan_ms);
+            j.wall_ms = j.wall_ms.max(c.wall_ms);
+        }
+    }
+    for c in &mut cells {
+        // The joined journal's order: plan time, then slice, then each
+        // slice's own order (the seqs say both).
+        c.checks.sort_by_key(|k| (k.t_ms, k.seq % n as u64, k.seq));
+        c.verdict = verdict_of(c);
+    }
+    cells.sort_by_key(|c| c.index);
+    let exit_code = exit_code(&cells);
+    Summary {
+        format: "rig.summary".into(),
+        version: 1,
+        run_id: header.run_id.clone(),
+        rig_version: header.rig_version.clone(),
+        seed: header.seed,
+        bench: header.bench.clone(),
+        plans: header.plans.clone(),
+        started: header.started,
+        exit_code,
+        cells,
+    }
+}
+
+/// Of two slices' outcomes for one cell, the one that says most: a cell
+/// that did not end on one slice did not end.
+fn worse(a: Option<CellOutcome>, b: Option<CellOutcome>) -> Option<CellOutcome> {
+    let rank = |o: CellOutcome| match o {
+        CellOutcome::Completed => 0,
+        CellOutcome::Stopped => 1,
+        CellOutcome::Timeout => 2,
+        CellOutcome::Interrupted => 3,
+        CellOutcome::Fault => 4,
+    };
+    Some(match (a?, b?) {
+        (a, b) if rank(b) > rank(a) => b,
+        (a, _) => a,
+    })
 }
 
 fn verdict_of(c: &CellSummary) -> CellVerdict {

@@ -13,6 +13,7 @@
 
 pub mod device;
 pub mod exec;
+pub mod slices;
 pub mod world;
 
 use std::path::{Path, PathBuf};
@@ -56,6 +57,9 @@ pub struct RunConfig<'a> {
     pub progress: &'a dyn Progress,
     /// The slice of the bench's fleet this run is (the bench is already cut).
     pub shard: Option<crate::bench::Shard>,
+    /// The run folder's exact name under `out` (a slice's), instead of
+    /// one made from the time and the plan.
+    pub folder: Option<&'a str>,
 }
 
 pub struct RunResult {
@@ -67,7 +71,10 @@ pub struct RunResult {
 /// rig itself (cannot create the run folder, cannot start a runtime).
 pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
     let started = OffsetDateTime::now_utc();
-    let dir = create_run_dir(cfg.out, cfg.plans, started)?;
+    let dir = match cfg.folder {
+        Some(name) => create_named_dir(cfg.out, name)?,
+        None => create_run_dir(cfg.out, cfg.plans, started)?,
+    };
     let header = Header {
         format: FORMAT.into(),
         version: FORMAT_VERSION,
@@ -200,6 +207,18 @@ fn create_run_dir(out: &Path, plans: &[Plan], started: OffsetDateTime) -> anyhow
         }
     }
     anyhow::bail!("cannot find a free run folder name in {}", out.display())
+}
+
+/// `out/name`, created exclusively: a slice's folder is never shared.
+fn create_named_dir(out: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    anyhow::ensure!(crate::bench::is_safe_name(name), "`{name}` is not a folder name");
+    let dir = out.join(name);
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .create(&dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn fault(timeline: &Timeline, message: String) {

@@ -26,6 +26,7 @@
 
 pub mod event;
 pub mod index;
+pub mod join;
 pub mod live;
 pub mod query;
 pub mod store;

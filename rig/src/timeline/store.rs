@@ -44,7 +44,7 @@ impl<R: Read> Read for TornIsEnd<R> {
 }
 
 /// Opens a journal, plain or compressed, as lines.
-pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead>, ReadError> {
+pub fn open_lines(path: &Path) -> Result<Box<dyn BufRead + Send>, ReadError> {
     let p = path.display().to_string();
     let io = |source: std::io::Error| ReadError::Io {
         path: p.clone(),
@@ -99,9 +99,13 @@ fn next_line<R: BufRead>(r: &mut R, p: &str) -> Result<Option<String>, ReadError
             message: format!("a line is longer than {MAX_LINE} bytes: not a rig journal"),
         });
     }
-    Ok(Some(
-        String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_owned(),
-    ))
+    while matches!(buf.last(), Some(b'\n' | b'\r')) {
+        buf.pop();
+    }
+    // The rig writes UTF-8: checked, not copied; anything else is mended.
+    Ok(Some(String::from_utf8(buf).unwrap_or_else(|e| {
+        String::from_utf8_lossy(e.as_bytes()).into_owned()
+    })))
 }
 
 fn read_jsonl_named<R: BufRead>(r: R, p: &str) -> Result<(Header, Vec<Event>), ReadError> {
@@ -133,27 +137,79 @@ pub fn stream_filtered(
 /// Whether `keep` wants a journal line, read from its `kind` and `device`
 /// as the rig writes them (`"device":"…"` before `"kind":"…"`); a line
 /// written otherwise is parsed, so nothing is missed.
-fn wanted(line: &str, keep: &impl Fn(&str, Option<&str>) -> bool) -> bool {
-    const KIND: &str = "\"kind\":\"";
-    const DEVICE: &str = "\"device\":\"";
-    let Some(at) = line.find(KIND) else { return true };
-    let Some(kind) = quoted(&line[at + KIND.len()..]) else {
-        return true;
-    };
-    let device = match line[..at].find(DEVICE) {
+pub(crate) fn wanted(line: &str, keep: &impl Fn(&str, Option<&str>) -> bool) -> bool {
+    match kind_and_device(line) {
+        Some((kind, device)) => keep(kind, device),
+        None => true,
+    }
+}
+
+/// A line's `kind` and `device` as the rig writes them (`"device":"…"`
+/// before `"kind":"…"`, neither escaped); None when it cannot tell.
+pub(crate) fn kind_and_device(line: &str) -> Option<(&str, Option<&str>)> {
+    use std::sync::LazyLock;
+    static KIND: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"kind\":\""));
+    static DEVICE: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\"device\":\""));
+    let at = KIND.find(line.as_bytes())?;
+    let kind = quoted(&line[at + KIND.needle().len()..])?;
+    let device = match DEVICE.find(&line.as_bytes()[..at]) {
         None => None,
-        Some(d) => match quoted(&line[d + DEVICE.len()..at]) {
-            Some(id) => Some(id),
-            None => return true,
-        },
+        Some(d) => Some(quoted(&line[d + DEVICE.needle().len()..at])?),
     };
-    keep(kind, device)
+    Some((kind, device))
+}
+
+/// `(seq, cell, t_ms)` read from the front of a line as the rig writes it
+/// (`{"seq":N,"cell":C,"t_ms":T,…`); None for any other shape.
+pub(crate) fn sort_key(line: &str) -> Option<(u64, u32, u64)> {
+    let rest = line.strip_prefix("{\"seq\":")?;
+    let (seq, rest) = number(rest)?;
+    let rest = rest.strip_prefix(",\"cell\":")?;
+    let (cell, rest) = number(rest)?;
+    let rest = rest.strip_prefix(",\"t_ms\":")?;
+    let (t_ms, rest) = number(rest)?;
+    rest.starts_with(',').then_some((seq, u32::try_from(cell).ok()?, t_ms))
+}
+
+/// The decimal number a text starts with (at most 19 digits: no overflow).
+fn number(s: &str) -> Option<(u64, &str)> {
+    let digits = s.bytes().take(20).take_while(u8::is_ascii_digit).count();
+    if digits == 0 || digits > 19 {
+        return None;
+    }
+    let n = s.as_bytes()[..digits]
+        .iter()
+        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some((n, &s[digits..]))
+}
+
+/// [`stream`] of the events whose journal line `keep` accepts, given the
+/// line's cell, `kind` and `device` as written (lines the rig did not
+/// write are parsed in full, so nothing is missed).
+pub fn stream_in_cells(
+    path: &Path,
+    keep: impl Fn(u32, &str, Option<&str>) -> bool,
+    f: impl FnMut(Event),
+) -> Result<Header, ReadError> {
+    let p = path.display().to_string();
+    stream_named(
+        open_lines(path)?,
+        &p,
+        |line| match (sort_key(line), kind_and_device(line)) {
+            (Some((_, cell, _)), Some((kind, device))) => keep(cell, kind, device),
+            _ => true,
+        },
+        f,
+    )
 }
 
 /// The text up to the closing quote; None if it holds an escape.
 fn quoted(s: &str) -> Option<&str> {
-    let v = &s[..s.find('"')?];
-    (!v.contains('\\')).then_some(v)
+    let end = memchr::memchr(b'"', s.as_bytes())?;
+    let v = &s[..end];
+    memchr::memchr(b'\\', v.as_bytes()).is_none().then_some(v)
 }
 
 /// The header of a journal, with the `format`/`version` check of [`stream`].
@@ -189,34 +245,80 @@ fn read_header<R: BufRead>(r: &mut R, p: &str) -> Result<Header, ReadError> {
 }
 
 fn stream_named<R: BufRead>(
-    mut r: R,
+    r: R,
     p: &str,
     keep: impl Fn(&str) -> bool,
     mut f: impl FnMut(Event),
 ) -> Result<Header, ReadError> {
-    let header = read_header(&mut r, p)?;
-    let mut lineno = 1;
-    let mut next = next_line(&mut r, p)?;
-    while let Some(line) = next {
-        lineno += 1;
-        next = next_line(&mut r, p)?;
-        if line.trim().is_empty() || !keep(&line) {
+    let (header, mut lines) = EventLines::new(r, p)?;
+    while let Some(line) = lines.next_line()? {
+        if !keep(&line) {
             continue;
         }
-        match serde_json::from_str::<Event>(&line) {
-            Ok(ev) => f(ev),
-            // A torn last line: the rig was killed mid-write.
-            Err(_) if next.is_none() => break,
-            Err(e) => {
-                return Err(ReadError::Parse {
-                    path: p.to_owned(),
-                    line: lineno,
-                    message: e.to_string(),
-                });
-            }
+        match lines.parse(&line)? {
+            Some(ev) => f(ev),
+            None => break,
         }
     }
     Ok(header)
+}
+
+/// A journal's event lines after its header, one at a time (what a reader
+/// that interleaves several journals pulls from), with the torn-last-line
+/// rule of [`stream`].
+pub(crate) struct EventLines<R> {
+    r: R,
+    path: String,
+    lineno: usize,
+    next: Option<String>,
+}
+
+impl EventLines<Box<dyn BufRead + Send>> {
+    pub(crate) fn open(path: &Path) -> Result<(Header, Self), ReadError> {
+        EventLines::new(open_lines(path)?, &path.display().to_string())
+    }
+}
+
+impl<R: BufRead> EventLines<R> {
+    fn new(mut r: R, p: &str) -> Result<(Header, Self), ReadError> {
+        let header = read_header(&mut r, p)?;
+        let next = next_line(&mut r, p)?;
+        Ok((
+            header,
+            EventLines {
+                r,
+                path: p.to_owned(),
+                lineno: 1,
+                next,
+            },
+        ))
+    }
+
+    /// The next line that is not blank.
+    pub(crate) fn next_line(&mut self) -> Result<Option<String>, ReadError> {
+        loop {
+            let Some(line) = self.next.take() else { return Ok(None) };
+            self.lineno += 1;
+            self.next = next_line(&mut self.r, &self.path)?;
+            if !line.trim().is_empty() {
+                return Ok(Some(line));
+            }
+        }
+    }
+
+    /// The event on the line [`Self::next_line`] gave last; `None` for a
+    /// torn last line (the rig was killed mid-write): the journal ends there.
+    pub(crate) fn parse(&self, line: &str) -> Result<Option<Event>, ReadError> {
+        match serde_json::from_str::<Event>(line) {
+            Ok(ev) => Ok(Some(ev)),
+            Err(_) if self.next.is_none() => Ok(None),
+            Err(e) => Err(ReadError::Parse {
+                path: self.path.clone(),
+                line: self.lineno,
+                message: e.to_string(),
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
