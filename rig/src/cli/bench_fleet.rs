@@ -126,6 +126,7 @@ pub fn run(devices: usize, hours: u32, jobs: usize, out: Option<&Path>) -> Resul
         progress: &crate::runner::Quiet,
         shard: None,
         folder: None,
+        reports: crate::runner::Reports::All,
     };
     let result = match &slices {
         Some(s) => crate::runner::slices::run_sliced(&cfg, s),

@@ -137,6 +137,7 @@ pub fn run(boards: usize, cycles: u32, fixture: &str) -> Result<Overall, CliErro
         progress: &crate::runner::Quiet,
         shard: None,
         folder: None,
+        reports: crate::runner::Reports::All,
     };
     let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")));
     let wall = wall.elapsed();

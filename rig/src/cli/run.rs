@@ -123,6 +123,7 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
         progress: progress.as_ref(),
         shard: o.shard,
         folder: None,
+        reports: crate::runner::Reports::All,
     };
     let result = match &slices {
         Some(slices) => runner::slices::run_sliced(&cfg, slices),

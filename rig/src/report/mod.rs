@@ -85,6 +85,15 @@ pub fn write_from_folder(dir: &Path) -> Result<Summary, ReportError> {
     write_joined(dir, &journals, &slices, &joined_id(dir, journals.len()))
 }
 
+/// A slice's `summary.json` alone: what a slice run side by side writes;
+/// its console logs and the sign-off come from [`write_joined`].
+pub fn write_summary(dir: &Path, summary: &Summary) -> std::io::Result<()> {
+    write_atomic(
+        &dir.join("summary.json"),
+        &serde_json::to_vec_pretty(summary).map_err(std::io::Error::other)?,
+    )
+}
+
 /// What a run folder of slices run side by side is called in its reports.
 pub fn joined_id(dir: &Path, slices: usize) -> String {
     let name = dir
@@ -119,8 +128,8 @@ pub fn slice_summaries(journals: &[std::path::PathBuf]) -> Result<Vec<Summary>, 
 
 /// The reports of slices' journals read as one run ([`crate::timeline::join`]),
 /// given the slices' summaries, written into `dir` and named `run_id`. The
-/// devices' console logs stay in the slices' folders (`slices/K/console/`),
-/// where they were written.
+/// devices' console logs are written in their slices' folders
+/// (`slices/K/console/`), each slice's on its reader's thread.
 pub fn write_joined(
     dir: &Path,
     journals: &[std::path::PathBuf],
@@ -128,10 +137,45 @@ pub fn write_joined(
     run_id: &str,
 ) -> Result<Summary, ReportError> {
     let (header, summary) = joined_summary(journals, slices, run_id)?;
+    let mut logs = Vec::with_capacity(journals.len());
+    for (j, s) in journals.iter().zip(slices) {
+        let console_dir = j.parent().unwrap_or(Path::new(".")).join("console");
+        crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
+        logs.push(SliceLogs {
+            logs: Some(ConsoleLogs::new(&console_dir, s)),
+            result: Ok(()),
+        });
+    }
     write_with(dir, &header, &summary, None, false, |filter, f| {
-        crate::timeline::join::stream(journals, |_, k, d| filter.keep(k, d), |e| f(&e)).map(drop)
+        let taps = logs
+            .iter_mut()
+            .map(|l| Box::new(l) as Box<dyn crate::timeline::join::Tap + '_>)
+            .collect();
+        crate::timeline::join::stream_tapped(journals, |_, k, d| filter.keep(k, d), taps, |e| f(&e)).map(drop)
     })?;
+    for l in logs {
+        l.result?;
+    }
     Ok(summary)
+}
+
+/// A slice's console logs, fed by its reader in a join.
+struct SliceLogs<'a> {
+    logs: Option<ConsoleLogs<'a>>,
+    result: std::io::Result<()>,
+}
+
+impl crate::timeline::join::Tap for SliceLogs<'_> {
+    fn event(&mut self, e: &Event) {
+        if let Some(l) = &mut self.logs {
+            l.feed(e);
+        }
+    }
+    fn end(&mut self) {
+        if let Some(l) = self.logs.take() {
+            self.result = l.finish();
+        }
+    }
 }
 
 /// The joined run's header (the first slice's, no longer a slice, renamed)

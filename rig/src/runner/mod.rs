@@ -60,6 +60,18 @@ pub struct RunConfig<'a> {
     /// The run folder's exact name under `out` (a slice's), instead of
     /// one made from the time and the plan.
     pub folder: Option<&'a str>,
+    /// What this run renders itself.
+    pub reports: Reports,
+}
+
+/// Which reports a run renders after each cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reports {
+    /// Every report: summary, JUnit, sign-off, console logs.
+    All,
+    /// Only `summary.json`: a slice run side by side, whose console logs
+    /// and sign-off come from the join of all slices.
+    Summary,
 }
 
 pub struct RunResult {
@@ -136,8 +148,14 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
                 let s = summarizer.lock().unwrap_or_else(|p| p.into_inner());
                 (s.summary(&header), s.last_wall)
             };
-            report::write_summarized(&dir, &header, &summary, last_wall, &events_path)
-                .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+            let rendering = std::time::Instant::now();
+            match cfg.reports {
+                Reports::All => report::write_summarized(&dir, &header, &summary, last_wall, &events_path)
+                    .map_err(anyhow::Error::from),
+                Reports::Summary => report::write_summary(&dir, &summary).map_err(anyhow::Error::from),
+            }
+            .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+            tracing::debug!("{}: reports of cell {} rendered in {:?}", dir.display(), index + 1, rendering.elapsed());
             if let Some(c) = summary.cells.last() {
                 cfg.progress.cell_end(&report::cell_line(c));
             }

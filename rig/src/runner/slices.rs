@@ -2,8 +2,8 @@
 //! slices `rig run --shard K/N` would run on N CI runners, run in one
 //! process on this machine's cores instead.
 //!
-//! Each slice is a run of its own in `RUN/slices/K/` (journal, reports and
-//! its devices' console logs), on its own runtime and clock, with its own
+//! Each slice is a run of its own in `RUN/slices/K/` (its journal, its
+//! `summary.json` and its devices' console logs), on its own runtime and clock, with its own
 //! cloud and cache: the same seed, device ids, keys and per-device
 //! randomness as the whole bench, so each device behaves as it would
 //! there. What differs is what a plan waits for: a step that waits on the
@@ -70,6 +70,7 @@ pub fn run_sliced(cfg: &RunConfig<'_>, slices: &[Slice]) -> anyhow::Result<RunRe
                             progress,
                             shard: Some(Shard { k: i + 1, n }),
                             folder: Some(&name),
+                            reports: super::Reports::Summary,
                         })
                     })
             })
@@ -90,6 +91,7 @@ pub fn run_sliced(cfg: &RunConfig<'_>, slices: &[Slice]) -> anyhow::Result<RunRe
         let r = r.with_context(|| format!("slice {}/{n} (in {})", i + 1, slices_dir.display()))?;
         summaries.push(r.summary);
     }
+    let joining = std::time::Instant::now();
     let journals = crate::timeline::join::slices_in(&dir);
     anyhow::ensure!(
         journals.len() == n,
@@ -99,6 +101,7 @@ pub fn run_sliced(cfg: &RunConfig<'_>, slices: &[Slice]) -> anyhow::Result<RunRe
     );
     let summary = crate::report::write_joined(&dir, &journals, &summaries, &crate::report::joined_id(&dir, n))
         .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+    tracing::debug!("{}: {n} slices joined in {:?}", dir.display(), joining.elapsed());
     if let Some(c) = summary.cells.last() {
         cfg.progress.cell_end(&crate::report::cell_line(c));
     }

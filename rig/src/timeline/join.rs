@@ -59,6 +59,14 @@ struct Item {
 /// Events a slice's reader hands over at a time.
 const BATCH: usize = 1024;
 
+/// What a slice's reader also hands each of its events to, on its thread
+/// (a slice's own console logs), before they are merged.
+pub trait Tap: Send {
+    fn event(&mut self, e: &Event);
+    /// The slice's last event was read.
+    fn end(&mut self);
+}
+
 /// Reads the slices' journals as one; `keep(cell, kind, device)` says which
 /// lines are parsed and fed to `f`. Each slice is read and parsed on a
 /// thread of its own (that is where the time goes); the merge is this
@@ -66,6 +74,17 @@ const BATCH: usize = 1024;
 pub fn stream(
     journals: &[PathBuf],
     keep: impl Fn(u32, &str, Option<&str>) -> bool + Sync,
+    f: impl FnMut(Event),
+) -> Result<Header, ReadError> {
+    stream_tapped(journals, keep, Vec::new(), f)
+}
+
+/// [`stream`], each slice's events also given to its tap (`taps[i]` for
+/// slice `i`, if there is one).
+pub fn stream_tapped(
+    journals: &[PathBuf],
+    keep: impl Fn(u32, &str, Option<&str>) -> bool + Sync,
+    mut taps: Vec<Box<dyn Tap + '_>>,
     mut f: impl FnMut(Event),
 ) -> Result<Header, ReadError> {
     let mut readers = Vec::with_capacity(journals.len());
@@ -87,9 +106,14 @@ pub fn stream(
     std::thread::scope(|s| {
         let mut feeds = Vec::with_capacity(n);
         let mut workers = Vec::with_capacity(n);
-        for (i, r) in readers.into_iter().enumerate() {
+        taps.resize_with(n.max(taps.len()), || Box::new(NoTap));
+        for ((i, r), mut tap) in readers.into_iter().enumerate().zip(taps) {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Item>>(4);
-            workers.push(s.spawn(move || read_slice(r, i, n, keep, &tx)));
+            workers.push(s.spawn(move || {
+                let r = read_slice(r, i, n, keep, &mut *tap, &tx);
+                tap.end();
+                r
+            }));
             feeds.push((rx, std::collections::VecDeque::<Item>::new()));
         }
         // The next item of slice i, refilling its queue from its reader.
@@ -135,6 +159,7 @@ fn read_slice<R: BufRead>(
     i: usize,
     n: usize,
     keep: &(impl Fn(u32, &str, Option<&str>) -> bool + Sync),
+    tap: &mut dyn Tap,
     tx: &std::sync::mpsc::SyncSender<Vec<Item>>,
 ) -> Result<(), ReadError> {
     let mut batch = Vec::with_capacity(BATCH);
@@ -160,6 +185,7 @@ fn read_slice<R: BufRead>(
         };
         let Some(mut ev) = ev else { break };
         ev.seq = joined_seq(ev.seq, i, n);
+        tap.event(&ev);
         batch.push(Item {
             cell: ev.cell,
             t_ms: ev.t_ms,
@@ -178,6 +204,22 @@ fn read_slice<R: BufRead>(
         let _ = tx.send(batch);
     }
     Ok(())
+}
+
+impl<T: Tap + ?Sized> Tap for &mut T {
+    fn event(&mut self, e: &Event) {
+        (**self).event(e);
+    }
+    fn end(&mut self) {
+        (**self).end();
+    }
+}
+
+struct NoTap;
+
+impl Tap for NoTap {
+    fn event(&mut self, _: &Event) {}
+    fn end(&mut self) {}
 }
 
 /// Whether a line of a slice other than the first is its own: a device's
