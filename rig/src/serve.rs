@@ -150,6 +150,7 @@ pub async fn run(o: ServeOptions<'_>) -> anyhow::Result<()> {
         plans: Vec::new(),
         started,
         shard: None,
+        console_lines: true,
     };
     // Everything goes to the journal; memory keeps only what the printer needs.
     let timeline = Timeline::create_rotating(&events, &header, JOURNAL_MAX_BYTES, JOURNAL_KEEP)?.retain_last(10_000);

@@ -61,6 +61,10 @@ fn a_declared_fleet_runs_compressed_and_its_signoff_shows_the_fleet() {
     assert!(dir.join("events.jsonl.zst").exists(), "compressed journal");
     assert!(!dir.join("events.jsonl").exists(), "and no plain one");
     assert!(
+        !dir.join("console/dev-0001.log").exists(),
+        "no console logs where no console line was journaled"
+    );
+    assert!(
         !dir.join("cell-1/durable-keys.jsonl").exists(),
         "no durable key store for a cell that never uses `durable`"
     );
@@ -326,7 +330,12 @@ fn shards_run_each_device_as_the_whole_fleet_would_and_merge_into_one_signoff() 
             k + 1,
             k + 1
         );
-        assert!(slice.join("console/dev-0001.log").exists() || k > 0);
+        let first = format!("dev-{:04}", k * 10 + 1);
+        let log = std::fs::read_to_string(slice.join(format!("console/{first}.log"))).unwrap();
+        assert!(
+            log.contains("--- rig: power on ---") && log.contains("wake"),
+            "{first}: {log}"
+        );
     }
     assert!(!run_dir.join("events.jsonl").exists(), "the journals are the slices'");
     let joined: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();

@@ -488,6 +488,7 @@ mod tests {
             plans: vec![],
             started: time::OffsetDateTime::UNIX_EPOCH,
             shard: None,
+            console_lines: true,
         };
         let summary = super::super::summarize(&header, &evs);
         let ev = Evidence::of(&summary, &evs);

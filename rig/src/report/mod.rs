@@ -138,7 +138,7 @@ pub fn write_joined(
 ) -> Result<Summary, ReportError> {
     let (header, summary) = joined_summary(journals, slices, run_id)?;
     let mut logs = Vec::with_capacity(journals.len());
-    for (j, s) in journals.iter().zip(slices) {
+    for (j, s) in journals.iter().zip(slices).filter(|_| header.console_lines) {
         let console_dir = j.parent().unwrap_or(Path::new(".")).join("console");
         crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
         logs.push(SliceLogs {
@@ -227,7 +227,9 @@ fn write_with(
     console_logs: bool,
     pass: impl FnOnce(&evidence::Filter, &mut dyn FnMut(&Event)) -> Result<(), crate::timeline::ReadError>,
 ) -> Result<(), ReportError> {
-    let mut logs = if console_logs {
+    // Where no console line was journaled, a device's log would hold only
+    // the rig's actions, all of which the journal and sign-off show.
+    let mut logs = if console_logs && header.console_lines {
         let console_dir = dir.join("console");
         crate::fsutil::ensure_dir(&console_dir, 0o755).map_err(std::io::Error::other)?;
         Some(ConsoleLogs::new(&console_dir, summary))
@@ -614,6 +616,7 @@ mod tests {
             plans: vec![],
             started: time::OffsetDateTime::UNIX_EPOCH,
             shard: None,
+            console_lines: true,
         };
         let summary = summarize(&header, events);
         let mut logs = ConsoleLogs::new(dir.path(), &summary);

@@ -100,6 +100,7 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
         plans: cfg.plans.iter().map(|p| p.path.display().to_string()).collect(),
         started,
         shard: cfg.shard.map(|s| s.to_string()),
+        console_lines: cfg.bench.journal.console_lines,
     };
     let events_path = dir.join(if cfg.bench.journal.compress {
         crate::timeline::store::COMPRESSED
@@ -155,7 +156,12 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
                 Reports::Summary => report::write_summary(&dir, &summary).map_err(anyhow::Error::from),
             }
             .with_context(|| format!("cannot write reports in {}", dir.display()))?;
-            tracing::debug!("{}: reports of cell {} rendered in {:?}", dir.display(), index + 1, rendering.elapsed());
+            tracing::debug!(
+                "{}: reports of cell {} rendered in {:?}",
+                dir.display(),
+                index + 1,
+                rendering.elapsed()
+            );
             if let Some(c) = summary.cells.last() {
                 cfg.progress.cell_end(&report::cell_line(c));
             }

@@ -630,4 +630,17 @@ pub struct Header {
     /// `K/N` when the run simulated one slice of a fleet (`rig run --shard`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// Whether the bench journaled its console lines (`journal: {
+    /// console_lines: false }` on a fleet bench keeps only the events they
+    /// stand for); absent in journals from before it could be turned off.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub console_lines: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }

@@ -226,6 +226,8 @@ mod basics {
             plans: vec![],
             started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
             shard: None,
+            console_lines: true,
+            console_lines: true,
         }
     }
 
@@ -618,6 +620,7 @@ mod roundtrip {
                 plans: vec![],
                 started: OffsetDateTime::UNIX_EPOCH,
                 shard: None,
+                console_lines: true,
             };
             let tl = Timeline::create(&path, &header).unwrap();
             for (device, kind) in events {
