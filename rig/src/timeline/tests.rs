@@ -227,7 +227,6 @@ mod basics {
             started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
             shard: None,
             console_lines: true,
-            console_lines: true,
         }
     }
 
