@@ -312,6 +312,7 @@ fn a_thousand_device_signoff_stays_small() {
         plans: vec![],
         started: time::OffsetDateTime::now_utc(),
         shard: None,
+        console_lines: true,
     };
     let events = tl.snapshot();
     let started = std::time::Instant::now();
