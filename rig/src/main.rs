@@ -246,6 +246,16 @@ enum BenchWhat {
         #[arg(long, default_value = "sleepy-1.2")]
         fixture: String,
     },
+    /// What a running `rig cloud serve` holds in memory under load: a child
+    /// cloud driven by handshakes and resumes, its RSS sampled every second.
+    Serve {
+        /// Protocol clients (1 to 16, the cloud's pending handshakes per address).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of load, in one-second phases of handshakes and resumes.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Wake cycles per wall second, memory and journal bytes per wake of a
     /// simulated fleet on the virtual clock, against the AEAD floor.
     Fleet {
@@ -411,6 +421,10 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
                 }),
             ..
         } => cli::cloud::storm(devices, cache.into_iter().map(Into::into).collect(), workers),
+        Cmd::Bench {
+            what: Some(BenchWhat::Serve { clients, seconds }),
+            ..
+        } => cli::bench_serve::run(clients, seconds),
         Cmd::Bench {
             what: Some(BenchWhat::Console { lines, rate }),
             ..

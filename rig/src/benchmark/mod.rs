@@ -215,6 +215,31 @@ pub async fn run(
     })
 }
 
+/// Load on a cloud that runs elsewhere (`rig bench serve`): `clients`
+/// clients (`bench-0000`, … with the keys a sim bench derives for those
+/// ids) alternate phases of `each`, full handshakes then resumes, for
+/// `phases` phases; `after` is called after each phase with its figures
+/// (what the caller measures of the cloud meanwhile).
+pub async fn load(
+    cloud: SocketAddr,
+    clients: usize,
+    phases: usize,
+    each: Duration,
+    mut after: impl FnMut(usize, &str, &Phase),
+) -> std::io::Result<()> {
+    let mut all = new_clients(clients).await?;
+    for i in 0..phases {
+        let (name, mode) = if i % 2 == 0 {
+            ("full handshakes", Mode::Handshake)
+        } else {
+            ("session resumes", Mode::Resume)
+        };
+        let p = phase(&mut all, each, cloud, mode).await;
+        after(i, name, &p);
+    }
+    Ok(())
+}
+
 /// Protocol clients `bench-0000`, `bench-0001`, …, each on its own socket.
 async fn new_clients(n: usize) -> std::io::Result<Vec<Client>> {
     let mut all = Vec::with_capacity(n);

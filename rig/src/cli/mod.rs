@@ -15,6 +15,7 @@
 pub mod bench_console;
 pub mod bench_fleet;
 pub mod bench_qemu;
+pub mod bench_serve;
 pub mod cache_client;
 pub mod cloud;
 pub mod hands_on;
