@@ -351,19 +351,7 @@ impl Summarizer {
         for c in &mut cells {
             c.verdict = verdict_of(c);
         }
-        let exit_code = exit_code(&cells);
-        Summary {
-            format: "rig.summary".into(),
-            version: 1,
-            run_id: header.run_id.clone(),
-            rig_version: header.rig_version.clone(),
-            seed: header.seed,
-            bench: header.bench.clone(),
-            plans: header.plans.clone(),
-            started: header.started,
-            exit_code,
-            cells,
-        }
+        of_cells(header, cells)
     }
 }
 
@@ -416,6 +404,11 @@ pub fn join(header: &Header, slices: &[Summary]) -> Summary {
         c.verdict = verdict_of(c);
     }
     cells.sort_by_key(|c| c.index);
+    of_cells(header, cells)
+}
+
+/// The summary of `header`'s run with these judged cells.
+fn of_cells(header: &Header, cells: Vec<CellSummary>) -> Summary {
     let exit_code = exit_code(&cells);
     Summary {
         format: "rig.summary".into(),
