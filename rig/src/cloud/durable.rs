@@ -28,6 +28,13 @@ struct Inner {
     off: bool,
 }
 
+/// A tombstone line: `{"forget": <session id>}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Forget {
+    forget: SessionId,
+}
+
 #[derive(Clone, Default)]
 pub struct DurableKeys {
     inner: Arc<Mutex<Inner>>,
@@ -55,9 +62,12 @@ impl DurableKeys {
         let mut index = BTreeMap::new();
         if let Ok(f) = crate::fsutil::open_read_nofollow(path) {
             for line in BufReader::new(f).lines() {
+                let line = line?;
                 // A torn last line (killed mid-write) is skipped.
-                if let Ok(rec) = serde_json::from_str::<SessionRecord>(&line?) {
+                if let Ok(rec) = serde_json::from_str::<SessionRecord>(&line) {
                     index.insert(rec.session_id, rec);
+                } else if let Ok(Forget { forget }) = serde_json::from_str::<Forget>(&line) {
+                    index.remove(&forget);
                 }
             }
         }
@@ -116,6 +126,27 @@ impl DurableKeys {
         Ok(())
     }
 
+    /// Drops a session its device has replaced, so the store holds one
+    /// session per device however many handshakes it makes. The file gets
+    /// a tombstone line, so reopening it does not bring the session back.
+    pub fn forget(&self, id: SessionId) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        if inner.off || inner.index.remove(&id).is_none() {
+            return Ok(());
+        }
+        if let Some(f) = inner.file.as_mut() {
+            let res = serde_json::to_writer(&mut *f, &Forget { forget: id })
+                .map_err(std::io::Error::from)
+                .and_then(|_| f.write_all(b"\n"))
+                .and_then(|_| f.flush());
+            if res.is_err() {
+                inner.file = None;
+            }
+            return res;
+        }
+        Ok(())
+    }
+
     pub fn len(&self) -> usize {
         self.lock().index.len()
     }
@@ -143,6 +174,23 @@ mod tests {
         drop(store);
         let reopened = DurableKeys::with_file(&path).unwrap();
         assert_eq!(reopened.get(5), Some(rec));
+        assert_eq!(reopened.len(), 1);
+    }
+
+    #[test]
+    fn a_forgotten_session_stays_forgotten_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("durable.jsonl");
+        let keys = SessionKeys::derive(&Psk([1; 32]), "d", &[1; 16], &[2; 16], 5);
+        let store = DurableKeys::with_file(&path).unwrap();
+        store.put(&SessionRecord::new(5, "d", &keys)).unwrap();
+        store.put(&SessionRecord::new(6, "d", &keys)).unwrap();
+        store.forget(5).unwrap();
+        assert_eq!(store.get(5), None);
+        drop(store);
+        let reopened = DurableKeys::with_file(&path).unwrap();
+        assert_eq!(reopened.get(5), None);
+        assert!(reopened.get(6).is_some());
         assert_eq!(reopened.len(), 1);
     }
 

@@ -107,6 +107,23 @@ impl CloudConfig {
     }
 }
 
+/// A device as one worker knows it: its last address, the session it is
+/// known to hold and the one its latest handshake created.
+///
+/// A device holds one session. Once it uses the one a handshake gave it,
+/// the session it held before is dead on the device, and the cloud drops it
+/// from the cache, the durable store and its replay floors: whatever the
+/// handshake rate, the cloud then keeps a session per device instead of one
+/// per handshake. Until that first use the old session stays valid (the
+/// device may never have received the finished flight), and a newer
+/// handshake replaces a successor that was never used.
+#[derive(Default)]
+struct Known {
+    addr: Option<SocketAddr>,
+    current: Option<SessionId>,
+    successor: Option<SessionId>,
+}
+
 struct Pending {
     ip: std::net::IpAddr,
     device_id: String,
@@ -127,6 +144,9 @@ pub struct Outcome {
     /// The session as it must be stored once the replies are on their way
     /// (see [`Server::store`]).
     pub store: Option<SessionRecord>,
+    /// A session its device has replaced, to drop after the store (see
+    /// `Known`).
+    pub retire: Option<SessionId>,
 }
 
 /// The cloud's protocol state. Owned by one task.
@@ -149,8 +169,11 @@ pub struct Server {
     /// front instead of walking every pending handshake on every hello.
     pending_by_age: std::collections::VecDeque<(Instant, SessionId)>,
     // Which device last spoke from an address: how bytes of records the cloud
-    // cannot decrypt are still attributed to a device.
+    // cannot decrypt are still attributed to a device. One address per
+    // device (see `heard`), so it is bounded by the devices with a key.
     peers: HashMap<SocketAddr, String>,
+    /// What this worker knows of each device's sessions (see `Known`).
+    devices: HashMap<String, Known>,
     /// Circuit breaker, per part of the cache (a cluster's slot range): a
     /// dead node fails fast only the sessions it served.
     cache_down_until: HashMap<usize, Instant>,
@@ -241,6 +264,7 @@ impl Server {
             pending: BTreeMap::new(),
             pending_by_age: std::collections::VecDeque::new(),
             peers: HashMap::new(),
+            devices: HashMap::new(),
             cache_down_until: HashMap::new(),
             prefetched: HashMap::new(),
             shard,
@@ -265,14 +289,17 @@ impl Server {
     /// datagram (a session's datagrams all reach this worker), and the
     /// in-process replay floor was raised before the reply was sealed.
     pub async fn store(&mut self, out: &mut Outcome) {
-        let Some(rec) = out.store.take() else { return };
-        if let Err(e) = self.durable.put(&rec) {
-            out.events
-                .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
+        if let Some(rec) = out.store.take() {
+            if let Err(e) = self.durable.put(&rec) {
+                out.events
+                    .push(cache_error("durable.put", &CacheError::io("durable key store")(e)));
+            }
+            if let Err(e) = self.cache_put(&rec).await {
+                out.events.push(cache_error("put", &e));
+            }
         }
-        if let Err(e) = self.cache_put(&rec).await {
-            out.events.push(cache_error("put", &e));
-        }
+        // After the put, so a cache that is down fails the put as before.
+        self.retire(out).await;
     }
 
     async fn handle_deferred(&mut self, data: &[u8], peer: SocketAddr) -> Outcome {
@@ -334,7 +361,7 @@ impl Server {
             ));
             return;
         }
-        self.peers.insert(peer, h.device_id.clone());
+        self.heard(peer, &h.device_id);
         let mut server_nonce = [0u8; NONCE_LEN];
         self.rng.fill_bytes(&mut server_nonce);
         let session_id = loop {
@@ -372,6 +399,14 @@ impl Server {
                 created,
             },
         );
+        if self.pending_by_age.len() > 2 * self.pending.len().max(64) {
+            // Finished handshakes leave their entries behind; at a high
+            // handshake rate they would pile up for a whole pending TTL.
+            // Amortised: the queue at least halves each time.
+            let pending = &self.pending;
+            self.pending_by_age
+                .retain(|(c, id)| pending.get(id).is_some_and(|p| p.created == *c));
+        }
     }
 
     fn expire_pending(&mut self) {
@@ -418,7 +453,10 @@ impl Server {
             return;
         }
         self.ips.give_back(p.ip);
-        self.peers.insert(peer, p.device_id.clone());
+        self.heard(peer, &p.device_id);
+        let known = self.devices.entry(p.device_id.clone()).or_default();
+        // A successor never used: the device did not keep it.
+        out.retire = known.successor.replace(f.session_id);
         let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
         out.store = Some(rec);
         let session = session_label(f.session_id);
@@ -475,6 +513,11 @@ impl Server {
             out.events.push(invalid("record fails authentication", peer));
             return;
         };
+        if !self.holds(&rec.device_id, sid, out) {
+            out.events
+                .push(invalid("record on a session its device has replaced", peer));
+            return;
+        }
         if r.header.counter <= rec.rx_counter {
             out.events
                 .push(invalid("replayed record (counter not above last accepted)", peer));
@@ -498,7 +541,7 @@ impl Server {
             });
         }
         self.highest_rx.insert(sid, r.header.counter.max(highest));
-        self.peers.insert(peer, rec.device_id.clone());
+        self.heard(peer, &rec.device_id);
         rec.rx_counter = r.header.counter;
         if healed {
             out.events.push(unknown(&session, UnknownAction::Healed, &r));
@@ -540,6 +583,69 @@ impl Server {
                 .push(Frame::Record(Record::seal(&keys, Direction::ToDevice, header, &reply)));
         }
         out.store = Some(rec);
+    }
+
+    /// Records that `device` spoke from `peer`, forgetting the address it
+    /// used before.
+    fn heard(&mut self, peer: SocketAddr, device: &str) {
+        if self.peers.get(&peer).is_some_and(|d| d == device) {
+            return;
+        }
+        let known = match self.devices.get_mut(device) {
+            Some(k) => k,
+            None => self.devices.entry(device.to_owned()).or_default(),
+        };
+        if let Some(old) = known.addr.replace(peer)
+            && self.peers.get(&old).is_some_and(|d| d == device)
+        {
+            self.peers.remove(&old);
+        }
+        if let Some(other) = self.peers.insert(peer, device.to_owned())
+            && let Some(k) = self.devices.get_mut(&other)
+            && k.addr == Some(peer)
+        {
+            // Another device had this address last; it has moved.
+            k.addr = None;
+        }
+    }
+
+    /// Whether an authenticated record of `sid` from `device` is on the
+    /// session the device holds, moving to its successor on first use (see
+    /// `Known`). A session the device has replaced is refused: a cache
+    /// restored from an old snapshot could bring it back, its replay floor
+    /// already forgotten.
+    fn holds(&mut self, device: &str, sid: SessionId, out: &mut Outcome) -> bool {
+        let known = match self.devices.get_mut(device) {
+            Some(k) => k,
+            None => self.devices.entry(device.to_owned()).or_default(),
+        };
+        if known.successor == Some(sid) {
+            known.successor = None;
+            out.retire = known.current.replace(sid);
+            return true;
+        }
+        match known.current {
+            Some(c) => c == sid,
+            None => {
+                known.current = Some(sid);
+                true
+            }
+        }
+    }
+
+    /// Drops the session `out` retired from the replay floors, the durable
+    /// store and the cache. Best effort: a failure leaves it to the cache's
+    /// TTL, and is no event of the device's.
+    async fn retire(&mut self, out: &mut Outcome) {
+        let Some(old) = out.retire.take() else { return };
+        self.highest_rx.remove(&old);
+        if let Err(e) = self.durable.forget(old) {
+            out.events
+                .push(cache_error("durable.forget", &CacheError::io("durable key store")(e)));
+        }
+        if let Err(e) = self.guarded(old, |cache| async move { cache.delete(old).await }).await {
+            tracing::debug!("dropping replaced session {}: {e}", session_label(old));
+        }
     }
 
     async fn cache_get(&mut self, id: SessionId) -> Result<Option<SessionRecord>, CacheError> {
@@ -955,5 +1061,11 @@ impl Server {
     /// Handshakes waiting for their finished flight (for tests and diagnostics).
     pub fn pending_len(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Entries of the worker's own per-session and per-peer state: what
+    /// must stay bounded under load (for tests).
+    pub fn held(&self) -> usize {
+        self.highest_rx.len() + self.pending.len() + self.pending_by_age.len() + self.peers.len() + self.devices.len()
     }
 }

@@ -170,6 +170,58 @@ async fn handshake_then_resume_ping_and_publish() {
     assert_eq!((stored.rx_counter, stored.tx_counter), (2, 2));
 }
 
+/// A handshake flood from one device (a firmware bug, or a load test) must
+/// not grow the cloud: it keeps a session per device, not per handshake.
+#[tokio::test(start_paused = true)]
+async fn a_device_that_handshakes_again_and_again_leaves_one_session_in_the_cloud() {
+    use crate::cache::{Cache, RestoreFrom};
+    let mut r = rig(Mitigation::Durable);
+    let admin = Cache::new(Arc::new(r.cache.clone()), r.timeline.clone());
+    let ping = async |r: &mut Rig, dev: &mut Dev, msg_id: u16| {
+        let o = r
+            .server
+            .handle(&dev.record(FLAG_RESUME, InnerKind::Ping, msg_id), peer(1))
+            .await;
+        (o.replies.len(), names(&o), o.events)
+    };
+    let (mut first, _) = handshake(&mut r, A, peer(1)).await;
+    assert_eq!(ping(&mut r, &mut first, 1).await.0, 1);
+    // Handshakes the device never goes on to use (as if it never received
+    // the finished flight): the session it holds stays valid, and only the
+    // latest of them is kept.
+    for _ in 0..500 {
+        handshake(&mut r, A, peer(1)).await;
+    }
+    assert_eq!(r.cache.len(), 2, "the held session and the latest handshake's");
+    assert!(
+        r.server.held() < 150,
+        "{} entries of state for one device",
+        r.server.held()
+    );
+    assert_eq!(r.durable.len(), 2);
+    assert_eq!(ping(&mut r, &mut first, 2).await.0, 1, "the held session still resumes");
+    admin.snapshot("before").await.unwrap();
+    // The device uses a new session: the one it held is gone for good.
+    let (mut second, _) = handshake(&mut r, A, peer(1)).await;
+    assert_eq!(ping(&mut r, &mut second, 1).await.0, 1);
+    assert_eq!(r.cache.len(), 1);
+    assert_eq!(r.durable.len(), 1);
+    assert!(r.cache.get(first.id).await.unwrap().is_none());
+    // Even brought back by an old snapshot, the replaced session is refused,
+    // though its replay floor is forgotten.
+    admin.restore(&RestoreFrom::Snapshot("before".into())).await.unwrap();
+    let (replies, _, events) = ping(&mut r, &mut first, 3).await;
+    assert_eq!(replies, 0);
+    assert!(
+        matches!(&events[..], [EventKind::CloudInvalid { reason, .. }] if reason.contains("replaced")),
+        "{events:?}"
+    );
+    // The session the device holds carries on (healed from the durable
+    // store: the snapshot predates it).
+    let (replies, names, _) = ping(&mut r, &mut second, 2).await;
+    assert_eq!((replies, names.contains(&"cloud.resumed")), (1, true), "{names:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hello_without_a_valid_cookie_costs_no_state_and_gets_a_small_answer() {
     let mut r = rig(Mitigation::Drop);

@@ -110,9 +110,16 @@ impl Server {
                 last.insert(rec.session_id, (i, rec));
             }
         }
-        if last.is_empty() {
-            return;
+        if !last.is_empty() {
+            self.put_burst(answered, last).await;
         }
+        // Rare (once per handshake a device goes on to use), so not batched.
+        for a in answered.iter_mut() {
+            self.retire(&mut a.out).await;
+        }
+    }
+
+    async fn put_burst(&mut self, answered: &mut [Answered], last: HashMap<SessionId, (usize, SessionRecord)>) {
         let mut by_part: BTreeMap<usize, Vec<(usize, SessionRecord)>> = BTreeMap::new();
         for (_, (i, rec)) in last {
             by_part
