@@ -116,7 +116,9 @@ impl CloudConfig {
 /// handshake rate, the cloud then keeps a session per device instead of one
 /// per handshake. Until that first use the old session stays valid (the
 /// device may never have received the finished flight), and a newer
-/// handshake replaces a successor that was never used.
+/// handshake replaces a successor that was never used. Per worker: a device
+/// whose new session lives on another worker leaves its old one to the
+/// cache's TTL, so the bound is a session per device per worker.
 #[derive(Default)]
 struct Known {
     addr: Option<SocketAddr>,

@@ -44,6 +44,9 @@ struct State {
     flush: Flush,
     /// Bytes written into the journal's buffer since it last went to the file.
     unflushed: usize,
+    /// The line being serialised, kept between events: a fresh buffer per
+    /// event was an allocation and a free each time.
+    line: Vec<u8>,
     last_flush: std::time::Instant,
     journal_error: Option<String>,
     /// Whether console lines are journaled (`journal: { console_lines }`).
@@ -220,6 +223,7 @@ impl Timeline {
                     journal,
                     flush: Flush::EveryEvent,
                     unflushed: 0,
+                    line: Vec::new(),
                     last_flush: std::time::Instant::now(),
                     journal_error: None,
                     console_lines: true,
@@ -305,9 +309,13 @@ impl Timeline {
         };
         let st = &mut *s;
         if let Some(w) = st.journal.as_mut() {
-            let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+            let line = &mut st.line;
+            line.clear();
+            if serde_json::to_writer(&mut *line, &ev).is_err() {
+                line.clear();
+            }
             line.push(b'\n');
-            let mut res = w.write_all(&line);
+            let mut res = w.write_all(line);
             if res.is_ok() && flush_now {
                 res = w.flush();
             }

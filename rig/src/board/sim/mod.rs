@@ -105,7 +105,18 @@ impl Inner {
     pub(crate) fn println(&self, boot: Instant, category: &str, level: &str, msg: &str) {
         let ms = boot.elapsed().as_millis();
         let line = format!("{ms:010} [{category}] {level}: {msg}\r\n");
-        self.console_write(line.as_bytes());
+        self.console_write_owned(line.into_bytes());
+    }
+
+    /// [`Self::console_write`] of bytes the caller gives up: on the virtual
+    /// bench they are sent as they are (a fleet writes millions of lines).
+    fn console_write_owned(&self, data: Vec<u8>) {
+        match &self.console_out {
+            ConsoleOut::Channel(tx) => {
+                let _ = tx.send(data);
+            }
+            ConsoleOut::Pty { .. } => self.console_write(&data),
+        }
     }
 
     fn console_write(&self, data: &[u8]) {
