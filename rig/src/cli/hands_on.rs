@@ -60,9 +60,24 @@ where
     F: FnOnce(DeviceHandle, Timeline) -> Fut,
     Fut: std::future::Future<Output = Result<String, CliError>>,
 {
+    with_device_on(super::runtime()?, bench, device, wait_lock, what, f)
+}
+
+/// [`with_device`] on runtime `rt`.
+fn with_device_on<F, Fut>(
+    rt: tokio::runtime::Runtime,
+    bench: &Path,
+    device: &str,
+    wait_lock: Option<Duration>,
+    what: &str,
+    f: F,
+) -> Result<Overall, CliError>
+where
+    F: FnOnce(DeviceHandle, Timeline) -> Fut,
+    Fut: std::future::Future<Output = Result<String, CliError>>,
+{
     let (b, i) = bench_device(bench, device)?;
     let _lock = take_lock(&b, &format!("rig {what} {device}"), wait_lock)?;
-    let rt = super::runtime()?;
     let msg = rt.block_on(async {
         let tl = Timeline::in_memory().retain_last(8192);
         let d = &b.devices[i];
@@ -187,7 +202,13 @@ pub fn console(
     duration: Option<Duration>,
     wait_lock: Option<Duration>,
 ) -> Result<Overall, CliError> {
-    with_device(bench, device, wait_lock, "console", |dev, tl| async move {
+    // One thread for the line task and the printer (the port has its own):
+    // on two workers, every batch was a wakeup of the other thread.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Fault(format!("cannot start the async runtime: {e}")))?;
+    with_device_on(rt, bench, device, wait_lock, "console", |dev, tl| async move {
         let mut interrupt = crate::signals::Interrupt::new();
         if let Some(line) = send {
             dev.console_send_confirmed(&line).await.map_err(|e| fault(device, e))?;
