@@ -48,23 +48,8 @@ fn fault(device: &str, e: impl std::fmt::Display) -> CliError {
 }
 
 /// Builds `device` of `bench` (without a power driver) under the bench lock
-/// and runs `f` on it.
+/// and runs `f` on it, on runtime `rt`.
 fn with_device<F, Fut>(
-    bench: &Path,
-    device: &str,
-    wait_lock: Option<Duration>,
-    what: &str,
-    f: F,
-) -> Result<Overall, CliError>
-where
-    F: FnOnce(DeviceHandle, Timeline) -> Fut,
-    Fut: std::future::Future<Output = Result<String, CliError>>,
-{
-    with_device_on(super::runtime()?, bench, device, wait_lock, what, f)
-}
-
-/// [`with_device`] on runtime `rt`.
-fn with_device_on<F, Fut>(
     rt: tokio::runtime::Runtime,
     bench: &Path,
     device: &str,
@@ -149,24 +134,38 @@ pub fn flash(
             fx.boards.join(", ")
         )));
     }
-    with_device(bench, device, wait_lock, "flash", |dev, _| async move {
-        dev.flash(&fx).await.map_err(|e| fault(device, e))?;
-        Ok(format!(
-            "flashed {} {} (sha256 {}) with {}",
-            fx.name,
-            fx.version,
-            fx.sha256,
-            dev.describe_flasher()
-        ))
-    })
+    with_device(
+        super::runtime()?,
+        bench,
+        device,
+        wait_lock,
+        "flash",
+        |dev, _| async move {
+            dev.flash(&fx).await.map_err(|e| fault(device, e))?;
+            Ok(format!(
+                "flashed {} {} (sha256 {}) with {}",
+                fx.name,
+                fx.version,
+                fx.sha256,
+                dev.describe_flasher()
+            ))
+        },
+    )
 }
 
 /// `rig reset DEVICE`.
 pub fn reset(device: &str, bench: &Path, wait_lock: Option<Duration>) -> Result<Overall, CliError> {
-    with_device(bench, device, wait_lock, "reset", |dev, _| async move {
-        dev.soft_reset().await.map_err(|e| fault(device, e))?;
-        Ok("soft reset".to_string())
-    })
+    with_device(
+        super::runtime()?,
+        bench,
+        device,
+        wait_lock,
+        "reset",
+        |dev, _| async move {
+            dev.soft_reset().await.map_err(|e| fault(device, e))?;
+            Ok("soft reset".to_string())
+        },
+    )
 }
 
 /// Events printed at once by `rig console`.
@@ -208,7 +207,7 @@ pub fn console(
         .enable_all()
         .build()
         .map_err(|e| CliError::Fault(format!("cannot start the async runtime: {e}")))?;
-    with_device_on(rt, bench, device, wait_lock, "console", |dev, tl| async move {
+    with_device(rt, bench, device, wait_lock, "console", |dev, tl| async move {
         let mut interrupt = crate::signals::Interrupt::new();
         if let Some(line) = send {
             dev.console_send_confirmed(&line).await.map_err(|e| fault(device, e))?;

@@ -35,6 +35,22 @@ struct Forget {
     forget: SessionId,
 }
 
+impl Inner {
+    /// Appends `line` to the file and flushes it. After a failure the file
+    /// is not written again (a full disk would fail every time).
+    fn append(&mut self, line: &impl serde::Serialize) -> std::io::Result<()> {
+        let Some(f) = self.file.as_mut() else { return Ok(()) };
+        let res = serde_json::to_writer(&mut *f, line)
+            .map_err(std::io::Error::from)
+            .and_then(|_| f.write_all(b"\n"))
+            .and_then(|_| f.flush());
+        if res.is_err() {
+            self.file = None;
+        }
+        res
+    }
+}
+
 #[derive(Clone, Default)]
 pub struct DurableKeys {
     inner: Arc<Mutex<Inner>>,
@@ -113,17 +129,7 @@ impl DurableKeys {
             return Ok(());
         }
         inner.index.insert(rec.session_id, rec.clone());
-        if let Some(f) = inner.file.as_mut() {
-            let res = serde_json::to_writer(&mut *f, rec)
-                .map_err(std::io::Error::from)
-                .and_then(|_| f.write_all(b"\n"))
-                .and_then(|_| f.flush());
-            if res.is_err() {
-                inner.file = None;
-            }
-            return res;
-        }
-        Ok(())
+        inner.append(rec)
     }
 
     /// Drops a session its device has replaced, so the store holds one
@@ -134,17 +140,7 @@ impl DurableKeys {
         if inner.off || inner.index.remove(&id).is_none() {
             return Ok(());
         }
-        if let Some(f) = inner.file.as_mut() {
-            let res = serde_json::to_writer(&mut *f, &Forget { forget: id })
-                .map_err(std::io::Error::from)
-                .and_then(|_| f.write_all(b"\n"))
-                .and_then(|_| f.flush());
-            if res.is_err() {
-                inner.file = None;
-            }
-            return res;
-        }
-        Ok(())
+        inner.append(&Forget { forget: id })
     }
 
     pub fn len(&self) -> usize {
