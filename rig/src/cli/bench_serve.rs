@@ -14,17 +14,13 @@ use super::CliError;
 use super::bench_fleet::fault;
 use crate::report::Overall;
 
-/// Most clients `rig bench serve` runs.
-pub const MAX_CLIENTS: usize = 10_000;
-
-/// The cloud's flood guard admits this many pending handshakes per
-/// address (all clients share 127.0.0.1): more clients would time out.
-const DEFAULT_PENDING: usize = 16;
-
 pub fn run(clients: usize, seconds: u64) -> Result<Overall, CliError> {
-    if clients == 0 || clients > DEFAULT_PENDING {
+    // The cloud's flood guard admits this many pending handshakes per
+    // address (all clients share 127.0.0.1): more clients would time out.
+    let most = crate::cloud::CloudConfig::new(Default::default(), 0).max_pending_per_ip;
+    if clients == 0 || clients > most {
         return Err(CliError::Usage(format!(
-            "--clients must be between 1 and {DEFAULT_PENDING} (the cloud's pending handshakes per address), not {clients}"
+            "--clients must be between 1 and {most} (the cloud's pending handshakes per address), not {clients}"
         )));
     }
     if !(2..=3600).contains(&seconds) {

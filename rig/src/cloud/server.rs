@@ -456,7 +456,7 @@ impl Server {
         }
         self.ips.give_back(p.ip);
         self.heard(peer, &p.device_id);
-        let known = self.devices.entry(p.device_id.clone()).or_default();
+        let known = known(&mut self.devices, &p.device_id);
         // A successor never used: the device did not keep it.
         out.retire = known.successor.replace(f.session_id);
         let rec = SessionRecord::new(f.session_id, &p.device_id, &p.keys);
@@ -593,10 +593,7 @@ impl Server {
         if self.peers.get(&peer).is_some_and(|d| d == device) {
             return;
         }
-        let known = match self.devices.get_mut(device) {
-            Some(k) => k,
-            None => self.devices.entry(device.to_owned()).or_default(),
-        };
+        let known = known(&mut self.devices, device);
         if let Some(old) = known.addr.replace(peer)
             && self.peers.get(&old).is_some_and(|d| d == device)
         {
@@ -617,10 +614,7 @@ impl Server {
     /// restored from an old snapshot could bring it back, its replay floor
     /// already forgotten.
     fn holds(&mut self, device: &str, sid: SessionId, out: &mut Outcome) -> bool {
-        let known = match self.devices.get_mut(device) {
-            Some(k) => k,
-            None => self.devices.entry(device.to_owned()).or_default(),
-        };
+        let known = known(&mut self.devices, device);
         if known.successor == Some(sid) {
             known.successor = None;
             out.retire = known.current.replace(sid);
@@ -690,6 +684,14 @@ impl Server {
     fn emit(&self, device: Option<&str>, kind: EventKind) {
         self.timeline.emit(device, Source::Cloud, kind);
     }
+}
+
+/// `device`'s entry, its id copied only the first time it is seen.
+fn known<'a>(devices: &'a mut HashMap<String, Known>, device: &str) -> &'a mut Known {
+    if !devices.contains_key(device) {
+        devices.insert(device.to_owned(), Known::default());
+    }
+    devices.get_mut(device).expect("just inserted")
 }
 
 fn invalid(reason: &str, peer: SocketAddr) -> EventKind {
