@@ -149,6 +149,18 @@ impl PartialEq for CacheError {
 }
 
 impl CacheError {
+    /// The same failure once more, for a second operation that met it (a
+    /// pipeline that failed fails each of its operations): what the
+    /// cloud's breaker tells apart (down, timed out) is kept, the rest
+    /// keeps its message.
+    pub fn again(&self) -> CacheError {
+        match self {
+            CacheError::Down(m) => CacheError::Down(m.clone()),
+            CacheError::Timeout(d) => CacheError::Timeout(*d),
+            e => CacheError::Backend(e.to_string()),
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CacheError {
         let what = what.into();
         move |source| CacheError::Io { what, source }
@@ -449,6 +461,31 @@ pub trait SessionCache: Send + Sync {
             self.put(rec, ttl).await?;
         }
         Ok(())
+    }
+
+    /// `recs` stored and `ids` fetched (no session in both), in one round
+    /// trip where the backend can pipeline: a cloud worker stores one
+    /// burst's sessions with the next burst's fetch. The results are those
+    /// of `put_many` and `get_many`; a round trip that fails fails both.
+    async fn put_and_get_many(
+        &self,
+        recs: &[SessionRecord],
+        ttl: Duration,
+        ids: &[SessionId],
+    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+        let put = async {
+            match recs {
+                [] => Ok(()),
+                recs => self.put_many(recs, ttl).await,
+            }
+        };
+        let get = async {
+            match ids {
+                [] => Ok(Vec::new()),
+                ids => self.get_many(ids).await,
+            }
+        };
+        futures::future::join(put, get).await
     }
 
     /// All data lost, unavailable until `start` or `restore`.

@@ -181,6 +181,8 @@ pub struct Server {
     cache_down_until: HashMap<usize, Instant>,
     /// Sessions fetched for the datagrams of a burst (see `burst`).
     prefetched: HashMap<SessionId, Result<Option<SessionRecord>, CacheError>>,
+    /// The last burst's sessions, written with the next burst's fetch.
+    unstored: burst::Unstored,
     /// Which worker this is: the session ids it hands out are its own.
     shard: Shard,
     /// Pending handshakes per source IP, across all workers.
@@ -269,6 +271,7 @@ impl Server {
             devices: HashMap::new(),
             cache_down_until: HashMap::new(),
             prefetched: HashMap::new(),
+            unstored: burst::Unstored::default(),
             shard,
             ips,
         }
@@ -288,8 +291,10 @@ impl Server {
     /// not wait for the cache's acknowledgement, which halves what a resume
     /// costs it with a networked cache. Order and replay protection are
     /// unchanged: the worker finishes the write before it takes the next
-    /// datagram (a session's datagrams all reach this worker), and the
-    /// in-process replay floor was raised before the reply was sealed.
+    /// datagram (a session's datagrams all reach this worker; a burst's
+    /// writes go with the next burst's fetch, which reads those sessions
+    /// from the write, see `burst`), and the in-process replay floor was
+    /// raised before the reply was sealed.
     pub async fn store(&mut self, out: &mut Outcome) {
         if let Some(rec) = out.store.take() {
             if let Err(e) = self.durable.put(&rec) {
@@ -888,7 +893,9 @@ pub(super) async fn work_in_group(
             }
         }
         if taken == 0 && !closed {
-            // Nothing queued anywhere: wait for the first thing to happen.
+            // Nothing queued anywhere: write what the last burst left, then
+            // wait for the first thing to happen.
+            server.flush_stores().await;
             tokio::select! {
                 biased;
                 // Sent once, at stop (or the sender is gone).
@@ -933,6 +940,7 @@ pub(super) async fn work_in_group(
             break;
         }
     }
+    server.flush_stores().await;
     refused.flush(&server);
 }
 

@@ -204,6 +204,10 @@ pub(crate) mod data {
             pipe.get(key(id));
         }
         let values: Vec<Option<String>> = pipe.query_async(c).await.map_err(backend_err)?;
+        parse(values)
+    }
+
+    fn parse(values: Vec<Option<String>>) -> Result<Vec<Option<SessionRecord>>, CacheError> {
         values
             .into_iter()
             .map(|v| {
@@ -223,6 +227,38 @@ pub(crate) mod data {
         }
         let _: () = pipe.query_async(c).await.map_err(backend_err)?;
         Ok(())
+    }
+
+    /// `recs` stored, then `ids` fetched, in one pipeline.
+    pub async fn put_and_get_many(
+        c: &mut ConnectionManager,
+        recs: &[SessionRecord],
+        ttl: Duration,
+        ids: &[SessionId],
+    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+        let ms = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for rec in recs {
+            match serde_json::to_string(rec) {
+                Ok(json) => pipe.pset_ex(key(rec.session_id), json, ms).ignore(),
+                Err(e) => {
+                    return (
+                        Err(e.into()),
+                        Err(CacheError::Backend("not fetched: a record could not be encoded".into())),
+                    );
+                }
+            };
+        }
+        for &id in ids {
+            pipe.get(key(id));
+        }
+        match pipe.query_async::<Vec<Option<String>>>(c).await {
+            Ok(values) => (Ok(()), parse(values)),
+            Err(e) => {
+                let e = backend_err(e);
+                (Err(e.again()), Err(e))
+            }
+        }
     }
 
     pub async fn delete(c: &mut ConnectionManager, id: SessionId) -> Result<(), CacheError> {
@@ -402,6 +438,15 @@ impl SessionCache for RedisCache {
 
     async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
         data::put_many(&mut self.conn(), recs, ttl).await
+    }
+
+    async fn put_and_get_many(
+        &self,
+        recs: &[SessionRecord],
+        ttl: Duration,
+        ids: &[SessionId],
+    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+        data::put_and_get_many(&mut self.conn(), recs, ttl, ids).await
     }
 
     async fn delete(&self, id: SessionId) -> Result<(), CacheError> {

@@ -179,15 +179,6 @@ impl ClusterCache {
         self.conns[(id % self.conns.len() as u64) as usize].clone()
     }
 
-    /// Positions of `ids` grouped by the part of the cluster that holds them.
-    fn by_part(&self, ids: impl Iterator<Item = SessionId>) -> Vec<Vec<usize>> {
-        let mut parts: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
-        for (i, id) in ids.enumerate() {
-            parts.entry(self.cluster.range_of(slot_of(id))).or_default().push(i);
-        }
-        parts.into_values().collect()
-    }
-
     /// `pipe` (of `count` commands on keys of one part) sent to the master
     /// serving `id`'s slot; each command's answer, or `None` if the node
     /// redirects (the pipeline is not followed to the new master).
@@ -265,67 +256,95 @@ impl SessionCache for ClusterCache {
         Ok(())
     }
 
-    /// One pipeline per part (a slot range, which one master serves
-    /// whole), the parts concurrently. A part whose node redirects (its
-    /// slots moved in a failover the client has not seen yet) is asked for
-    /// again key by key, each following its redirect.
     async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
-        let mut out = vec![None; ids.len()];
-        let groups = self.by_part(ids.iter().copied());
-        let answers = futures::future::try_join_all(groups.iter().map(|at| {
-            let mut pipe = redis::pipe();
-            for &i in at {
-                pipe.get(key(ids[i]));
-            }
-            self.on_part_of(ids[at[0]], pipe, at.len())
-        }))
-        .await?;
-        for (at, values) in groups.iter().zip(answers) {
-            let Some(values) = values else {
-                for &i in at {
-                    out[i] = self.get(ids[i]).await?;
-                }
-                continue;
-            };
-            for (&i, v) in at.iter().zip(values) {
-                out[i] = match v {
-                    redis::Value::ServerError(_) => self.get(ids[i]).await?,
-                    v => match redis::from_redis_value::<Option<String>>(v) {
-                        Ok(json) => json.map(|j| serde_json::from_str(&j)).transpose()?,
-                        Err(e) => return Err(CacheError::Backend(format!("unexpected answer to GET: {e}"))),
-                    },
-                };
-            }
-        }
-        Ok(out)
+        self.put_and_get_many(&[], Duration::ZERO, ids).await.1
     }
 
     async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
+        self.put_and_get_many(recs, ttl, &[]).await.0
+    }
+
+    /// One pipeline per part (a slot range, which one master serves
+    /// whole), its writes then its reads, the parts concurrently. A part
+    /// whose node redirects (its slots moved in a failover the client has
+    /// not seen yet), or a command its node refuses, is done again key by
+    /// key, each following its redirect.
+    async fn put_and_get_many(
+        &self,
+        recs: &[SessionRecord],
+        ttl: Duration,
+        ids: &[SessionId],
+    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
         let ms = ttl.as_millis().max(1) as u64;
-        let groups = self.by_part(recs.iter().map(|r| r.session_id));
-        let mut pipes = Vec::with_capacity(groups.len());
-        for at in &groups {
+        // Per part: the positions in `recs` it writes and in `ids` it reads.
+        let mut parts: BTreeMap<usize, (Vec<usize>, Vec<usize>)> = BTreeMap::new();
+        for (i, rec) in recs.iter().enumerate() {
+            parts.entry(self.part_of(rec.session_id)).or_default().0.push(i);
+        }
+        for (i, &id) in ids.iter().enumerate() {
+            parts.entry(self.part_of(id)).or_default().1.push(i);
+        }
+        let mut pipes = Vec::with_capacity(parts.len());
+        for (writes, reads) in parts.values() {
             let mut pipe = redis::pipe();
-            for &i in at {
-                pipe.pset_ex(key(recs[i].session_id), serde_json::to_string(&recs[i])?, ms);
+            for &i in writes {
+                match serde_json::to_string(&recs[i]) {
+                    Ok(json) => pipe.pset_ex(key(recs[i].session_id), json, ms),
+                    Err(e) => {
+                        return (
+                            Err(e.into()),
+                            Err(CacheError::Backend("not fetched: a record could not be encoded".into())),
+                        );
+                    }
+                };
             }
-            pipes.push(self.on_part_of(recs[at[0]].session_id, pipe, at.len()));
+            for &i in reads {
+                pipe.get(key(ids[i]));
+            }
+            let first = writes
+                .first()
+                .map(|&i| recs[i].session_id)
+                .unwrap_or_else(|| ids[reads[0]]);
+            pipes.push(self.on_part_of(first, pipe, writes.len() + reads.len()));
         }
-        let answers = futures::future::try_join_all(pipes).await?;
-        for (at, values) in groups.iter().zip(answers) {
-            let Some(values) = values else {
-                for &i in at {
-                    self.put(&recs[i], ttl).await?;
+        let answers = match futures::future::try_join_all(pipes).await {
+            Ok(a) => a,
+            Err(e) => return (Err(e.again()), Err(e)),
+        };
+        let (mut put, mut got) = (Ok(()), Ok(vec![None; ids.len()]));
+        for ((writes, reads), values) in parts.values().zip(answers) {
+            // `None`: the node redirected, and every command is done again.
+            let mut values = values.map(Vec::into_iter);
+            let mut next = || values.as_mut().and_then(Iterator::next);
+            for &i in writes {
+                let refused = !matches!(next(), Some(v) if !matches!(v, redis::Value::ServerError(_)));
+                if refused
+                    && put.is_ok()
+                    && let Err(e) = self.put(&recs[i], ttl).await
+                {
+                    put = Err(e);
                 }
-                continue;
-            };
-            for (&i, v) in at.iter().zip(values) {
-                if let redis::Value::ServerError(_) = v {
-                    self.put(&recs[i], ttl).await?;
+            }
+            for &i in reads {
+                let answer = next();
+                let Ok(out) = got.as_mut() else { continue };
+                let rec = match answer {
+                    None | Some(redis::Value::ServerError(_)) => self.get(ids[i]).await,
+                    Some(v) => match redis::from_redis_value::<Option<String>>(v) {
+                        Ok(json) => json
+                            .map(|j| serde_json::from_str(&j))
+                            .transpose()
+                            .map_err(CacheError::from),
+                        Err(e) => Err(CacheError::Backend(format!("unexpected answer to GET: {e}"))),
+                    },
+                };
+                match rec {
+                    Ok(rec) => out[i] = rec,
+                    Err(e) => got = Err(e),
                 }
             }
         }
-        Ok(())
+        (put, got)
     }
 
     async fn delete(&self, id: SessionId) -> Result<(), CacheError> {

@@ -108,6 +108,15 @@ impl SessionCache for RemoteRedis {
         data::put_many(&mut self.conn.clone(), recs, ttl).await
     }
 
+    async fn put_and_get_many(
+        &self,
+        recs: &[SessionRecord],
+        ttl: Duration,
+        ids: &[SessionId],
+    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+        data::put_and_get_many(&mut self.conn.clone(), recs, ttl, ids).await
+    }
+
     async fn delete(&self, id: SessionId) -> Result<(), CacheError> {
         data::delete(&mut self.conn.clone(), id).await
     }

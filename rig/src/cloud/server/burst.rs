@@ -1,5 +1,6 @@
 //! A burst: the datagrams a worker found queued at once, answered with one
-//! cache round trip to fetch their sessions and one to store them.
+//! cache round trip that fetches their sessions and stores the sessions
+//! the burst before them left.
 //!
 //! One datagram at a time, a resume over Redis is a GET and a SET in turn,
 //! and the cloud spends its time on the way to the cache rather than on the
@@ -11,7 +12,9 @@
 //! Order and replay protection are those of one datagram at a time: the
 //! datagrams are still handled in the order they arrived, a session that
 //! appears twice in a burst is read the second time as the first one left
-//! it, and all are stored before the worker takes its next burst.
+//! it, and a session the previous burst left is read as that burst left it
+//! (its write is under way in the same round trip), not from the cache.
+//! Before it waits for datagrams, a worker writes what it holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -27,15 +30,41 @@ use crate::cloud::transport::Datagram;
 /// bound on how long the first of them waits for the last.
 pub(super) const BURST: usize = 32;
 
+/// A burst answered whose sessions are yet to be written to the cache: they
+/// go out with the next burst's fetch (see [`Server::answer_burst`]).
+#[derive(Default)]
+pub(super) struct Unstored {
+    answered: Vec<Answered>,
+    /// The last record of each session the burst left, and which of
+    /// `answered` left it.
+    last: HashMap<SessionId, (usize, SessionRecord)>,
+}
+
+/// What one round trip does on one part of the cache.
+#[derive(Default)]
+struct Part {
+    writes: Vec<SessionRecord>,
+    /// Which datagram of the previous burst left each of `writes`.
+    writers: Vec<usize>,
+    reads: Vec<SessionId>,
+}
+
 impl Server {
     /// Answers `burst` in order (see the module doc).
+    ///
+    /// The sessions the previous burst left are written while this burst's
+    /// are fetched, concurrently: a worker under load makes one cache round
+    /// trip per burst instead of two in turn. A session the previous burst
+    /// left is read from that write, not from the cache. A worker with
+    /// nothing queued writes what it holds at once
+    /// ([`Server::flush_stores`]), so an idle worker holds no write back.
     pub(super) async fn answer_burst(
         &mut self,
         socket: &dyn Datagram,
         burst: &[(Vec<u8>, SocketAddr)],
         refused: &mut Refused,
     ) {
-        if burst.len() == 1 || !self.cache.remote() {
+        if !self.cache.remote() {
             for (data, peer) in burst {
                 self.answer(socket, data, *peer, refused).await;
             }
@@ -45,7 +74,7 @@ impl Server {
             .iter()
             .filter_map(|(data, _)| rig_proto::frame::record_session_of(data))
             .collect();
-        self.prefetch(&ids).await;
+        self.settle(&ids).await;
         let mut answered = Vec::with_capacity(burst.len());
         for (data, peer) in burst {
             let a = self.reply(socket, data, *peer, refused).await;
@@ -57,48 +86,99 @@ impl Server {
             answered.push(a);
         }
         self.prefetched.clear();
-        self.store_burst(&mut answered).await;
-        for a in answered {
+        self.unstored = self.stage(answered);
+    }
+
+    /// Writes the sessions the last burst left and journals what their
+    /// writes met. Called by a worker before it waits for datagrams.
+    pub(super) async fn flush_stores(&mut self) {
+        if !self.unstored.answered.is_empty() {
+            self.settle(&[]).await;
+        }
+    }
+
+    /// The previous burst's sessions stored and `ids` fetched into
+    /// `prefetched`, one round trip per part of the cache, the parts
+    /// concurrently; then the previous burst's replaced sessions dropped
+    /// and its events journaled.
+    async fn settle(&mut self, ids: &[SessionId]) {
+        let mut unstored = std::mem::take(&mut self.unstored);
+        for (_, rec) in unstored.last.values() {
+            self.prefetched.insert(rec.session_id, Ok(Some(rec.clone())));
+        }
+        let mut parts: BTreeMap<usize, Part> = BTreeMap::new();
+        for (_, (i, rec)) in std::mem::take(&mut unstored.last) {
+            let part = parts.entry(self.cache.part_of(rec.session_id)).or_default();
+            part.writers.push(i);
+            part.writes.push(rec);
+        }
+        for &id in ids {
+            let part = parts.entry(self.cache.part_of(id)).or_default();
+            if !self.prefetched.contains_key(&id) && !part.reads.contains(&id) {
+                part.reads.push(id);
+            }
+        }
+        let now = Instant::now();
+        let (ttl, timeout) = (self.cfg.session_ttl, self.cfg.cache_timeout);
+        let mut calls = Vec::with_capacity(parts.len());
+        for (n, part) in parts {
+            if self.circuit_open(n, now) {
+                // Its writes fail fast; its datagrams do on their own.
+                for i in part.writers {
+                    unstored.answered[i]
+                        .out
+                        .events
+                        .push(cache_error("put", &circuit_open()));
+                }
+                continue;
+            }
+            if part.writes.is_empty() && part.reads.is_empty() {
+                continue;
+            }
+            let cache = self.cache.clone();
+            calls.push(async move {
+                let r = tokio::time::timeout(timeout, cache.put_and_get_many(&part.writes, ttl, &part.reads)).await;
+                let (put, got) =
+                    r.unwrap_or_else(|_| (Err(CacheError::Timeout(timeout)), Err(CacheError::Timeout(timeout))));
+                (n, part, put, got)
+            });
+        }
+        for (n, part, put, got) in futures::future::join_all(calls).await {
+            if let Err(e) = put {
+                self.trip_if_down(n, &e);
+                for &i in &part.writers {
+                    unstored.answered[i].out.events.push(cache_error("put", &e));
+                }
+            }
+            match got {
+                Ok(recs) => {
+                    for (id, rec) in part.reads.into_iter().zip(recs) {
+                        self.prefetched.insert(id, Ok(rec));
+                    }
+                }
+                // The first datagram meets the failure (as it would have
+                // alone), the others the open circuit.
+                Err(e) => {
+                    self.trip_if_down(n, &e);
+                    if let Some(&first) = part.reads.first() {
+                        self.prefetched.insert(first, Err(e));
+                    }
+                }
+            }
+        }
+        // Rare (once per handshake a device goes on to use), so not batched;
+        // after the put, so a cache that is down fails the put as before.
+        for a in unstored.answered.iter_mut() {
+            self.retire(&mut a.out).await;
+        }
+        for a in unstored.answered {
             self.finish(a);
         }
     }
 
-    /// Fetches the sessions of `ids` into `prefetched`, one call per part
-    /// of the cache whose circuit is closed, the parts concurrently. A part
-    /// that fails leaves its error to its first datagram (as the first of
-    /// them would have met it alone) and its circuit open for the rest.
-    async fn prefetch(&mut self, ids: &[SessionId]) {
-        let parts = self.closed_parts(ids.iter().copied());
-        let timeout = self.cfg.cache_timeout;
-        let fetched = futures::future::join_all(parts.into_iter().map(|(part, ids)| {
-            let cache = self.cache.clone();
-            async move {
-                let r = match tokio::time::timeout(timeout, cache.get_many(&ids)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(CacheError::Timeout(timeout)),
-                };
-                (part, ids, r)
-            }
-        }))
-        .await;
-        for (part, ids, r) in fetched {
-            match r {
-                Ok(recs) => {
-                    for (id, rec) in ids.into_iter().zip(recs) {
-                        self.prefetched.insert(id, Ok(rec));
-                    }
-                }
-                Err(e) => {
-                    self.trip_if_down(part, &e);
-                    self.prefetched.insert(ids[0], Err(e));
-                }
-            }
-        }
-    }
-
-    /// Writes the sessions the burst left to store: the durable store, then
-    /// the cache, one call per part, the last record of each session.
-    async fn store_burst(&mut self, answered: &mut [Answered]) {
+    /// The sessions `answered` left, written to the durable store now, and
+    /// the last record of each kept for the cache.
+    fn stage(&mut self, mut answered: Vec<Answered>) -> Unstored {
         let mut last: HashMap<SessionId, (usize, SessionRecord)> = HashMap::new();
         for (i, a) in answered.iter_mut().enumerate() {
             if let Some(rec) = a.out.store.take() {
@@ -110,66 +190,7 @@ impl Server {
                 last.insert(rec.session_id, (i, rec));
             }
         }
-        if !last.is_empty() {
-            self.put_burst(answered, last).await;
-        }
-        // Rare (once per handshake a device goes on to use), so not batched.
-        for a in answered.iter_mut() {
-            self.retire(&mut a.out).await;
-        }
-    }
-
-    async fn put_burst(&mut self, answered: &mut [Answered], last: HashMap<SessionId, (usize, SessionRecord)>) {
-        let mut by_part: BTreeMap<usize, Vec<(usize, SessionRecord)>> = BTreeMap::new();
-        for (_, (i, rec)) in last {
-            by_part
-                .entry(self.cache.part_of(rec.session_id))
-                .or_default()
-                .push((i, rec));
-        }
-        let now = Instant::now();
-        let (ttl, timeout) = (self.cfg.session_ttl, self.cfg.cache_timeout);
-        let mut calls = Vec::new();
-        for (part, recs) in by_part {
-            if self.circuit_open(part, now) {
-                for (i, _) in recs {
-                    answered[i].out.events.push(cache_error("put", &circuit_open()));
-                }
-                continue;
-            }
-            let cache = self.cache.clone();
-            calls.push(async move {
-                let (who, recs): (Vec<usize>, Vec<SessionRecord>) = recs.into_iter().unzip();
-                let r = match tokio::time::timeout(timeout, cache.put_many(&recs, ttl)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(CacheError::Timeout(timeout)),
-                };
-                (part, who, r)
-            });
-        }
-        for (part, who, r) in futures::future::join_all(calls).await {
-            let Err(e) = r else { continue };
-            self.trip_if_down(part, &e);
-            for i in who {
-                answered[i].out.events.push(cache_error("put", &e));
-            }
-        }
-    }
-
-    /// `ids` grouped by the part of the cache that holds them, each once,
-    /// leaving out the parts whose circuit is open (their datagrams fail
-    /// fast on their own).
-    fn closed_parts(&mut self, ids: impl Iterator<Item = SessionId>) -> BTreeMap<usize, Vec<SessionId>> {
-        let now = Instant::now();
-        let mut parts: BTreeMap<usize, Vec<SessionId>> = BTreeMap::new();
-        for id in ids {
-            let part = parts.entry(self.cache.part_of(id)).or_default();
-            if !part.contains(&id) {
-                part.push(id);
-            }
-        }
-        parts.retain(|&part, _| !self.circuit_open(part, now));
-        parts
+        Unstored { answered, last }
     }
 
     /// Whether `part`'s circuit is still open at `now` (an expired one is
@@ -221,6 +242,8 @@ mod tests {
         gets: AtomicUsize,
         get_manys: AtomicUsize,
         put_manys: AtomicUsize,
+        /// Every session a batched read asked for.
+        fetched: std::sync::Mutex<Vec<SessionId>>,
         down: AtomicBool,
     }
 
@@ -238,6 +261,7 @@ mod tests {
         }
         async fn get_many(&self, ids: &[SessionId]) -> Result<Vec<Option<SessionRecord>>, CacheError> {
             self.get_manys.fetch_add(1, SeqCst);
+            self.fetched.lock().unwrap().extend_from_slice(ids);
             if self.down.load(SeqCst) {
                 return Err(CacheError::Down("connection refused".into()));
             }
@@ -283,6 +307,7 @@ mod tests {
             gets: AtomicUsize::new(0),
             get_manys: AtomicUsize::new(0),
             put_manys: AtomicUsize::new(0),
+            fetched: std::sync::Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
         });
         (inner, remote)
@@ -323,7 +348,9 @@ mod tests {
 
         assert_eq!(backend.get_manys.load(SeqCst) - before.1, 1, "one fetch for the burst");
         assert_eq!(backend.gets.load(SeqCst) - before.0, 0, "no datagram fetched alone");
-        assert_eq!(backend.put_manys.load(SeqCst), 1, "one store for the burst");
+        let puts = backend.put_manys.load(SeqCst);
+        r.server.flush_stores().await;
+        assert_eq!(backend.put_manys.load(SeqCst) - puts, 1, "one store for the burst");
         assert_eq!(count(&r, A, "cloud.resumed"), 1);
         assert_eq!(count(&r, A, "cloud.publish"), 1, "the record after the replay is taken");
         assert_eq!(count(&r, B, "cloud.resumed"), 1);
@@ -341,6 +368,76 @@ mod tests {
         // Stored as the last record of the burst left it.
         let stored = cache.get(a.id).await.unwrap().unwrap();
         assert_eq!(stored.rx_counter, a.tx);
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_stored_with_the_next_bursts_fetch_and_its_sessions_are_read_from_that_write() {
+        let (cache, backend) = remote();
+        let mut r = rig_on(Mitigation::Reject, cache.clone(), backend.clone());
+        let (mut a, _) = handshake(&mut r, A, peer(1)).await;
+        let (mut b, _) = handshake(&mut r, B, peer(2)).await;
+        r.server.flush_stores().await;
+        let net = MemNet::new(Duration::ZERO);
+        let socket = net.bind("127.0.0.9:5684".parse().unwrap()).unwrap();
+        let mut refused = Refused::default();
+
+        let a1 = a.record(FLAG_RESUME, InnerKind::Ping, 1);
+        r.server
+            .answer_burst(&socket, &[(a1.clone(), peer(1))], &mut refused)
+            .await;
+        let (puts, gets) = (backend.put_manys.load(SeqCst), backend.get_manys.load(SeqCst));
+        let cached_rx = cache.get(a.id).await.unwrap().unwrap().rx_counter;
+        assert!(
+            cached_rx < a.tx,
+            "not yet written: the worker holds it for the next round trip"
+        );
+        backend.fetched.lock().unwrap().clear();
+
+        // The next burst: a's replay and its next record, and b.
+        let burst = vec![
+            (a1, peer(1)),
+            (a.record(0, InnerKind::Publish, 2), peer(1)),
+            (b.record(FLAG_RESUME, InnerKind::Ping, 1), peer(2)),
+        ];
+        r.server.answer_burst(&socket, &burst, &mut refused).await;
+        refused.flush(&r.server);
+        assert_eq!(backend.get_manys.load(SeqCst) - gets, 1, "one fetch");
+        assert_eq!(
+            backend.put_manys.load(SeqCst) - puts,
+            1,
+            "the first burst's store went with it"
+        );
+        assert_eq!(
+            *backend.fetched.lock().unwrap(),
+            vec![b.id],
+            "a is read from the write under way, not from the cache"
+        );
+        assert_eq!(
+            cache.get(a.id).await.unwrap().unwrap().rx_counter,
+            a.tx - 1,
+            "the first burst's a"
+        );
+        assert_eq!(count(&r, A, "cloud.publish"), 1);
+        assert_eq!(count(&r, B, "cloud.resumed"), 1);
+        let invalid: Vec<String> = r
+            .timeline
+            .snapshot()
+            .iter()
+            .filter(|e| e.kind.name() == "cloud.invalid")
+            .map(|e| format!("{:?}", e.kind))
+            .collect();
+        assert_eq!(invalid.len(), 1, "{invalid:?}");
+        assert!(
+            invalid[0].contains("replayed record (counter not above last accepted)"),
+            "{invalid:?}"
+        );
+
+        // Nothing queued: the worker writes what it holds.
+        r.server.flush_stores().await;
+        assert_eq!(backend.put_manys.load(SeqCst) - puts, 2);
+        assert_eq!(cache.get(a.id).await.unwrap().unwrap().rx_counter, a.tx);
+        r.server.flush_stores().await;
+        assert_eq!(backend.put_manys.load(SeqCst) - puts, 2, "nothing left to write");
     }
 
     #[tokio::test]
