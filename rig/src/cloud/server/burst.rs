@@ -94,6 +94,9 @@ impl Server {
     pub(super) async fn flush_stores(&mut self) {
         if !self.unstored.answered.is_empty() {
             self.settle(&[]).await;
+            // What `settle` kept for a next burst must not outlive the write:
+            // the cache may lose it (a kill) before the next datagram.
+            self.prefetched.clear();
         }
     }
 
@@ -123,12 +126,16 @@ impl Server {
         let mut calls = Vec::with_capacity(parts.len());
         for (n, part) in parts {
             if self.circuit_open(n, now) {
-                // Its writes fail fast; its datagrams do on their own.
+                // Its writes fail fast, and so do its datagrams on their
+                // own, those of a session not written included.
                 for i in part.writers {
                     unstored.answered[i]
                         .out
                         .events
                         .push(cache_error("put", &circuit_open()));
+                }
+                for rec in &part.writes {
+                    self.prefetched.remove(&rec.session_id);
                 }
                 continue;
             }
@@ -148,6 +155,11 @@ impl Server {
                 self.trip_if_down(n, &e);
                 for &i in &part.writers {
                     unstored.answered[i].out.events.push(cache_error("put", &e));
+                }
+                // Not written: this burst reads those sessions from the
+                // cache, as it would have after a failed write in turn.
+                for rec in &part.writes {
+                    self.prefetched.remove(&rec.session_id);
                 }
             }
             match got {
@@ -245,6 +257,8 @@ mod tests {
         /// Every session a batched read asked for.
         fetched: std::sync::Mutex<Vec<SessionId>>,
         down: AtomicBool,
+        /// Batched writes fail too.
+        puts_down: AtomicBool,
     }
 
     #[async_trait]
@@ -272,6 +286,9 @@ mod tests {
         }
         async fn put_many(&self, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
             self.put_manys.fetch_add(1, SeqCst);
+            if self.puts_down.load(SeqCst) {
+                return Err(CacheError::Down("connection refused".into()));
+            }
             self.inner.put_many(recs, ttl).await
         }
         async fn delete(&self, id: SessionId) -> Result<(), CacheError> {
@@ -309,6 +326,7 @@ mod tests {
             put_manys: AtomicUsize::new(0),
             fetched: std::sync::Mutex::new(Vec::new()),
             down: AtomicBool::new(false),
+            puts_down: AtomicBool::new(false),
         });
         (inner, remote)
     }
@@ -438,6 +456,52 @@ mod tests {
         assert_eq!(cache.get(a.id).await.unwrap().unwrap().rx_counter, a.tx);
         r.server.flush_stores().await;
         assert_eq!(backend.put_manys.load(SeqCst) - puts, 2, "nothing left to write");
+
+        // The cache loses everything: the session written is not read from
+        // what the worker once held for the write.
+        cache.flush().await.unwrap();
+        let a3 = a.record(FLAG_RESUME, InnerKind::Ping, 3);
+        r.server.answer_burst(&socket, &[(a3, peer(1))], &mut refused).await;
+        r.server.flush_stores().await;
+        assert_eq!(
+            count(&r, A, "cloud.resume_unknown"),
+            1,
+            "the cache's word, not a stale copy"
+        );
+        assert_eq!(count(&r, A, "cloud.resumed"), 1, "only the first burst's");
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_write_failed_is_not_read_from_the_failed_write() {
+        let (cache, backend) = remote();
+        let mut r = rig_on(Mitigation::Reject, cache, backend.clone());
+        let (mut a, _) = handshake(&mut r, A, peer(1)).await;
+        let net = MemNet::new(Duration::ZERO);
+        let socket = net.bind("127.0.0.9:5684".parse().unwrap()).unwrap();
+        let mut refused = Refused::default();
+        let a1 = a.record(FLAG_RESUME, InnerKind::Ping, 1);
+        r.server.answer_burst(&socket, &[(a1, peer(1))], &mut refused).await;
+        // The cache dies before the write the worker holds goes out.
+        backend.down.store(true, SeqCst);
+        backend.puts_down.store(true, SeqCst);
+        let a2 = a.record(0, InnerKind::Publish, 2);
+        r.server.answer_burst(&socket, &[(a2, peer(1))], &mut refused).await;
+        r.server.flush_stores().await;
+        let errors: Vec<String> = r
+            .timeline
+            .snapshot()
+            .iter()
+            .filter_map(|e| match &e.kind {
+                crate::timeline::EventKind::CacheError { op, .. } => Some(op.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors, ["put", "get"], "the write failed, then the read");
+        assert_eq!(
+            count(&r, A, "cloud.publish"),
+            0,
+            "not answered from the write that failed"
+        );
     }
 
     #[tokio::test]
