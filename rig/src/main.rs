@@ -339,6 +339,11 @@ struct RunArgs {
     /// runners and `rig report merge` give).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// Matrix cells of a virtual-clock bench run side by side, one thread
+    /// each (default: one per core; 1 runs them one after another). The
+    /// journal and reports are the same either way.
+    #[arg(long)]
+    cell_jobs: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -364,6 +369,9 @@ fn dispatch(cmd: Cmd) -> Result<Overall, CliError> {
             wait_lock: a.wait_lock,
             shard: a.shard,
             jobs: a.jobs,
+            cell_jobs: a
+                .cell_jobs
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from)),
         }),
         Cmd::Check(a) => run::check(&a.against.with(a.plans)),
         Cmd::Report {

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use quick_xml::events::Event as Xml;
+use serde_json::Value;
 
 #[test]
 fn the_headline_plan_passes_with_the_negative_control_failing_as_expected() {
@@ -154,7 +155,7 @@ fn pinning_both_axes_of_the_headline_matrix_runs_only_that_cell() {
 }
 
 /// Per device: the sequence of (time, event) without wall-clock stamps.
-fn per_device(events: &[serde_json::Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+fn per_device(events: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
     let mut out = std::collections::BTreeMap::<String, Vec<String>>::new();
     for e in events {
         if let Some(d) = e["device"].as_str() {
@@ -364,4 +365,212 @@ fn reports_from_the_filtered_journal_are_those_of_every_event() {
         );
         assert!(a == b, "{f} differs");
     }
+}
+
+/// The journal without what differs from run to run (wall times, the run's
+/// name and start), line by line.
+fn comparable(dir: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(dir.join("events.jsonl")).expect("events.jsonl");
+    text.lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("JSON");
+            let o = v.as_object_mut().expect("an object");
+            for k in ["wall", "run_id", "started"] {
+                o.remove(k);
+            }
+            v
+        })
+        .collect()
+}
+
+fn walls(events: &[Value], cell: u64) -> (String, String) {
+    let w: Vec<&str> = events
+        .iter()
+        .filter(|e| e["cell"].as_u64() == Some(cell))
+        .filter_map(|e| e["wall"].as_str())
+        .collect();
+    (w[0].to_owned(), w[w.len() - 1].to_owned())
+}
+
+/// Matrix cells side by side (`--cell-jobs`, one per core by default) give
+/// the journal, summary and sign-off of the cells run one after another,
+/// seq for seq; only wall times differ, and they show the cells overlapped.
+#[test]
+fn matrix_cells_side_by_side_give_the_run_the_cells_give_one_after_another() {
+    let p = plan("session-cache-crash.yaml");
+    let one = run(&[p.to_str().unwrap(), "--seed", "7", "--cell-jobs", "1"]);
+    let two = run(&[p.to_str().unwrap(), "--seed", "7", "--cell-jobs", "2"]);
+    assert_eq!(one.code(), 0, "{}", one.stderr());
+    assert_eq!(two.code(), 0, "{}", two.stderr());
+    let (a, b) = (comparable(&one.run_dir()), comparable(&two.run_dir()));
+    assert!(a.len() > 1000, "a real journal: {} lines", a.len());
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert_eq!(x, y, "line {i} differs");
+    }
+    let verdicts = |r: &Run| -> Vec<(String, String)> {
+        r.summary()["cells"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].to_string(), c["verdict"].to_string()))
+            .collect()
+    };
+    assert_eq!(verdicts(&one), verdicts(&two));
+    assert_eq!(verdicts(&two).len(), 4);
+    let md = |r: &Run| std::fs::read_to_string(r.run_dir().join("signoff.md")).unwrap();
+    assert_eq!(md(&one), md(&two));
+    for r in [&one, &two] {
+        for k in 1..=4 {
+            let left = r.run_dir().join(format!("cell-{k}/cell-events.jsonl"));
+            assert!(!left.exists(), "{} was copied in and removed", left.display());
+        }
+    }
+    // In turn, cell 1 ended before cell 2 began; side by side, they ran at
+    // once (RFC 3339 UTC times with nanoseconds compare as text).
+    let (e1, e2) = (one.events(), two.events());
+    assert!(walls(&e1, 0).1 < walls(&e1, 1).0, "one after another");
+    assert!(
+        walls(&e2, 1).0 < walls(&e2, 0).1,
+        "cell 2 began before cell 1 ended: {:?} {:?}",
+        walls(&e2, 0),
+        walls(&e2, 1)
+    );
+}
+
+/// A plan of six long cells on a 300-device virtual-clock bench, started
+/// with two cells side by side, writing under `dir/out`.
+fn spawn_six_cells(dir: &std::path::Path) -> std::process::Child {
+    let plan = dir.join("cells.yaml");
+    std::fs::write(
+        &plan,
+        "name: cells\nfixture: sleepy-1.2\ndevices: { tags: [sleepy] }\nmatrix: { outage: [30m, 31m, 32m, 33m, 34m, 35m] }\ntimeout: 30d\nsetup:\n  - power: on\n  - flash: \"${fixture}\"\nsteps:\n  - cache: kill\n  - wait: \"${outage}\"\n  - cache: { restore: empty }\n  - wait: 2d\nteardown:\n  - power: off\n",
+    )
+    .unwrap();
+    let bench = dir.join("bench.yaml");
+    std::fs::write(
+        &bench,
+        "name: cells-fleet\nclock: virtual\ncloud: { cache: { kind: memory }, latency: 60ms, mitigation: drop }\njournal: { console_lines: false, datagrams: per_exchange }\nsafe_state: off\ndevices:\n  - { id: \"dev-{:04}\", count: 300, board: sim, tags: [sleepy] }\n",
+    )
+    .unwrap();
+    std::process::Command::new(rig_bin())
+        .args([
+            "run",
+            plan.to_str().unwrap(),
+            "--seed",
+            "5",
+            "--cell-jobs",
+            "2",
+            "--bench",
+        ])
+        .arg(&bench)
+        .arg("--fixtures")
+        .arg(repo().join("firmware-fixtures"))
+        .arg("--out")
+        .arg(dir.join("out"))
+        .env("CI", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The one run folder under `out`, once there.
+fn run_folder(out: &std::path::Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(out).ok()?.next()?.ok().map(|e| e.path())
+}
+
+/// Waits (two minutes at most) until `ready`.
+fn until(what: &str, ready: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Ctrl-C while cells run side by side: every running cell stops with its
+/// teardown, no new cell starts, and the cells that ran are in the run's
+/// journal in order, the interrupted ones marked so: no verdict, exit 3.
+#[test]
+fn sigint_while_cells_run_side_by_side_leaves_the_cells_that_ran_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_six_cells(dir.path());
+    let out = dir.path().join("out");
+    let running = |k: usize| {
+        run_folder(&out)
+            .and_then(|d| std::fs::metadata(d.join(format!("cell-{k}/cell-events.jsonl"))).ok())
+            .is_some_and(|m| m.len() > 100_000)
+    };
+    until("the two first cells running at once", || running(1) && running(2));
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let result = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(3), "no verdict: {stderr}");
+    let run_dir = run_folder(&out).unwrap();
+    let events = read_events(&run_dir);
+    let ends: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e["kind"] == "cell.end")
+        .map(|e| (e["cell"].as_u64().unwrap(), e["outcome"].as_str().unwrap().to_owned()))
+        .collect();
+    assert!(
+        ends.len() >= 2 && ends.len() < 6,
+        "the cells that ran, not the ones after: {ends:?}"
+    );
+    assert_eq!(
+        ends.iter().map(|e| e.0).collect::<Vec<_>>(),
+        (0..ends.len() as u64).collect::<Vec<_>>(),
+        "in cell order"
+    );
+    assert!(ends.iter().any(|e| e.1 == "interrupted"), "{ends:?}");
+    // Each cell's events together, its teardown among them.
+    let cells: Vec<u64> = events.iter().map(|e| e["cell"].as_u64().unwrap()).collect();
+    assert!(cells.windows(2).all(|w| w[0] <= w[1]), "cell by cell");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (0..seqs.len() as u64).collect::<Vec<_>>(),
+        "seqs follow each other"
+    );
+    let offs = events
+        .iter()
+        .filter(|e| e["kind"] == "power.off" && e["cell"].as_u64() == Some(1))
+        .count();
+    assert!(offs >= 600, "cell 2's safe state at start and end: {offs} power.off");
+    for k in 1..=6 {
+        assert!(!run_dir.join(format!("cell-{k}/cell-events.jsonl")).exists());
+    }
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["cells"].as_array().unwrap().len(), ends.len());
+}
+
+/// A SIGKILL while cells run side by side, after the first is in the run's
+/// journal: the journal ends in the next cell, begun and unfinished, so
+/// `rig report` gives no verdict (exit 3) rather than the verdict of the
+/// cells that happened to be copied in.
+#[test]
+fn sigkill_while_cells_run_side_by_side_leaves_a_run_with_no_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_six_cells(dir.path());
+    let out = dir.path().join("out");
+    let journal = || run_folder(&out).map(|d| d.join("events.jsonl"));
+    until("the first cell copied into the run's journal", || {
+        journal().is_some_and(|j| std::fs::read_to_string(j).unwrap_or_default().contains("\"cell.end\""))
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run_dir = run_folder(&out).unwrap();
+    let events = read_events(&run_dir);
+    let starts = events.iter().filter(|e| e["kind"] == "cell.start").count();
+    let ends = events.iter().filter(|e| e["kind"] == "cell.end").count();
+    assert!((1..6).contains(&ends), "{ends} cells finished");
+    assert_eq!(starts, ends + 1, "the journal ends in a cell begun and unfinished");
+    let r = rig(&["report", run_dir.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("NO VERDICT"), "{stdout}");
 }

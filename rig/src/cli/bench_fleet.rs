@@ -127,6 +127,7 @@ pub fn run(devices: usize, hours: u32, jobs: usize, out: Option<&Path>) -> Resul
         shard: None,
         folder: None,
         reports: crate::runner::Reports::All,
+        cell_jobs: 1,
     };
     let result = match &slices {
         Some(s) => crate::runner::slices::run_sliced(&cfg, s),

@@ -138,6 +138,7 @@ pub fn run(boards: usize, cycles: u32, fixture: &str) -> Result<Overall, CliErro
         shard: None,
         folder: None,
         reports: crate::runner::Reports::All,
+        cell_jobs: 1,
     };
     let result = crate::runner::run(&cfg).map_err(|e| CliError::Fault(format!("{e:#}")));
     let wall = wall.elapsed();

@@ -25,6 +25,8 @@ pub struct RunOpts {
     pub shard: Option<crate::bench::Shard>,
     /// Slices of the fleet run side by side, one thread each (1: unsliced).
     pub jobs: usize,
+    /// Matrix cells run side by side (1: one after another).
+    pub cell_jobs: usize,
 }
 
 fn load(i: &InputOpts) -> Result<(crate::bench::Bench, crate::fixture::Fixtures, Vec<crate::plan::Plan>), CliError> {
@@ -71,6 +73,9 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
     }
     if o.jobs == 0 {
         return Err(CliError::Usage("--jobs must be at least 1".into()));
+    }
+    if o.cell_jobs == 0 {
+        return Err(CliError::Usage("--cell-jobs must be at least 1".into()));
     }
     if o.jobs > 1 && o.shard.is_some() {
         return Err(CliError::Usage(
@@ -124,6 +129,7 @@ pub fn run(o: &RunOpts) -> Result<Overall, CliError> {
         shard: o.shard,
         folder: None,
         reports: crate::runner::Reports::All,
+        cell_jobs: o.cell_jobs,
     };
     let result = match &slices {
         Some(slices) => runner::slices::run_sliced(&cfg, slices),

@@ -1,16 +1,20 @@
 //! Runs validated plans on a bench: one run folder, one timeline, one cell
-//! after another, each in a fresh runtime with a fresh world.
+//! after another, each in a fresh runtime with a fresh world (on a
+//! virtual-clock bench, cells side by side: [`cells`]).
 //!
 //! # Layout
 //! - [`world`]: cache, cloud and device handles built from the bench.
 //! - [`device`]: a device's drivers plus the events each action records.
 //! - [`exec`]: step semantics and checks.
+//! - [`cells`]: a virtual-clock run's cells side by side, one per core.
+//! - [`slices`]: a virtual-clock fleet's devices as slices side by side.
 //!
 //! On a virtual-clock bench each cell runs on a single-threaded Tokio
 //! runtime whose clock is paused: whenever every task is waiting, the clock
 //! jumps to the next timer. Nothing else is random but the seeded RNGs, so a
 //! seed reproduces a run, and a simulated day takes seconds.
 
+pub mod cells;
 pub mod device;
 pub mod exec;
 pub mod slices;
@@ -62,6 +66,9 @@ pub struct RunConfig<'a> {
     pub folder: Option<&'a str>,
     /// What this run renders itself.
     pub reports: Reports,
+    /// Matrix cells run side by side on a virtual-clock bench (1: one
+    /// after another). See [`cells`].
+    pub cell_jobs: usize,
 }
 
 /// Which reports a run renders after each cell.
@@ -123,55 +130,45 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
     let summarizer = std::sync::Arc::new(std::sync::Mutex::new(report::summary::Summarizer::default()));
     let fed = std::sync::Arc::clone(&summarizer);
     timeline.observe(Box::new(move |e| fed.lock().unwrap_or_else(|p| p.into_inner()).feed(e)));
-    let total: usize = cfg.plans.iter().map(|p| p.cells.len()).sum();
-    let mut index = 0u32;
-    let mut last = None;
-    'plans: for plan in cfg.plans {
-        for cell in &plan.cells {
-            cfg.progress
-                .cell_start(index as usize + 1, total, &plan.name, &cell.name);
+    let cells: Vec<(&Plan, &Cell)> = cfg
+        .plans
+        .iter()
+        .flat_map(|p| p.cells.iter().map(move |c| (p, c)))
+        .collect();
+    let mut after = AfterCell {
+        cfg,
+        dir: &dir,
+        header: &header,
+        events_path: &events_path,
+        timeline: &timeline,
+        summarizer: &summarizer,
+        total: cells.len(),
+        last: None,
+    };
+    let jobs = cells::jobs(cfg, cells.len());
+    if jobs > 1 {
+        // Only the summary after each cell: the other reports read the
+        // whole journal, and rendering them once per cell took the main
+        // thread longer than the cells it waited for.
+        cells::run_side_by_side(cfg, &cells, jobs, &header, &dir, &timeline, |index| {
+            after.cell_done(index, Reports::Summary)
+        })?;
+        after.render(cfg.reports)?;
+    } else {
+        for (index, &(plan, cell)) in cells.iter().enumerate() {
+            cfg.progress.cell_start(index + 1, cells.len(), &plan.name, &cell.name);
             let rt = runtime(cfg.bench.clock)?;
-            let cell_dir = dir.join(format!("cell-{}", index + 1));
-            let outcome = rt.block_on(run_cell(cfg, plan, cell, index, &timeline, &cell_dir));
+            let cell_dir = cell_dir(&dir, index);
+            let outcome = rt.block_on(run_cell(cfg, plan, cell, index as u32, &timeline, &cell_dir));
             // Dropping the runtime cancels every task of the cell's world.
             drop(rt);
-            timeline.flush();
-            if let Some(e) = timeline.journal_error() {
-                // Teardown and the safe state ran; nothing more can be kept.
-                anyhow::bail!(
-                    "cannot write {}: {e}; the run was stopped at the first failed write, after teardown and the safe power state",
-                    events_path.display()
-                );
-            }
-            // From the journal, not the timeline in memory: what is
-            // reported is what is on disk, in memory bounded by the devices.
-            let (summary, last_wall) = {
-                let s = summarizer.lock().unwrap_or_else(|p| p.into_inner());
-                (s.summary(&header), s.last_wall)
-            };
-            let rendering = std::time::Instant::now();
-            match cfg.reports {
-                Reports::All => report::write_summarized(&dir, &header, &summary, last_wall, &events_path)
-                    .map_err(anyhow::Error::from),
-                Reports::Summary => report::write_summary(&dir, &summary).map_err(anyhow::Error::from),
-            }
-            .with_context(|| format!("cannot write reports in {}", dir.display()))?;
-            tracing::debug!(
-                "{}: reports of cell {} rendered in {:?}",
-                dir.display(),
-                index + 1,
-                rendering.elapsed()
-            );
-            if let Some(c) = summary.cells.last() {
-                cfg.progress.cell_end(&report::cell_line(c));
-            }
-            last = Some(summary);
-            index += 1;
+            after.cell_done(index, cfg.reports)?;
             if outcome == CellOutcome::Interrupted {
-                break 'plans;
+                break;
             }
         }
     }
+    let last = after.last;
     if let Some(e) = timeline.journal_error() {
         anyhow::bail!("{} could not be written completely: {e}", events_path.display());
     }
@@ -181,6 +178,71 @@ pub fn run(cfg: &RunConfig<'_>) -> anyhow::Result<RunResult> {
             .with_context(|| format!("cannot write reports in {}", dir.display()))?,
     };
     Ok(RunResult { dir, summary })
+}
+
+/// What follows each cell: its events on disk, the summary and the reports
+/// brought up to date, the cell's line shown.
+struct AfterCell<'a> {
+    cfg: &'a RunConfig<'a>,
+    dir: &'a Path,
+    header: &'a Header,
+    events_path: &'a Path,
+    timeline: &'a Timeline,
+    summarizer: &'a std::sync::Mutex<report::summary::Summarizer>,
+    total: usize,
+    last: Option<Summary>,
+}
+
+impl AfterCell<'_> {
+    /// `reports` brought up to date after cell `index`.
+    fn cell_done(&mut self, index: usize, reports: Reports) -> anyhow::Result<()> {
+        let timeline = self.timeline;
+        timeline.flush();
+        if let Some(e) = timeline.journal_error() {
+            // Teardown and the safe state ran; nothing more can be kept.
+            anyhow::bail!(
+                "cannot write {}: {e}; the run was stopped at the first failed write, after teardown and the safe power state",
+                self.events_path.display()
+            );
+        }
+        let rendering = std::time::Instant::now();
+        self.render(reports)?;
+        tracing::debug!(
+            "{}: reports of cell {} of {} rendered in {:?}",
+            self.dir.display(),
+            index + 1,
+            self.total,
+            rendering.elapsed()
+        );
+        if let Some(c) = self.last.as_ref().and_then(|s| s.cells.last()) {
+            self.cfg.progress.cell_end(&report::cell_line(c));
+        }
+        Ok(())
+    }
+
+    /// The summary as the cells so far left it, and `reports` from it.
+    fn render(&mut self, reports: Reports) -> anyhow::Result<()> {
+        let dir = self.dir;
+        // From the journal, not the timeline in memory: what is
+        // reported is what is on disk, in memory bounded by the devices.
+        let (summary, last_wall) = {
+            let s = self.summarizer.lock().unwrap_or_else(|p| p.into_inner());
+            (s.summary(self.header), s.last_wall)
+        };
+        match reports {
+            Reports::All => report::write_summarized(dir, self.header, &summary, last_wall, self.events_path)
+                .map_err(anyhow::Error::from),
+            Reports::Summary => report::write_summary(dir, &summary).map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("cannot write reports in {}", dir.display()))?;
+        self.last = Some(summary);
+        Ok(())
+    }
+}
+
+/// A cell's own folder in the run folder (its world's files).
+fn cell_dir(run: &Path, index: usize) -> PathBuf {
+    run.join(format!("cell-{}", index + 1))
 }
 
 /// Events `rig run` keeps in memory besides those a waiting step has not
@@ -250,6 +312,21 @@ fn fault(timeline: &Timeline, message: String) {
     timeline.emit(None, Source::Runner, EventKind::RigFault { step: None, message });
 }
 
+/// The event a cell begins with.
+fn cell_start(cfg: &RunConfig<'_>, plan: &Plan, cell: &Cell) -> EventKind {
+    EventKind::CellStart(Box::new(crate::timeline::CellStart {
+        plan: plan.name.clone(),
+        plan_path: plan.path.display().to_string(),
+        plan_sha256: plan.sha256.clone(),
+        name: cell.name.clone(),
+        vars: cell.vars.clone(),
+        expect_failure: cell.expect_failure,
+        seed: cfg.seed,
+        bench: cfg.bench.name.clone(),
+        clock: cfg.bench.clock.to_string(),
+    }))
+}
+
 async fn run_cell(
     cfg: &RunConfig<'_>,
     plan: &Plan,
@@ -261,21 +338,7 @@ async fn run_cell(
     // Before anything can take time: a signal from here on is seen.
     let mut interrupt = crate::signals::Interrupt::new();
     timeline.begin_cell(index);
-    timeline.emit(
-        None,
-        Source::Runner,
-        EventKind::CellStart(Box::new(crate::timeline::CellStart {
-            plan: plan.name.clone(),
-            plan_path: plan.path.display().to_string(),
-            plan_sha256: plan.sha256.clone(),
-            name: cell.name.clone(),
-            vars: cell.vars.clone(),
-            expect_failure: cell.expect_failure,
-            seed: cfg.seed,
-            bench: cfg.bench.name.clone(),
-            clock: cfg.bench.clock.to_string(),
-        })),
-    );
+    timeline.emit(None, Source::Runner, cell_start(cfg, plan, cell));
     let end = |outcome| {
         timeline.emit(None, Source::Runner, EventKind::CellEnd { outcome });
         outcome

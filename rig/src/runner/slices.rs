@@ -71,6 +71,7 @@ pub fn run_sliced(cfg: &RunConfig<'_>, slices: &[Slice]) -> anyhow::Result<RunRe
                             shard: Some(Shard { k: i + 1, n }),
                             folder: Some(&name),
                             reports: super::Reports::Summary,
+                            cell_jobs: 1,
                         })
                     })
             })

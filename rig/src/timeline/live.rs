@@ -279,11 +279,10 @@ impl Timeline {
     /// timestamped when its first byte arrived, not when it ended).
     pub fn emit_at(&self, device: Option<&str>, source: Source, kind: EventKind, at: tokio::time::Instant) -> u64 {
         let wall = OffsetDateTime::now_utc();
-        let mut s = self.lock();
+        let s = self.lock();
         let t_ms = at.saturating_duration_since(s.cell_base).as_millis() as u64;
-        let seq = s.base + s.events.len() as u64;
         let ev = Event {
-            seq,
+            seq: 0,
             cell: s.cell,
             t_ms,
             wall,
@@ -291,6 +290,23 @@ impl Timeline {
             source,
             kind,
         };
+        self.record(s, ev)
+    }
+
+    /// An event another timeline recorded (a matrix cell run side by side,
+    /// see `runner::cells`), appended as it was but for its seq, which
+    /// follows this timeline's: the journal reads as if the cell had run
+    /// here.
+    pub fn import(&self, ev: Event) -> u64 {
+        let s = self.lock();
+        self.record(s, ev)
+    }
+
+    /// `ev` given the next seq, journaled, indexed, observed and retained.
+    fn record(&self, mut s: std::sync::MutexGuard<'_, State>, mut ev: Event) -> u64 {
+        let seq = s.base + s.events.len() as u64;
+        ev.seq = seq;
+        let t_ms = ev.t_ms;
         let flush_now = match s.flush {
             Flush::EveryEvent => true,
             Flush::Batched => {
