@@ -112,6 +112,10 @@ pub fn session_label(id: SessionId) -> String {
     format!("{id:016x}")
 }
 
+/// What [`SessionCache::put_and_get_many`] gives: the writes' result and
+/// the reads'.
+pub type PutAndGet = (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>);
+
 /// Failures of a cache operation.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -467,12 +471,7 @@ pub trait SessionCache: Send + Sync {
     /// trip where the backend can pipeline: a cloud worker stores one
     /// burst's sessions with the next burst's fetch. The results are those
     /// of `put_many` and `get_many`; a round trip that fails fails both.
-    async fn put_and_get_many(
-        &self,
-        recs: &[SessionRecord],
-        ttl: Duration,
-        ids: &[SessionId],
-    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+    async fn put_and_get_many(&self, recs: &[SessionRecord], ttl: Duration, ids: &[SessionId]) -> PutAndGet {
         let put = async {
             match recs {
                 [] => Ok(()),

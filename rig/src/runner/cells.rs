@@ -47,8 +47,9 @@ pub(super) fn jobs(cfg: &RunConfig<'_>, cells: usize) -> usize {
 }
 
 /// Runs `cells` on `jobs` threads; in cell order, this thread shows each
-/// cell's start and calls `done(index)` once its events are in `timeline`. Stops starting
-/// cells after an interrupted or failed one, or an error of `done`.
+/// cell's start and calls `done(index)` once its events are in `timeline`.
+/// Stops starting cells after an interrupted or failed one, or an error of
+/// `done`.
 pub(super) fn run_side_by_side(
     cfg: &RunConfig<'_>,
     cells: &[(&Plan, &Cell)],

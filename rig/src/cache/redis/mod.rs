@@ -27,7 +27,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use rig_proto::SessionId;
 
-use super::{CacheBackend, CacheError, Evicted, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
+use super::{CacheBackend, CacheError, Evicted, OpenCtx, PutAndGet, RestoreFrom, SessionCache, SessionRecord};
 pub use server::RedisServer;
 
 /// `cache: { kind: redis }`: one redis-server the rig starts.
@@ -235,7 +235,7 @@ pub(crate) mod data {
         recs: &[SessionRecord],
         ttl: Duration,
         ids: &[SessionId],
-    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+    ) -> PutAndGet {
         let ms = ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
         for rec in recs {
@@ -440,12 +440,7 @@ impl SessionCache for RedisCache {
         data::put_many(&mut self.conn(), recs, ttl).await
     }
 
-    async fn put_and_get_many(
-        &self,
-        recs: &[SessionRecord],
-        ttl: Duration,
-        ids: &[SessionId],
-    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+    async fn put_and_get_many(&self, recs: &[SessionRecord], ttl: Duration, ids: &[SessionId]) -> PutAndGet {
         data::put_and_get_many(&mut self.conn(), recs, ttl, ids).await
     }
 

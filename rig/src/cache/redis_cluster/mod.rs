@@ -34,7 +34,9 @@ use redis::cluster_async::ClusterConnection;
 use rig_proto::SessionId;
 
 use super::redis::server::CLOUD_USER;
-use super::{CacheBackend, CacheError, Evicted, NodeOp, NodeReport, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
+use super::{
+    CacheBackend, CacheError, Evicted, NodeOp, NodeReport, OpenCtx, PutAndGet, RestoreFrom, SessionCache, SessionRecord,
+};
 use crate::timeline::ClusterNode;
 use nodes::Cluster;
 
@@ -269,12 +271,7 @@ impl SessionCache for ClusterCache {
     /// whose node redirects (its slots moved in a failover the client has
     /// not seen yet), or a command its node refuses, is done again key by
     /// key, each following its redirect.
-    async fn put_and_get_many(
-        &self,
-        recs: &[SessionRecord],
-        ttl: Duration,
-        ids: &[SessionId],
-    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+    async fn put_and_get_many(&self, recs: &[SessionRecord], ttl: Duration, ids: &[SessionId]) -> PutAndGet {
         let ms = ttl.as_millis().max(1) as u64;
         // Per part: the positions in `recs` it writes and in `ids` it reads.
         let mut parts: BTreeMap<usize, (Vec<usize>, Vec<usize>)> = BTreeMap::new();

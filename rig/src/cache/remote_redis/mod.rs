@@ -16,7 +16,7 @@ use redis::aio::ConnectionManager;
 use rig_proto::SessionId;
 
 use super::redis::{DATA_TIMEOUT, data, manager};
-use super::{CacheBackend, CacheError, Evicted, OpenCtx, RestoreFrom, SessionCache, SessionRecord};
+use super::{CacheBackend, CacheError, Evicted, OpenCtx, PutAndGet, RestoreFrom, SessionCache, SessionRecord};
 
 /// The environment variable a remote Redis's URL is read from by default.
 pub const URL_ENV: &str = "RIG_CACHE_URL";
@@ -108,12 +108,7 @@ impl SessionCache for RemoteRedis {
         data::put_many(&mut self.conn.clone(), recs, ttl).await
     }
 
-    async fn put_and_get_many(
-        &self,
-        recs: &[SessionRecord],
-        ttl: Duration,
-        ids: &[SessionId],
-    ) -> (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>) {
+    async fn put_and_get_many(&self, recs: &[SessionRecord], ttl: Duration, ids: &[SessionId]) -> PutAndGet {
         data::put_and_get_many(&mut self.conn.clone(), recs, ttl, ids).await
     }
 
