@@ -116,6 +116,14 @@ pub fn session_label(id: SessionId) -> String {
 /// the reads'.
 pub type PutAndGet = (Result<(), CacheError>, Result<Vec<Option<SessionRecord>>, CacheError>);
 
+/// A round trip not made because a record could not be encoded.
+pub(crate) fn unencodable(e: serde_json::Error) -> PutAndGet {
+    (
+        Err(e.into()),
+        Err(CacheError::Backend("not fetched: a record could not be encoded".into())),
+    )
+}
+
 /// Failures of a cache operation.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

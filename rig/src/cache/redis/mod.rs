@@ -199,12 +199,7 @@ pub(crate) mod data {
         c: &mut ConnectionManager,
         ids: &[SessionId],
     ) -> Result<Vec<Option<SessionRecord>>, CacheError> {
-        let mut pipe = redis::pipe();
-        for &id in ids {
-            pipe.get(key(id));
-        }
-        let values: Vec<Option<String>> = pipe.query_async(c).await.map_err(backend_err)?;
-        parse(values)
+        put_and_get_many(c, &[], Duration::ZERO, ids).await.1
     }
 
     fn parse(values: Vec<Option<String>>) -> Result<Vec<Option<SessionRecord>>, CacheError> {
@@ -219,14 +214,7 @@ pub(crate) mod data {
     }
 
     pub async fn put_many(c: &mut ConnectionManager, recs: &[SessionRecord], ttl: Duration) -> Result<(), CacheError> {
-        let ms = ttl.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        for rec in recs {
-            pipe.pset_ex(key(rec.session_id), serde_json::to_string(rec)?, ms)
-                .ignore();
-        }
-        let _: () = pipe.query_async(c).await.map_err(backend_err)?;
-        Ok(())
+        put_and_get_many(c, recs, ttl, &[]).await.0
     }
 
     /// `recs` stored, then `ids` fetched, in one pipeline.
@@ -241,12 +229,7 @@ pub(crate) mod data {
         for rec in recs {
             match serde_json::to_string(rec) {
                 Ok(json) => pipe.pset_ex(key(rec.session_id), json, ms).ignore(),
-                Err(e) => {
-                    return (
-                        Err(e.into()),
-                        Err(CacheError::Backend("not fetched: a record could not be encoded".into())),
-                    );
-                }
+                Err(e) => return super::super::unencodable(e),
             };
         }
         for &id in ids {

@@ -287,12 +287,7 @@ impl SessionCache for ClusterCache {
             for &i in writes {
                 match serde_json::to_string(&recs[i]) {
                     Ok(json) => pipe.pset_ex(key(recs[i].session_id), json, ms),
-                    Err(e) => {
-                        return (
-                            Err(e.into()),
-                            Err(CacheError::Backend("not fetched: a record could not be encoded".into())),
-                        );
-                    }
+                    Err(e) => return super::unencodable(e),
                 };
             }
             for &i in reads {
