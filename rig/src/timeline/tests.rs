@@ -224,7 +224,8 @@ mod basics {
             seed: 1,
             bench: "sim".into(),
             plans: vec![],
-            started: OffsetDateTime::now_utc().replace_nanosecond(0).unwrap(),
+            // Fixed, not now(): two calls a second apart must still be equal.
+            started: OffsetDateTime::from_unix_timestamp(1_796_000_000).unwrap(),
             shard: None,
             console_lines: true,
         }
