@@ -31,6 +31,45 @@ pub struct Patterns {
     /// (containing `resum` for a resumed session) and `session`. Read only
     /// in front of an external cloud, whose protocol the rig cannot see.
     pub connected: Option<Regex>,
+    /// All of the above in one automaton (boot, wake, sleep, connected):
+    /// most console lines match none, and one pass over a line says so
+    /// where four searches did (a fleet's console lines are millions).
+    any: regex::RegexSet,
+}
+
+impl Patterns {
+    pub fn new(boot: Regex, wake: Regex, sleep: Regex, connected: Option<Regex>) -> Patterns {
+        let sources = [&boot, &wake, &sleep]
+            .into_iter()
+            .chain(connected.as_ref())
+            .map(Regex::as_str);
+        // Each pattern compiled within the limits on its own; the set holds
+        // at most four of them.
+        let any = regex::RegexSetBuilder::new(sources)
+            .size_limit(4 * crate::diag::MAX_REGEX_COMPILED)
+            .dfa_size_limit(4 * crate::diag::MAX_REGEX_COMPILED)
+            .build()
+            .expect("patterns that compiled alone compile as a set");
+        Patterns {
+            boot,
+            wake,
+            sleep,
+            connected,
+            any,
+        }
+    }
+
+    /// Which of boot, wake, sleep and connected (in that order) `line`
+    /// matches.
+    pub fn matching(&self, line: &str) -> [bool; 4] {
+        let m = self.any.matches(line);
+        [
+            m.matched(0),
+            m.matched(1),
+            m.matched(2),
+            self.connected.is_some() && m.matched(3),
+        ]
+    }
 }
 
 /// What firmware does with a session whose resume went unanswered.
@@ -311,12 +350,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Fixture, Vec<Diagnostic>> {
         boards: raw.boards,
         dir,
         image,
-        patterns: Arc::new(Patterns {
-            boot: boot.expect("checked above"),
-            wake: wake.expect("checked above"),
-            sleep: sleep.expect("checked above"),
-            connected: connected.map(|c| c.expect("checked above")),
-        }),
+        patterns: Arc::new(Patterns::new(
+            boot.expect("checked above"),
+            wake.expect("checked above"),
+            sleep.expect("checked above"),
+            connected.map(|c| c.expect("checked above")),
+        )),
         behaviour: raw.behaviour,
         qemu: raw.qemu.map(|q| q.value),
         sha256,

@@ -131,7 +131,7 @@ pub fn console_lines(data: &[u8]) {
     for chunk in [&data[..cut], &data[cut..]] {
         a.push(chunk, now, |line, _| {
             if let Some(p) = &patterns {
-                let _ = crate::drivers::console::classify(p, &line);
+                let _ = crate::drivers::console::classify(p, &line, true);
             }
         });
     }

@@ -188,7 +188,7 @@ fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .and_then(|p| classify(p, &line));
+        .and_then(|p| classify(p, &line, timeline.connects_from_console()));
     if timeline.keeps_console_lines() {
         timeline.emit_at(
             Some(device),
@@ -200,10 +200,9 @@ fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String
     match derived {
         // Said by the cloud itself when the rig can see the protocol: only
         // in front of an external cloud does the console's word count.
-        Some(EventKind::CloudConnected { via, session }) if timeline.connects_from_console() => {
+        Some(EventKind::CloudConnected { via, session }) => {
             crate::cloud::external::logs::connected(timeline, device, via, session, Source::Console);
         }
-        Some(EventKind::CloudConnected { .. }) => {}
         Some(kind) => {
             timeline.emit_at(Some(device), Source::Console, kind, at);
         }
@@ -211,22 +210,27 @@ fn emit_line(device: &str, timeline: &Timeline, slot: &PatternSlot, line: String
     }
 }
 
-/// The device event a console line stands for, if any.
-pub fn classify(p: &Patterns, line: &str) -> Option<EventKind> {
-    if p.boot.is_match(line) {
+/// The device event a console line stands for, if any; the `connected`
+/// pattern is read only if `connects` (in front of an external cloud).
+pub fn classify(p: &Patterns, line: &str, connects: bool) -> Option<EventKind> {
+    let [boot, wake, sleep, connected] = p.matching(line);
+    if boot {
         return Some(EventKind::DeviceBoot);
     }
-    if let Some(c) = p.wake.captures(line) {
+    if wake && let Some(c) = p.wake.captures(line) {
         return Some(EventKind::DeviceWake {
             reason: c.name("reason").map(|m| m.as_str().to_owned()),
         });
     }
-    if let Some(c) = p.sleep.captures(line) {
+    if sleep && let Some(c) = p.sleep.captures(line) {
         return Some(EventKind::DeviceSleep {
             secs: c.name("secs").and_then(|m| m.as_str().parse().ok()),
         });
     }
-    if let Some(c) = p.connected.as_ref().and_then(|re| re.captures(line)) {
+    if connected
+        && connects
+        && let Some(c) = p.connected.as_ref().and_then(|re| re.captures(line))
+    {
         return Some(EventKind::CloudConnected {
             via: crate::cloud::external::logs::via(c.name("via").map(|m| m.as_str())),
             session: c.name("session").map(|m| m.as_str().to_owned()).unwrap_or_default(),
@@ -281,23 +285,52 @@ mod tests {
 
     #[test]
     fn patterns_classify_lines() {
-        let p = Patterns {
-            connected: None,
-            boot: Regex::new(r"\[boot\]").unwrap(),
-            wake: Regex::new(r"wake #\d+ reason=(?P<reason>\w+)").unwrap(),
-            sleep: Regex::new(r"sleeping for (?P<secs>\d+)s").unwrap(),
-        };
-        assert_eq!(classify(&p, "0001 [boot] INFO: booting"), Some(EventKind::DeviceBoot));
+        let p = Patterns::new(
+            Regex::new(r"\[boot\]").unwrap(),
+            Regex::new(r"wake #\d+ reason=(?P<reason>\w+)").unwrap(),
+            Regex::new(r"sleeping for (?P<secs>\d+)s").unwrap(),
+            Some(
+                Regex::new(
+                    r"\[cloud\] INFO: (?:(?P<via>session resumed)|handshake complete, session (?P<session>[0-9a-f]+))",
+                )
+                .unwrap(),
+            ),
+        );
         assert_eq!(
-            classify(&p, "0001 [app] INFO: wake #3 reason=rtc"),
+            classify(&p, "0001 [boot] INFO: booting", false),
+            Some(EventKind::DeviceBoot)
+        );
+        assert_eq!(
+            classify(&p, "0001 [app] INFO: wake #3 reason=rtc", false),
             Some(EventKind::DeviceWake {
                 reason: Some("rtc".into())
             })
         );
         assert_eq!(
-            classify(&p, "0001 [app] INFO: sleeping for 912s"),
+            classify(&p, "0001 [app] INFO: sleeping for 912s", false),
             Some(EventKind::DeviceSleep { secs: Some(912) })
         );
-        assert_eq!(classify(&p, "0001 [net] INFO: attached"), None);
+        assert_eq!(classify(&p, "0001 [net] INFO: attached", true), None);
+        // The patterns are tried in order: boot before wake.
+        assert_eq!(
+            classify(&p, "0001 [boot] wake #1 reason=rtc", false),
+            Some(EventKind::DeviceBoot)
+        );
+        // A connect on the console counts only when asked for.
+        let line = "0001 [cloud] INFO: handshake complete, session 00ab";
+        assert_eq!(classify(&p, line, false), None);
+        assert_eq!(
+            classify(&p, line, true),
+            Some(EventKind::CloudConnected {
+                via: crate::cloud::external::logs::via(None),
+                session: "00ab".into()
+            })
+        );
+        let no_connects = Patterns::new(p.boot.clone(), p.wake.clone(), p.sleep.clone(), None);
+        assert_eq!(classify(&no_connects, line, true), None);
+        assert_eq!(
+            classify(&no_connects, "0001 [app] INFO: sleeping for 5s", true),
+            Some(EventKind::DeviceSleep { secs: Some(5) })
+        );
     }
 }
