@@ -34,7 +34,9 @@ pub struct Patterns {
     /// All of the above in one automaton (boot, wake, sleep, connected):
     /// most console lines match none, and one pass over a line says so
     /// where four searches did (a fleet's console lines are millions).
-    any: regex::RegexSet,
+    /// None if the set would not compile: each pattern is then searched
+    /// on its own.
+    any: Option<regex::RegexSet>,
 }
 
 impl Patterns {
@@ -49,7 +51,7 @@ impl Patterns {
             .size_limit(4 * crate::diag::MAX_REGEX_COMPILED)
             .dfa_size_limit(4 * crate::diag::MAX_REGEX_COMPILED)
             .build()
-            .expect("patterns that compiled alone compile as a set");
+            .ok();
         Patterns {
             boot,
             wake,
@@ -62,13 +64,23 @@ impl Patterns {
     /// Which of boot, wake, sleep and connected (in that order) `line`
     /// matches.
     pub fn matching(&self, line: &str) -> [bool; 4] {
-        let m = self.any.matches(line);
-        [
-            m.matched(0),
-            m.matched(1),
-            m.matched(2),
-            self.connected.is_some() && m.matched(3),
-        ]
+        match &self.any {
+            Some(set) => {
+                let m = set.matches(line);
+                [
+                    m.matched(0),
+                    m.matched(1),
+                    m.matched(2),
+                    self.connected.is_some() && m.matched(3),
+                ]
+            }
+            None => [
+                self.boot.is_match(line),
+                self.wake.is_match(line),
+                self.sleep.is_match(line),
+                self.connected.as_ref().is_some_and(|c| c.is_match(line)),
+            ],
+        }
     }
 }
 
